@@ -1,0 +1,2 @@
+//! Placeholder; the shop arrives with its issue.
+fn main() {}

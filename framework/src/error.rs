@@ -1,0 +1,121 @@
+//! Error types of the store layer.
+
+use uuid::Uuid;
+
+use crate::envelope::StreamId;
+use crate::store::ExpectedVersion;
+
+/// A boxed error from a backend (Postgres, NATS, ...).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Input that the store refuses before touching anything.
+///
+/// Callers should report these to the client (HTTP 400 or 413); retrying the
+/// same input gives the same error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InputError {
+    /// The stream id is empty, too long, or has characters outside the allowed set.
+    #[error("invalid stream id {id:?}: {reason}")]
+    InvalidStreamId {
+        /// The offending id (truncated to 64 characters).
+        id: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A stream type or event type name is empty, too long or has bad characters.
+    #[error("invalid {kind} {name:?}: use 1 to 100 ASCII letters, digits, '-' or '_'")]
+    InvalidTypeName {
+        /// `stream type` or `event type`.
+        kind: &'static str,
+        /// The offending name (truncated to 64 characters).
+        name: String,
+    },
+    /// An append with no events.
+    #[error("an append must carry at least one event")]
+    EmptyAppend,
+    /// More events in one append than the configured limit.
+    #[error("{count} events in one append; the limit is {max}")]
+    TooManyEvents {
+        /// Events in the request.
+        count: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// An event payload (serialised JSON) over the configured limit.
+    #[error("payload of event {event_id} is {size} bytes; the limit is {max}")]
+    PayloadTooLarge {
+        /// The event.
+        event_id: Uuid,
+        /// Its serialised size in bytes.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The same event id appears twice in one append.
+    #[error("event id {event_id} appears more than once in the append")]
+    RepeatedEventId {
+        /// The repeated id.
+        event_id: Uuid,
+    },
+    /// Schema versions start at 1.
+    #[error("schema version must be at least 1")]
+    InvalidSchemaVersion,
+}
+
+/// Errors of [`EventStore`](crate::EventStore) operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The stream was not at the expected version: another writer got there
+    /// first. Reload and decide again (the command handler does this), or
+    /// report HTTP 409.
+    #[error("version conflict on stream {stream_id}: expected {expected}, stream is at {actual}")]
+    Conflict {
+        /// The stream.
+        stream_id: StreamId,
+        /// What the caller expected.
+        expected: ExpectedVersion,
+        /// The stream's version when the append was attempted (0: no stream).
+        actual: u64,
+    },
+    /// The input was refused before anything was written. HTTP 400 / 413.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// Some event ids of the append already exist, but not as this exact
+    /// append (another stream, or only part of the batch). Nothing was
+    /// written. This is a client bug; HTTP 409.
+    #[error("event id {event_id} already exists outside this append")]
+    EventIdReused {
+        /// The first reused id found.
+        event_id: Uuid,
+    },
+    /// A stored row could not be decoded into an envelope. Names the event.
+    #[error("stored event at position {position} is corrupt: {reason}")]
+    Corrupt {
+        /// Where the event sits.
+        position: u64,
+        /// What failed.
+        reason: String,
+    },
+    /// The backend failed (connection lost, timeout, ...). Nothing is known
+    /// to have been written unless the operation is retried and reports a
+    /// duplicate. Log it; HTTP 503.
+    #[error("event store backend error: {0}")]
+    Backend(#[source] BoxError),
+}
+
+impl StoreError {
+    /// Wraps a backend error.
+    pub fn backend(e: impl Into<BoxError>) -> Self {
+        StoreError::Backend(e.into())
+    }
+
+    /// True for errors a caller may retry as they are (backend trouble).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Backend(_))
+    }
+}
+
+/// Result alias for store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

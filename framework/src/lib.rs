@@ -1,0 +1,64 @@
+//! # Strata
+//!
+//! A CQRS / event-sourcing framework: commands append events to an event
+//! store; a relay carries them in order into NATS JetStream; projectors
+//! build views; query services serve them through a cache.
+//!
+//! # Layout
+//!
+//! - [`envelope`]: the wire format: [`EventEnvelope`], [`NewEvent`],
+//!   [`Metadata`], [`StreamId`], [`Position`].
+//! - [`store`]: the [`EventStore`] trait with its request and outcome types;
+//!   the append rules every implementation shares.
+//! - [`memory`]: [`InMemoryEventStore`], the embedded default.
+//! - `postgres` (feature `postgres`, on by default): [`PgEventStore`], with
+//!   gap-safe global order and group commit.
+//! - [`follow`]: [`Follower`], the catch-up-then-wait loop over the global
+//!   order that relays, rebuilds and readers share.
+//! - `testing` (feature `testing`): fresh test databases and the store
+//!   conformance suite.
+//!
+//! The core ([`envelope`], [`store`], [`memory`], [`follow`]) depends on no
+//! infrastructure crate; Postgres lives behind its own module and feature.
+//!
+//! # Quick start
+//!
+//! ```
+//! use strata::{AppendRequest, EventStore, ExpectedVersion, InMemoryEventStore, NewEvent, StreamId};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let store = InMemoryEventStore::new();
+//! let outcome = store
+//!     .append(AppendRequest::new(
+//!         StreamId::new("order-1").unwrap(),
+//!         "order",
+//!         ExpectedVersion::NoStream,
+//!         vec![NewEvent::new("OrderPlaced", serde_json::json!({ "total": 42 }))],
+//!     ))
+//!     .await
+//!     .unwrap();
+//! assert_eq!(outcome.position.0, 1);
+//! # });
+//! ```
+
+pub mod envelope;
+pub mod error;
+pub mod follow;
+pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use envelope::{EventEnvelope, Metadata, NewEvent, Position, StreamId};
+pub use error::{BoxError, InputError, StoreError};
+pub use follow::Follower;
+pub use memory::InMemoryEventStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PgEventStore, PgStoreConfig, StoreStats};
+pub use store::{AppendOutcome, AppendRequest, EventFilter, EventStore, ExpectedVersion, StoreLimits};
+
+/// Re-exported so users need not pin their own versions.
+#[cfg(feature = "postgres")]
+pub use sqlx::PgPool;

@@ -1,0 +1,809 @@
+//! The PostgreSQL event store.
+//!
+//! # How appends work
+//!
+//! Every append in a process goes to one writer task that owns a dedicated
+//! connection. The writer takes whatever appends are waiting (group commit)
+//! and writes them in one transaction:
+//!
+//! 1. `SELECT position FROM strata_head ... FOR UPDATE`: the global append
+//!    lock. Whoever holds it assigns the next positions.
+//! 2. one query for the streams' current versions and for any of the event
+//!    ids that already exist;
+//! 3. the shared append rules ([`crate::store`]) decide, per append: write,
+//!    duplicate (return the original outcome) or conflict;
+//! 4. one statement inserts the events, moves the streams' versions and the
+//!    head, and `NOTIFY`s followers;
+//! 5. `COMMIT`, which releases the lock.
+//!
+//! Because positions are assigned under a lock that is held until commit, a
+//! position becomes visible only after all lower positions are visible: a
+//! reader that reads `position > p` in order never skips an event, and
+//! positions are dense. See `docs/adr/0001-gap-safe-global-order.md`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use crate::envelope::{EventEnvelope, Metadata, Position, StreamId};
+use crate::error::{Result, StoreError};
+use crate::store::{
+    decide, validate, AppendOutcome, AppendRequest, Decision, EventFilter, EventStore,
+    StoreLimits, StoredId, ValidAppend,
+};
+
+/// The channel followers `LISTEN` on; the payload is the new head position.
+pub const NOTIFY_CHANNEL: &str = "strata_events";
+
+/// Applies the schema in `migrations/` (idempotent).
+pub async fn migrate(pool: &PgPool) -> std::result::Result<(), sqlx::migrate::MigrateError> {
+    sqlx::migrate!("../migrations").run(pool).await
+}
+
+/// Settings of the Postgres store.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PgStoreConfig {
+    /// Limits on one append.
+    pub limits: StoreLimits,
+    /// Most events the writer puts in one group-commit transaction (default 4,000).
+    pub max_batch_events: usize,
+    /// How long an append waits for the append lock before failing (default 10 s).
+    pub lock_timeout: Duration,
+    /// A lock wait longer than this logs the sessions holding it (default 1 s).
+    pub slow_lock_warning: Duration,
+    /// Safety-net poll of the head for followers, besides LISTEN/NOTIFY (default 1 s).
+    pub poll_interval: Duration,
+}
+
+impl Default for PgStoreConfig {
+    fn default() -> Self {
+        PgStoreConfig {
+            limits: StoreLimits::default(),
+            max_batch_events: 4_000,
+            lock_timeout: Duration::from_secs(10),
+            slow_lock_warning: Duration::from_secs(1),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl PgStoreConfig {
+    /// Sets the limits on one append.
+    pub fn limits(mut self, limits: StoreLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets the group-commit cap.
+    pub fn max_batch_events(mut self, n: usize) -> Self {
+        self.max_batch_events = n.max(1);
+        self
+    }
+
+    /// Sets the append lock timeout.
+    pub fn lock_timeout(mut self, d: Duration) -> Self {
+        self.lock_timeout = d;
+        self
+    }
+
+    /// Sets the slow-lock warning threshold.
+    pub fn slow_lock_warning(mut self, d: Duration) -> Self {
+        self.slow_lock_warning = d;
+        self
+    }
+
+    /// Sets the followers' safety-net poll interval.
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d;
+        self
+    }
+}
+
+/// Counters of the store's write path, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Appends that wrote events.
+    pub appends: u64,
+    /// Events written.
+    pub events: u64,
+    /// Group-commit transactions committed.
+    pub batches: u64,
+    /// Appends refused with a version conflict.
+    pub conflicts: u64,
+    /// Appends answered as duplicates of an earlier append.
+    pub duplicates: u64,
+    /// Lock waits longer than the slow-lock threshold.
+    pub slow_lock_waits: u64,
+    /// The longest wait for the append lock, in microseconds.
+    pub max_lock_wait_us: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    appends: AtomicU64,
+    events: AtomicU64,
+    batches: AtomicU64,
+    conflicts: AtomicU64,
+    duplicates: AtomicU64,
+    slow_lock_waits: AtomicU64,
+    max_lock_wait_us: AtomicU64,
+}
+
+struct Shared {
+    head: watch::Sender<Position>,
+    counters: Counters,
+    listener_started: AtomicBool,
+}
+
+impl Shared {
+    fn advance_head(&self, to: Position) {
+        self.head.send_if_modified(|h| {
+            if to > *h {
+                *h = to;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+struct Job {
+    append: ValidAppend,
+    reply: oneshot::Sender<Result<AppendOutcome>>,
+}
+
+struct PgInner {
+    pool: PgPool,
+    jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+    config: PgStoreConfig,
+}
+
+/// The PostgreSQL event store. Cheap to clone.
+#[derive(Clone)]
+pub struct PgEventStore {
+    inner: Arc<PgInner>,
+}
+
+impl PgEventStore {
+    /// Connects to `url`, applies migrations, and starts the store.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(StoreError::backend)?;
+        migrate(&pool).await.map_err(StoreError::backend)?;
+        Ok(Self::new(pool))
+    }
+
+    /// A store over an existing pool (migrations must have been applied).
+    /// Must be called inside a Tokio runtime: it starts the writer task.
+    pub fn new(pool: PgPool) -> Self {
+        Self::with_config(pool, PgStoreConfig::default())
+    }
+
+    /// A store with explicit settings.
+    pub fn with_config(pool: PgPool, config: PgStoreConfig) -> Self {
+        let (tx, rx) = mpsc::channel(16_384);
+        let shared = Arc::new(Shared {
+            head: watch::Sender::new(Position::START),
+            counters: Counters::default(),
+            listener_started: AtomicBool::new(false),
+        });
+        let writer = Writer {
+            pool: pool.clone(),
+            shared: Arc::clone(&shared),
+            config: config.clone(),
+            conn: None,
+        };
+        tokio::spawn(writer.run(rx));
+        PgEventStore {
+            inner: Arc::new(PgInner {
+                pool,
+                jobs: tx,
+                shared,
+                config,
+            }),
+        }
+    }
+
+    /// The connection pool (for projections and admin queries).
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// A snapshot of the write-path counters.
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.inner.shared.counters;
+        StoreStats {
+            appends: c.appends.load(Ordering::Relaxed),
+            events: c.events.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            conflicts: c.conflicts.load(Ordering::Relaxed),
+            duplicates: c.duplicates.load(Ordering::Relaxed),
+            slow_lock_waits: c.slow_lock_waits.load(Ordering::Relaxed),
+            max_lock_wait_us: c.max_lock_wait_us.load(Ordering::Relaxed),
+        }
+    }
+
+    fn ensure_listener(&self) {
+        if !self
+            .inner
+            .shared
+            .listener_started
+            .swap(true, Ordering::AcqRel)
+        {
+            tokio::spawn(run_listener(
+                Arc::downgrade(&self.inner.shared),
+                self.inner.pool.clone(),
+                self.inner.config.poll_interval,
+            ));
+        }
+    }
+}
+
+const SELECT_ENVELOPE: &str = "SELECT position, event_id, stream_id, stream_type, stream_version, \
+     event_type, schema_version, payload, metadata, recorded_at FROM strata_events";
+
+fn decode_envelope(row: &PgRow) -> Result<EventEnvelope> {
+    let position: i64 = row.try_get("position").map_err(StoreError::backend)?;
+    let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt {
+        position: position as u64,
+        reason: e.to_string(),
+    };
+    let stream_id: String = row.try_get("stream_id").map_err(|e| corrupt(&e))?;
+    let Json(metadata): Json<Metadata> = row.try_get("metadata").map_err(|e| corrupt(&e))?;
+    let Json(payload): Json<serde_json::Value> =
+        row.try_get("payload").map_err(|e| corrupt(&e))?;
+    Ok(EventEnvelope {
+        position: Position(position as u64),
+        event_id: row.try_get("event_id").map_err(|e| corrupt(&e))?,
+        stream_id: StreamId::new(stream_id).map_err(|e| corrupt(&e))?,
+        stream_type: row.try_get("stream_type").map_err(|e| corrupt(&e))?,
+        stream_version: row
+            .try_get::<i64, _>("stream_version")
+            .map_err(|e| corrupt(&e))? as u64,
+        event_type: row.try_get("event_type").map_err(|e| corrupt(&e))?,
+        schema_version: row
+            .try_get::<i32, _>("schema_version")
+            .map_err(|e| corrupt(&e))? as u32,
+        payload,
+        metadata,
+        recorded_at: row
+            .try_get::<DateTime<Utc>, _>("recorded_at")
+            .map_err(|e| corrupt(&e))?,
+    })
+}
+
+fn clamp_limit(limit: usize) -> i64 {
+    limit.min(i64::MAX as usize) as i64
+}
+
+impl EventStore for PgEventStore {
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome> {
+        let append = validate(request, &self.inner.config.limits)?;
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .jobs
+            .send(Job { append, reply })
+            .await
+            .map_err(|_| StoreError::backend("the store's writer task has stopped"))?;
+        rx.await
+            .map_err(|_| StoreError::backend("the store's writer task dropped the append"))?
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<EventEnvelope>> {
+        let sql = format!(
+            "{SELECT_ENVELOPE} WHERE stream_id = $1 AND stream_version >= $2 \
+             ORDER BY stream_version LIMIT $3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(stream_id.as_str())
+            .bind(from_version.min(i64::MAX as u64) as i64)
+            .bind(clamp_limit(limit))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        rows.iter().map(decode_envelope).collect()
+    }
+
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<Vec<EventEnvelope>> {
+        let sql = format!(
+            "{SELECT_ENVELOPE} WHERE position > $1 \
+             AND (cardinality($2::text[]) = 0 OR stream_type = ANY($2)) \
+             AND (cardinality($3::text[]) = 0 OR event_type = ANY($3)) \
+             ORDER BY position LIMIT $4"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(after.0 as i64)
+            .bind(&filter.stream_types)
+            .bind(&filter.event_types)
+            .bind(clamp_limit(limit))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        rows.iter().map(decode_envelope).collect()
+    }
+
+    async fn head(&self) -> Result<Position> {
+        let head: i64 = sqlx::query_scalar("SELECT position FROM strata_head WHERE id = 1")
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        let head = Position(head as u64);
+        self.inner.shared.advance_head(head);
+        Ok(head)
+    }
+
+    async fn wait_for_head(&self, after: Position, max_wait: Duration) -> Result<Position> {
+        self.ensure_listener();
+        let mut rx = self.inner.shared.head.subscribe();
+        if *rx.borrow_and_update() <= after {
+            // The watch may lag the database (listener just started).
+            let head = self.head().await?;
+            if head > after {
+                return Ok(head);
+            }
+        }
+        let waited = tokio::time::timeout(max_wait, rx.wait_for(|h| *h > after)).await;
+        Ok(match waited {
+            Ok(Ok(head)) => *head,
+            _ => *self.inner.shared.head.borrow(),
+        })
+    }
+
+    async fn events_by_id(&self, ids: &[Uuid]) -> Result<Vec<EventEnvelope>> {
+        let sql = format!("{SELECT_ENVELOPE} WHERE event_id = ANY($1) ORDER BY position");
+        let rows = sqlx::query(&sql)
+            .bind(ids)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        rows.iter().map(decode_envelope).collect()
+    }
+
+    async fn stream_version(&self, stream_id: &StreamId) -> Result<u64> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM strata_streams WHERE stream_id = $1")
+                .bind(stream_id.as_str())
+                .fetch_optional(&self.inner.pool)
+                .await
+                .map_err(StoreError::backend)?;
+        Ok(v.unwrap_or(0) as u64)
+    }
+}
+
+/// Follows `NOTIFY`s (and polls as a safety net) to keep the head watch
+/// current for [`EventStore::wait_for_head`]. Ends when the store is dropped.
+async fn run_listener(shared: Weak<Shared>, pool: PgPool, poll_interval: Duration) {
+    let poll = |shared: &Shared, pool: PgPool| {
+        let head = shared.head.clone();
+        async move {
+            if let Ok(h) =
+                sqlx::query_scalar::<_, i64>("SELECT position FROM strata_head WHERE id = 1")
+                    .fetch_one(&pool)
+                    .await
+            {
+                head.send_if_modified(|cur| {
+                    let h = Position(h as u64);
+                    if h > *cur {
+                        *cur = h;
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+        }
+    };
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(mut l) => match l.listen(NOTIFY_CHANNEL).await {
+                Ok(()) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN failed; followers fall back to polling");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "listener connection failed; followers fall back to polling");
+                None
+            }
+        };
+        loop {
+            let Some(s) = shared.upgrade() else { return };
+            poll(&s, pool.clone()).await;
+            drop(s);
+            let Some(l) = listener.as_mut() else {
+                tokio::time::sleep(poll_interval).await;
+                break; // try to listen again
+            };
+            let deadline = tokio::time::sleep(poll_interval);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    n = l.try_recv() => match n {
+                        Ok(Some(n)) => {
+                            let Some(s) = shared.upgrade() else { return };
+                            if let Ok(h) = n.payload().parse::<u64>() {
+                                s.advance_head(Position(h));
+                            }
+                        }
+                        // The connection dropped and was re-established:
+                        // notifications may have been lost, so poll.
+                        Ok(None) => break,
+                        Err(_) => { listener = None; break; }
+                    },
+                    _ = &mut deadline => break,
+                }
+            }
+        }
+    }
+}
+
+/// The group-commit writer: one per store, owning one connection.
+struct Writer {
+    pool: PgPool,
+    shared: Arc<Shared>,
+    config: PgStoreConfig,
+    conn: Option<(PgConnection, i32)>,
+}
+
+/// Per-append results of a batch, or the error that failed the whole batch.
+type BatchResult = std::result::Result<Vec<Result<AppendOutcome>>, sqlx::Error>;
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        while let Some(first) = rx.recv().await {
+            let mut events = first.append.request.events.len();
+            let mut batch = vec![first];
+            while events < self.config.max_batch_events {
+                match rx.try_recv() {
+                    Ok(job) => {
+                        events += job.append.request.events.len();
+                        batch.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.handle(batch).await;
+        }
+    }
+
+    async fn handle(&mut self, batch: Vec<Job>) {
+        let results = match self.write(&batch).await {
+            Ok(results) => results,
+            Err(e) if is_unique_violation(&e) && batch.len() > 1 => {
+                // Someone wrote outside the append lock (should not happen);
+                // write each append alone so one cannot fail the others.
+                tracing::warn!(error = %e, "unique violation in a group commit; retrying appends one by one");
+                let mut results = Vec::with_capacity(batch.len());
+                for job in &batch {
+                    let one = std::slice::from_ref(job);
+                    results.push(match self.write(one).await {
+                        Ok(mut r) => r.remove(0),
+                        Err(e) => self.batch_error(one, e).remove(0),
+                    });
+                }
+                results
+            }
+            Err(e) => self.batch_error(&batch, e),
+        };
+        for (job, result) in batch.into_iter().zip(results) {
+            let _ = job.reply.send(result);
+        }
+    }
+
+    /// Maps an error that failed a whole batch to one error per append.
+    fn batch_error(&mut self, batch: &[Job], e: sqlx::Error) -> Vec<Result<AppendOutcome>> {
+        if is_unique_violation(&e) && batch.len() == 1 {
+            let request = &batch[0].append.request;
+            let constraint = e
+                .as_database_error()
+                .and_then(|d| d.constraint())
+                .unwrap_or("");
+            return vec![Err(if constraint == "strata_events_event_id_key" {
+                StoreError::EventIdReused {
+                    event_id: request.events[0].event_id,
+                }
+            } else {
+                StoreError::Conflict {
+                    stream_id: request.stream_id.clone(),
+                    expected: request.expected,
+                    actual: 0,
+                }
+            })];
+        }
+        tracing::error!(error = %e, appends = batch.len(), "event store append failed");
+        // The connection may be broken: start afresh next time.
+        self.conn = None;
+        let message = e.to_string();
+        batch
+            .iter()
+            .map(|_| Err(StoreError::backend(message.clone())))
+            .collect()
+    }
+
+    async fn connection(&mut self) -> std::result::Result<&mut (PgConnection, i32), sqlx::Error> {
+        if self.conn.is_none() {
+            let options: PgConnectOptions = (*self.pool.connect_options())
+                .clone()
+                .application_name("strata-writer")
+                .log_statements(tracing::log::LevelFilter::Trace);
+            let mut conn = PgConnection::connect_with(&options).await?;
+            let timeout_ms = self.config.lock_timeout.as_millis().max(1).to_string();
+            sqlx::query("SELECT set_config('lock_timeout', $1, false), set_config('idle_in_transaction_session_timeout', $2, false)")
+                .bind(&timeout_ms)
+                .bind("60000")
+                .execute(&mut conn)
+                .await?;
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&mut conn)
+                .await?;
+            self.conn = Some((conn, pid));
+        }
+        Ok(self.conn.as_mut().expect("connection set above"))
+    }
+
+    async fn write(&mut self, batch: &[Job]) -> BatchResult {
+        let slow = self.config.slow_lock_warning;
+        let pool = self.pool.clone();
+        let shared = Arc::clone(&self.shared);
+        let (conn, pid) = self.connection().await?;
+        let pid = *pid;
+        let mut tx = conn.begin().await?;
+
+        // 1. The append lock.
+        let started = Instant::now();
+        let head: i64 = {
+            let lock = sqlx::query_scalar("SELECT position FROM strata_head WHERE id = 1 FOR UPDATE")
+                .fetch_one(&mut *tx);
+            tokio::pin!(lock);
+            tokio::select! {
+                r = &mut lock => r?,
+                _ = tokio::time::sleep(slow) => {
+                    shared.counters.slow_lock_waits.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(report_lock_holders(pool, pid));
+                    lock.await?
+                }
+            }
+        };
+        let waited = started.elapsed().as_micros() as u64;
+        shared
+            .counters
+            .max_lock_wait_us
+            .fetch_max(waited, Ordering::Relaxed);
+
+        // 2. Current versions and existing ids.
+        let stream_ids: Vec<&str> = batch
+            .iter()
+            .map(|j| j.append.request.stream_id.as_str())
+            .collect();
+        let event_ids: Vec<Uuid> = batch
+            .iter()
+            .flat_map(|j| j.append.request.events.iter().map(|e| e.event_id))
+            .collect();
+        let rows = sqlx::query(
+            "SELECT stream_id, version, NULL::uuid AS event_id, NULL::bigint AS position \
+               FROM strata_streams WHERE stream_id = ANY($1) \
+             UNION ALL \
+             SELECT stream_id, stream_version, event_id, position \
+               FROM strata_events WHERE event_id = ANY($2)",
+        )
+        .bind(&stream_ids)
+        .bind(&event_ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut versions: HashMap<String, u64> = HashMap::new();
+        let mut existing: HashMap<Uuid, StoredId> = HashMap::new();
+        for row in &rows {
+            let stream_id: String = row.try_get(0)?;
+            let version: i64 = row.try_get(1)?;
+            match row.try_get::<Option<Uuid>, _>(2)? {
+                None => {
+                    versions.insert(stream_id, version as u64);
+                }
+                Some(event_id) => {
+                    let position: i64 = row.try_get::<Option<i64>, _>(3)?.unwrap_or(0);
+                    let Ok(stream_id) = StreamId::new(stream_id) else {
+                        continue;
+                    };
+                    existing.insert(
+                        event_id,
+                        StoredId {
+                            stream_id,
+                            stream_version: version as u64,
+                            position: Position(position as u64),
+                        },
+                    );
+                }
+            }
+        }
+
+        // 3. Decide each append in order, as if they ran one after another.
+        let mut cols = Columns::default();
+        let mut streams: HashMap<&str, (&str, u64)> = HashMap::new();
+        let mut next = head as u64;
+        let mut results = Vec::with_capacity(batch.len());
+        let mut written = (0u64, 0u64);
+        for job in batch {
+            let request = &job.append.request;
+            let current = versions.get(request.stream_id.as_str()).copied().unwrap_or(0);
+            let result = match decide(request, current, &existing) {
+                Ok(Decision::Duplicate(outcome)) => {
+                    shared.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                    Ok(outcome)
+                }
+                Err(e) => {
+                    if matches!(e, StoreError::Conflict { .. }) {
+                        shared.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e)
+                }
+                Ok(Decision::Write { current }) => {
+                    let first_position = Position(next + 1);
+                    for (i, e) in request.events.iter().enumerate() {
+                        next += 1;
+                        let version = current + 1 + i as u64;
+                        cols.positions.push(next as i64);
+                        cols.event_ids.push(e.event_id);
+                        cols.stream_ids.push(request.stream_id.as_str());
+                        cols.stream_types.push(&request.stream_type);
+                        cols.versions.push(version as i64);
+                        cols.event_types.push(&e.event_type);
+                        cols.schema_versions.push(e.schema_version as i32);
+                        cols.payloads.push(&job.append.payloads[i]);
+                        cols.metadata.push(&job.append.metadata[i]);
+                        existing.insert(
+                            e.event_id,
+                            StoredId {
+                                stream_id: request.stream_id.clone(),
+                                stream_version: version,
+                                position: Position(next),
+                            },
+                        );
+                    }
+                    let count = request.events.len() as u64;
+                    versions.insert(request.stream_id.to_string(), current + count);
+                    streams.insert(
+                        request.stream_id.as_str(),
+                        (request.stream_type.as_str(), current + count),
+                    );
+                    written.0 += 1;
+                    written.1 += count;
+                    Ok(AppendOutcome {
+                        stream_id: request.stream_id.clone(),
+                        first_version: current + 1,
+                        stream_version: current + count,
+                        first_position,
+                        position: Position(next),
+                        duplicate: false,
+                    })
+                }
+            };
+            results.push(result);
+        }
+
+        // 4. One statement writes everything.
+        if !cols.positions.is_empty() {
+            let (s_ids, (s_types, s_versions)): (Vec<&str>, (Vec<&str>, Vec<i64>)) = streams
+                .iter()
+                .map(|(id, (ty, v))| (*id, (*ty, *v as i64)))
+                .unzip();
+            sqlx::query(
+                "WITH new_events AS ( \
+                   INSERT INTO strata_events (position, event_id, stream_id, stream_type, \
+                     stream_version, event_type, schema_version, payload, metadata, recorded_at) \
+                   SELECT p, e, s, st, v, et, sv, pl::jsonb, md::jsonb, clock_timestamp() \
+                   FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], \
+                               $6::text[], $7::int[], $8::text[], $9::text[]) \
+                     AS t(p, e, s, st, v, et, sv, pl, md) \
+                   RETURNING 1), \
+                 streams AS ( \
+                   INSERT INTO strata_streams (stream_id, stream_type, version) \
+                   SELECT * FROM UNNEST($10::text[], $11::text[], $12::bigint[]) \
+                   ON CONFLICT (stream_id) DO UPDATE SET version = EXCLUDED.version \
+                   RETURNING 1), \
+                 head AS (UPDATE strata_head SET position = $13 WHERE id = 1 RETURNING 1) \
+                 SELECT pg_notify($14, $13::text)",
+            )
+            .bind(&cols.positions)
+            .bind(&cols.event_ids)
+            .bind(&cols.stream_ids)
+            .bind(&cols.stream_types)
+            .bind(&cols.versions)
+            .bind(&cols.event_types)
+            .bind(&cols.schema_versions)
+            .bind(&cols.payloads)
+            .bind(&cols.metadata)
+            .bind(&s_ids)
+            .bind(&s_types)
+            .bind(&s_versions)
+            .bind(next as i64)
+            .bind(NOTIFY_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+        }
+
+        // 5. Commit, which releases the lock.
+        tx.commit().await?;
+        let c = &shared.counters;
+        c.batches.fetch_add(1, Ordering::Relaxed);
+        c.appends.fetch_add(written.0, Ordering::Relaxed);
+        c.events.fetch_add(written.1, Ordering::Relaxed);
+        if written.1 > 0 {
+            shared.advance_head(Position(next));
+        }
+        Ok(results)
+    }
+}
+
+#[derive(Default)]
+struct Columns<'a> {
+    positions: Vec<i64>,
+    event_ids: Vec<Uuid>,
+    stream_ids: Vec<&'a str>,
+    stream_types: Vec<&'a str>,
+    versions: Vec<i64>,
+    event_types: Vec<&'a str>,
+    schema_versions: Vec<i32>,
+    payloads: Vec<&'a str>,
+    metadata: Vec<&'a str>,
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.is_unique_violation())
+}
+
+/// Logs the sessions that hold up the append lock: the failure mode of a
+/// serialised append is a stuck transaction holding it.
+async fn report_lock_holders(pool: PgPool, waiting_pid: i32) {
+    let rows = sqlx::query(
+        "SELECT pid, usename::text, application_name, state, \
+                EXTRACT(EPOCH FROM now() - xact_start)::float8 AS xact_seconds, \
+                left(query, 200) AS query \
+           FROM pg_stat_activity WHERE pid = ANY(pg_blocking_pids($1))",
+    )
+    .bind(waiting_pid)
+    .fetch_all(&pool)
+    .await;
+    match rows {
+        Ok(rows) => {
+            for r in rows {
+                tracing::warn!(
+                    holder_pid = r.try_get::<i32, _>("pid").unwrap_or_default(),
+                    user = r.try_get::<Option<String>, _>("usename").ok().flatten().unwrap_or_default(),
+                    application = r.try_get::<Option<String>, _>("application_name").ok().flatten().unwrap_or_default(),
+                    state = r.try_get::<Option<String>, _>("state").ok().flatten().unwrap_or_default(),
+                    transaction_seconds = r.try_get::<Option<f64>, _>("xact_seconds").ok().flatten().unwrap_or_default(),
+                    query = r.try_get::<Option<String>, _>("query").ok().flatten().unwrap_or_default(),
+                    "append lock held up by another session; appends wait until it ends or lock_timeout"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "append lock is slow; could not look up the holder"),
+    }
+}

@@ -1,0 +1,342 @@
+//! The [`EventStore`] trait, its request and outcome types, and the append
+//! rules every implementation shares.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::envelope::{validate_type_name, EventEnvelope, NewEvent, Position, StreamId};
+use crate::error::{InputError, Result, StoreError};
+
+/// What the writer believes about the stream's current version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "version")]
+pub enum ExpectedVersion {
+    /// Append whatever the stream's version is.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream must be exactly at this version (its last event's version).
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// The version the command saw: `Exact(v)` or `NoStream` for `v == 0`.
+    pub fn from_seen(version: u64) -> Self {
+        if version == 0 {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Exact(version)
+        }
+    }
+
+    fn admits(self, current: u64) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current == 0,
+            ExpectedVersion::Exact(v) => current == v,
+        }
+    }
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any version"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::Exact(v) => write!(f, "version {v}"),
+        }
+    }
+}
+
+/// Events to append to one stream, atomically.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppendRequest {
+    /// The stream to append to.
+    pub stream_id: StreamId,
+    /// The stream's type (its aggregate type), e.g. `order`.
+    pub stream_type: String,
+    /// The version the writer expects the stream to be at.
+    pub expected: ExpectedVersion,
+    /// The events, in order. Must not be empty.
+    pub events: Vec<NewEvent>,
+}
+
+impl AppendRequest {
+    /// A new append request.
+    pub fn new(
+        stream_id: StreamId,
+        stream_type: impl Into<String>,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Self {
+        AppendRequest {
+            stream_id,
+            stream_type: stream_type.into(),
+            expected,
+            events,
+        }
+    }
+}
+
+/// What an append did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendOutcome {
+    /// The stream appended to.
+    pub stream_id: StreamId,
+    /// Stream version of the first appended event.
+    pub first_version: u64,
+    /// Stream version after the append (of the last appended event).
+    pub stream_version: u64,
+    /// Global position of the first appended event.
+    pub first_position: Position,
+    /// Global position of the last appended event: the consistency token a
+    /// client can wait on ("read at least this position").
+    pub position: Position,
+    /// True when these exact events were already stored (a retried request):
+    /// nothing was written and this is the original outcome.
+    pub duplicate: bool,
+}
+
+/// Which events a global read returns. Empty lists mean "all".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventFilter {
+    /// Only events of these stream types.
+    #[serde(default)]
+    pub stream_types: Vec<String>,
+    /// Only events of these event types.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+}
+
+impl EventFilter {
+    /// A filter that matches every event.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Only events of the given stream types.
+    pub fn stream_types<I: IntoIterator<Item = S>, S: Into<String>>(types: I) -> Self {
+        EventFilter {
+            stream_types: types.into_iter().map(Into::into).collect(),
+            event_types: Vec::new(),
+        }
+    }
+
+    /// Only events of the given event types.
+    pub fn event_types<I: IntoIterator<Item = S>, S: Into<String>>(types: I) -> Self {
+        EventFilter {
+            stream_types: Vec::new(),
+            event_types: types.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// True when the filter lets `e` through.
+    pub fn matches(&self, e: &EventEnvelope) -> bool {
+        (self.stream_types.is_empty() || self.stream_types.iter().any(|t| *t == e.stream_type))
+            && (self.event_types.is_empty() || self.event_types.iter().any(|t| *t == e.event_type))
+    }
+}
+
+/// Limits on what one append may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// Most events in one append (default 1,000).
+    pub max_events_per_append: usize,
+    /// Largest serialised payload of one event, in bytes (default 256 KiB).
+    pub max_payload_bytes: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits {
+            max_events_per_append: 1_000,
+            max_payload_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// The event store: the single source of truth.
+///
+/// Implementations: [`InMemoryEventStore`](crate::InMemoryEventStore) and,
+/// with the `postgres` feature, [`PgEventStore`](crate::PgEventStore). Both
+/// pass the same conformance suite (`strata::testing::conformance`).
+///
+/// **Invariants every implementation keeps:**
+/// - an append lands all its events or none, and only if the stream is at
+///   the expected version;
+/// - positions are dense (1, 2, 3, ...) and an event becomes visible to
+///   readers only after every event with a lower position is visible, so a
+///   reader that follows [`read_all`](EventStore::read_all) never skips one;
+/// - appending events whose ids are already stored, as the same append,
+///   returns the original outcome and writes nothing.
+pub trait EventStore: Clone + Send + Sync + 'static {
+    /// Appends events to one stream atomically, at the expected version.
+    fn append(&self, request: AppendRequest)
+        -> impl Future<Output = Result<AppendOutcome>> + Send;
+
+    /// Reads a stream's events with `stream_version >= from_version`, in
+    /// version order, at most `limit` of them.
+    fn read_stream(
+        &self,
+        stream_id: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<EventEnvelope>>> + Send;
+
+    /// Reads events with `position > after` in global order, at most `limit`,
+    /// keeping only those the filter matches.
+    fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> impl Future<Output = Result<Vec<EventEnvelope>>> + Send;
+
+    /// The position of the last visible event (0 when the store is empty).
+    fn head(&self) -> impl Future<Output = Result<Position>> + Send;
+
+    /// Waits until the head is beyond `after`, or `max_wait` passes, and
+    /// returns the head. Wakes on new events without busy polling.
+    fn wait_for_head(
+        &self,
+        after: Position,
+        max_wait: Duration,
+    ) -> impl Future<Output = Result<Position>> + Send;
+
+    /// The stored events with these ids (in position order; unknown ids are
+    /// left out).
+    fn events_by_id(&self, ids: &[Uuid])
+        -> impl Future<Output = Result<Vec<EventEnvelope>>> + Send;
+
+    /// The stream's current version (0 when it does not exist).
+    fn stream_version(&self, stream_id: &StreamId) -> impl Future<Output = Result<u64>> + Send;
+}
+
+/// An append that passed validation, with payloads serialised once.
+#[derive(Debug)]
+pub(crate) struct ValidAppend {
+    pub request: AppendRequest,
+    /// `serde_json` text of each event's payload.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub payloads: Vec<String>,
+    /// `serde_json` text of each event's metadata.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub metadata: Vec<String>,
+}
+
+/// Checks an append against the limits. Nothing is written on error.
+pub(crate) fn validate(request: AppendRequest, limits: &StoreLimits) -> Result<ValidAppend> {
+    validate_type_name("stream type", &request.stream_type)?;
+    if request.events.is_empty() {
+        return Err(InputError::EmptyAppend.into());
+    }
+    if request.events.len() > limits.max_events_per_append {
+        return Err(InputError::TooManyEvents {
+            count: request.events.len(),
+            max: limits.max_events_per_append,
+        }
+        .into());
+    }
+    let mut seen = HashSet::with_capacity(request.events.len());
+    let mut payloads = Vec::with_capacity(request.events.len());
+    let mut metadata = Vec::with_capacity(request.events.len());
+    for e in &request.events {
+        validate_type_name("event type", &e.event_type)?;
+        if e.schema_version == 0 {
+            return Err(InputError::InvalidSchemaVersion.into());
+        }
+        if !seen.insert(e.event_id) {
+            return Err(InputError::RepeatedEventId {
+                event_id: e.event_id,
+            }
+            .into());
+        }
+        let payload = serde_json::to_string(&e.payload).map_err(StoreError::backend)?;
+        if payload.len() > limits.max_payload_bytes {
+            return Err(InputError::PayloadTooLarge {
+                event_id: e.event_id,
+                size: payload.len(),
+                max: limits.max_payload_bytes,
+            }
+            .into());
+        }
+        payloads.push(payload);
+        metadata.push(serde_json::to_string(&e.metadata).map_err(StoreError::backend)?);
+    }
+    Ok(ValidAppend {
+        request,
+        payloads,
+        metadata,
+    })
+}
+
+/// A stored event, as far as the append rules need to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredId {
+    pub stream_id: StreamId,
+    pub stream_version: u64,
+    pub position: Position,
+}
+
+/// What the shared append rules decided for one request.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Write the events, versions starting at `current + 1`.
+    Write { current: u64 },
+    /// Already stored as this exact append: return the original outcome.
+    Duplicate(AppendOutcome),
+}
+
+/// The append rules both stores share: idempotency by event id first, then
+/// the expected-version check.
+pub(crate) fn decide(
+    request: &AppendRequest,
+    current: u64,
+    existing: &HashMap<Uuid, StoredId>,
+) -> Result<Decision> {
+    let found: Vec<(&Uuid, Option<&StoredId>)> = request
+        .events
+        .iter()
+        .map(|e| (&e.event_id, existing.get(&e.event_id)))
+        .collect();
+    if let Some((first_id, Some(first))) = found.first() {
+        let same_append = first.stream_id == request.stream_id
+            && found.iter().enumerate().all(|(i, (_, s))| {
+                s.is_some_and(|s| {
+                    s.stream_id == request.stream_id
+                        && s.stream_version == first.stream_version + i as u64
+                })
+            });
+        if !same_append {
+            return Err(StoreError::EventIdReused {
+                event_id: **first_id,
+            });
+        }
+        // `found` is non-empty here, so `last` exists.
+        let last = found[found.len() - 1].1.unwrap_or(first);
+        return Ok(Decision::Duplicate(AppendOutcome {
+            stream_id: request.stream_id.clone(),
+            first_version: first.stream_version,
+            stream_version: last.stream_version,
+            first_position: first.position,
+            position: last.position,
+            duplicate: true,
+        }));
+    }
+    if let Some((id, _)) = found.iter().find(|(_, s)| s.is_some()) {
+        return Err(StoreError::EventIdReused { event_id: **id });
+    }
+    if !request.expected.admits(current) {
+        return Err(StoreError::Conflict {
+            stream_id: request.stream_id.clone(),
+            expected: request.expected,
+            actual: current,
+        });
+    }
+    Ok(Decision::Write { current })
+}
