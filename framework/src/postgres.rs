@@ -524,17 +524,23 @@ impl Writer {
                 .as_database_error()
                 .and_then(|d| d.constraint())
                 .unwrap_or("");
-            return vec![Err(if constraint == "strata_events_event_id_key" {
-                StoreError::EventIdReused {
-                    event_id: request.events[0].event_id,
+            match constraint {
+                "strata_events_event_id_key" => {
+                    return vec![Err(StoreError::EventIdReused {
+                        event_id: request.events[0].event_id,
+                    })]
                 }
-            } else {
-                StoreError::Conflict {
-                    stream_id: request.stream_id.clone(),
-                    expected: request.expected,
-                    actual: 0,
+                "strata_events_stream_version_key" => {
+                    return vec![Err(StoreError::Conflict {
+                        stream_id: request.stream_id.clone(),
+                        expected: request.expected,
+                        actual: 0,
+                    })]
                 }
-            })];
+                // A duplicate position means something appended without
+                // the lock: a broken invariant, reported as a backend error.
+                _ => {}
+            }
         }
         tracing::error!(error = %e, appends = batch.len(), "event store append failed");
         // The connection may be broken: start afresh next time.
