@@ -518,12 +518,8 @@ impl Writer {
 
     /// Maps an error that failed a whole batch to one error per append.
     fn batch_error(&mut self, batch: &[Job], e: sqlx::Error) -> Vec<Result<AppendOutcome>> {
-        if is_unique_violation(&e) && batch.len() == 1 {
+        if let (Some(constraint), 1) = (violated(&e), batch.len()) {
             let request = &batch[0].append.request;
-            let constraint = e
-                .as_database_error()
-                .and_then(|d| d.constraint())
-                .unwrap_or("");
             match constraint {
                 "strata_events_event_id_key" => {
                     return vec![Err(StoreError::EventIdReused {
@@ -560,9 +556,15 @@ impl Writer {
                 .log_statements(tracing::log::LevelFilter::Trace);
             let mut conn = PgConnection::connect_with(&options).await?;
             let timeout_ms = self.config.lock_timeout.as_millis().max(1).to_string();
-            sqlx::query("SELECT set_config('lock_timeout', $1, false), set_config('idle_in_transaction_session_timeout', $2, false)")
-                .bind(&timeout_ms)
-                .bind("60000")
+            // Custom plans: a generic plan for `= ANY($1)` may scan the
+            // whole table while holding the append lock.
+            sqlx::query(
+                "SELECT set_config('lock_timeout', $1, false), \
+                        set_config('idle_in_transaction_session_timeout', $2, false), \
+                        set_config('plan_cache_mode', 'force_custom_plan', false)",
+            )
+            .bind(&timeout_ms)
+            .bind("60000")
                 .execute(&mut conn)
                 .await?;
             let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
@@ -579,20 +581,18 @@ impl Writer {
         let shared = Arc::clone(&self.shared);
         let (conn, pid) = self.connection().await?;
         let pid = *pid;
-        let mut tx = conn.begin().await?;
-
-        // 1. The append lock.
+        // 1. `BEGIN` and the append lock, in one round trip (a simple-query
+        //    batch). The lock is held until commit.
         let started = Instant::now();
-        let head: i64 = {
-            let lock = sqlx::query_scalar("SELECT position FROM strata_head WHERE id = 1 FOR UPDATE")
-                .fetch_one(&mut *tx);
-            tokio::pin!(lock);
+        let mut tx = {
+            let begin = conn.begin_with("BEGIN; SELECT 1 FROM strata_head WHERE id = 1 FOR UPDATE");
+            tokio::pin!(begin);
             tokio::select! {
-                r = &mut lock => r?,
+                r = &mut begin => r?,
                 _ = tokio::time::sleep(slow) => {
                     shared.counters.slow_lock_waits.fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(report_lock_holders(pool, pid));
-                    lock.await?
+                    begin.await?
                 }
             }
         };
@@ -602,7 +602,6 @@ impl Writer {
             .max_lock_wait_us
             .fetch_max(waited, Ordering::Relaxed);
 
-        // 2. Current versions and existing ids.
         let stream_ids: Vec<&str> = batch
             .iter()
             .map(|j| j.append.request.stream_id.as_str())
@@ -611,8 +610,13 @@ impl Writer {
             .iter()
             .flat_map(|j| j.append.request.events.iter().map(|e| e.event_id))
             .collect();
+        // 2. The head, current versions and existing ids. Under the lock,
+        //    this statement's snapshot sees every committed append.
         let rows = sqlx::query(
-            "SELECT stream_id, version, NULL::uuid AS event_id, NULL::bigint AS position \
+            "SELECT NULL::text AS stream_id, position AS version, NULL::uuid AS event_id, \
+                    NULL::bigint AS position FROM strata_head WHERE id = 1 \
+             UNION ALL \
+             SELECT stream_id, version, NULL, NULL \
                FROM strata_streams WHERE stream_id = ANY($1) \
              UNION ALL \
              SELECT stream_id, stream_version, event_id, position \
@@ -624,9 +628,13 @@ impl Writer {
         .await?;
         let mut versions: HashMap<String, u64> = HashMap::new();
         let mut existing: HashMap<Uuid, StoredId> = HashMap::new();
+        let mut head: Option<i64> = None;
         for row in &rows {
-            let stream_id: String = row.try_get(0)?;
             let version: i64 = row.try_get(1)?;
+            let Some(stream_id) = row.try_get::<Option<String>, _>(0)? else {
+                head = Some(version);
+                continue;
+            };
             match row.try_get::<Option<Uuid>, _>(2)? {
                 None => {
                     versions.insert(stream_id, version as u64);
@@ -651,6 +659,7 @@ impl Writer {
         // 3. Decide each append in order, as if they ran one after another.
         let mut cols = Columns::default();
         let mut streams: HashMap<&str, (&str, u64)> = HashMap::new();
+        let head = head.ok_or_else(|| sqlx::Error::RowNotFound)?;
         let mut next = head as u64;
         let mut results = Vec::with_capacity(batch.len());
         let mut written = (0u64, 0u64);
@@ -782,6 +791,13 @@ struct Columns<'a> {
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .is_some_and(|d| d.is_unique_violation())
+}
+
+/// The unique constraint an error violated, if any.
+fn violated(e: &sqlx::Error) -> Option<&str> {
+    e.as_database_error()
+        .filter(|d| d.is_unique_violation())
+        .and_then(|d| d.constraint())
 }
 
 /// Logs the sessions that hold up the append lock: the failure mode of a
