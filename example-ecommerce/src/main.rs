@@ -32,8 +32,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     match Cli::parse().command {
@@ -79,7 +78,10 @@ async fn demo<S: EventStore>(store: S) -> anyhow::Result<()> {
         .await?;
     let head = store.head().await?;
     println!("Head position: {head}\n");
-    println!("{:>8}  {:<44} {:>4}  {:<16} payload", "position", "stream", "ver", "type");
+    println!(
+        "{:>8}  {:<44} {:>4}  {:<16} payload",
+        "position", "stream", "ver", "type"
+    );
     let from = Position(head.0.saturating_sub(20));
     for e in store.read_all(from, 20, &EventFilter::all()).await? {
         println!(

@@ -13,7 +13,9 @@ use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use strata::testing::test_database;
-use strata::{AppendRequest, EventStore, ExpectedVersion, Metadata, NewEvent, PgEventStore, StreamId};
+use strata::{
+    AppendRequest, EventStore, ExpectedVersion, Metadata, NewEvent, PgEventStore, StreamId,
+};
 use uuid::Uuid;
 
 fn payload(i: u64) -> serde_json::Value {
@@ -73,7 +75,9 @@ async fn raw_insert(pool: &PgPool, stream: &str, first_version: u64, n: u64, met
     let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
     let streams: Vec<&str> = vec![stream; n as usize];
     let versions: Vec<i64> = (0..n).map(|i| (first_version + i) as i64).collect();
-    let payloads: Vec<String> = (0..n).map(|i| payload(first_version + i).to_string()).collect();
+    let payloads: Vec<String> = (0..n)
+        .map(|i| payload(first_version + i).to_string())
+        .collect();
     let metas: Vec<&str> = vec![meta; n as usize];
     sqlx::query(RAW_INSERT)
         .bind(&ids)
@@ -88,7 +92,10 @@ async fn raw_insert(pool: &PgPool, stream: &str, first_version: u64, n: u64, met
 
 fn events(first: u64, n: u64) -> Vec<NewEvent> {
     (0..n)
-        .map(|i| NewEvent::new("ItemAdded", payload(first + i)).with_metadata(Metadata::new().with_actor("bench")))
+        .map(|i| {
+            NewEvent::new("ItemAdded", payload(first + i))
+                .with_metadata(Metadata::new().with_actor("bench"))
+        })
         .collect()
 }
 
@@ -129,14 +136,23 @@ async fn main() {
             let s = s.clone();
             let stream = StreamId::new(format!("{tag}-{w}")).unwrap();
             async move {
-                s.append(AppendRequest::new(stream, "bench", ExpectedVersion::Exact(i), events(i, 1)))
-                    .await
-                    .expect("append");
+                s.append(AppendRequest::new(
+                    stream,
+                    "bench",
+                    ExpectedVersion::Exact(i),
+                    events(i, 1),
+                ))
+                .await
+                .expect("append");
             }
         })
         .await;
         println!("single-event appends, {writers} writers: raw {raw:.0}/s, strata {strata:.0}/s, ratio {:.2}", strata / raw);
-        rows.push(Row { case: format!("single-event appends, {writers} concurrent writers"), raw, strata });
+        rows.push(Row {
+            case: format!("single-event appends, {writers} concurrent writers"),
+            raw,
+            strata,
+        });
     }
 
     let writers = 8usize;
@@ -156,14 +172,26 @@ async fn main() {
         let s = s.clone();
         let stream = StreamId::new(format!("{tag}-{w}")).unwrap();
         async move {
-            s.append(AppendRequest::new(stream, "bench", ExpectedVersion::Exact(i * 100), events(i * 100, 100)))
-                .await
-                .expect("append");
+            s.append(AppendRequest::new(
+                stream,
+                "bench",
+                ExpectedVersion::Exact(i * 100),
+                events(i * 100, 100),
+            ))
+            .await
+            .expect("append");
         }
     })
     .await;
-    println!("100-event batches, {writers} writers: raw {raw:.0}/s, strata {strata:.0}/s, ratio {:.2}", strata / raw);
-    rows.push(Row { case: format!("100-event appends, {writers} concurrent writers"), raw, strata });
+    println!(
+        "100-event batches, {writers} writers: raw {raw:.0}/s, strata {strata:.0}/s, ratio {:.2}",
+        strata / raw
+    );
+    rows.push(Row {
+        case: format!("100-event appends, {writers} concurrent writers"),
+        raw,
+        strata,
+    });
 
     let stats = store.stats();
     println!("store stats: {stats:?}");
@@ -173,7 +201,10 @@ async fn main() {
     for r in &rows {
         table.push_str(&format!(
             "| {} | {:.0} | {:.0} | {:.2}× |\n",
-            r.case, r.raw, r.strata, r.strata / r.raw
+            r.case,
+            r.raw,
+            r.strata,
+            r.strata / r.raw
         ));
     }
     table.push_str(&format!(
@@ -187,5 +218,5 @@ async fn main() {
 }
 
 mod strata_bench_report {
-    include!("report.rs");
+    include!("support/report.rs");
 }

@@ -64,7 +64,10 @@ impl StreamId {
                 reason: "length must be 1 to 200 bytes",
             });
         }
-        if !value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_:@~=".contains(&b)) {
+        if !value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_:@~=".contains(&b))
+        {
             return Err(InputError::InvalidStreamId {
                 id: truncate(&value),
                 reason: "only ASCII letters, digits and - _ : @ ~ = are allowed",
@@ -109,7 +112,9 @@ impl<'de> Deserialize<'de> for StreamId {
 pub fn validate_type_name(kind: &'static str, value: &str) -> Result<(), InputError> {
     let ok = !value.is_empty()
         && value.len() <= MAX_TYPE_NAME_LEN
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if ok {
         Ok(())
     } else {

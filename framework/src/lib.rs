@@ -11,6 +11,13 @@
 //! - [`store`]: the [`EventStore`] trait with its request and outcome types;
 //!   the append rules every implementation shares.
 //! - [`memory`]: [`InMemoryEventStore`], the embedded default.
+//! - [`codec`]: typed events ([`DomainEvent`]) to and from envelopes, with
+//!   [`Upcasters`] for old schema versions.
+//! - [`aggregate`]: [`Aggregate`], the pure decider (`decide`, `evolve`),
+//!   and snapshots.
+//! - [`command`]: [`CommandHandler`]: load → decide → append, with
+//!   per-stream lanes, conflict retries, idempotent command ids, snapshots.
+//! - [`harness`]: [`AggregateTest`], given / when / then for aggregates.
 //! - `postgres` (feature `postgres`, on by default): [`PgEventStore`], with
 //!   gap-safe global order and group commit.
 //! - [`follow`]: [`Follower`], the catch-up-then-wait loop over the global
@@ -41,9 +48,13 @@
 //! # });
 //! ```
 
+pub mod aggregate;
+pub mod codec;
+pub mod command;
 pub mod envelope;
 pub mod error;
 pub mod follow;
+pub mod harness;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -51,13 +62,22 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use aggregate::{Aggregate, InMemorySnapshotStore, Snapshot, SnapshotPolicy, SnapshotStore};
+pub use codec::{DecodeError, DecodeErrorKind, DomainEvent, Upcasters};
+pub use command::{
+    derived_event_id, CommandContext, CommandError, CommandHandler, CommandOutcome, CommandStats,
+    RetryPolicy,
+};
 pub use envelope::{EventEnvelope, Metadata, NewEvent, Position, StreamId};
 pub use error::{BoxError, InputError, StoreError};
 pub use follow::Follower;
+pub use harness::{AggregateTest, EncodedEvent, Then};
 pub use memory::InMemoryEventStore;
 #[cfg(feature = "postgres")]
-pub use postgres::{PgEventStore, PgStoreConfig, StoreStats};
-pub use store::{AppendOutcome, AppendRequest, EventFilter, EventStore, ExpectedVersion, StoreLimits};
+pub use postgres::{PgEventStore, PgSnapshotStore, PgStoreConfig, StoreStats};
+pub use store::{
+    AppendOutcome, AppendRequest, EventFilter, EventStore, ExpectedVersion, StoreLimits,
+};
 
 /// Re-exported so users need not pin their own versions.
 #[cfg(feature = "postgres")]

@@ -12,8 +12,8 @@ use uuid::Uuid;
 use crate::envelope::{EventEnvelope, Position, StreamId};
 use crate::error::Result;
 use crate::store::{
-    decide, validate, AppendOutcome, AppendRequest, Decision, EventFilter, EventStore,
-    StoreLimits, StoredId,
+    decide, validate, AppendOutcome, AppendRequest, Decision, EventFilter, EventStore, StoreLimits,
+    StoredId,
 };
 
 /// An event store that lives in the process's memory.

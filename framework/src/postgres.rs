@@ -36,8 +36,8 @@ use uuid::Uuid;
 use crate::envelope::{EventEnvelope, Metadata, Position, StreamId};
 use crate::error::{Result, StoreError};
 use crate::store::{
-    decide, validate, AppendOutcome, AppendRequest, Decision, EventFilter, EventStore,
-    StoreLimits, StoredId, ValidAppend,
+    decide, validate, AppendOutcome, AppendRequest, Decision, EventFilter, EventStore, StoreLimits,
+    StoredId, ValidAppend,
 };
 
 /// The channel followers `LISTEN` on; the payload is the new head position.
@@ -265,8 +265,7 @@ fn decode_envelope(row: &PgRow) -> Result<EventEnvelope> {
     };
     let stream_id: String = row.try_get("stream_id").map_err(|e| corrupt(&e))?;
     let Json(metadata): Json<Metadata> = row.try_get("metadata").map_err(|e| corrupt(&e))?;
-    let Json(payload): Json<serde_json::Value> =
-        row.try_get("payload").map_err(|e| corrupt(&e))?;
+    let Json(payload): Json<serde_json::Value> = row.try_get("payload").map_err(|e| corrupt(&e))?;
     Ok(EventEnvelope {
         position: Position(position as u64),
         event_id: row.try_get("event_id").map_err(|e| corrupt(&e))?,
@@ -565,8 +564,8 @@ impl Writer {
             )
             .bind(&timeout_ms)
             .bind("60000")
-                .execute(&mut conn)
-                .await?;
+            .execute(&mut conn)
+            .await?;
             let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
                 .fetch_one(&mut conn)
                 .await?;
@@ -665,7 +664,10 @@ impl Writer {
         let mut written = (0u64, 0u64);
         for job in batch {
             let request = &job.append.request;
-            let current = versions.get(request.stream_id.as_str()).copied().unwrap_or(0);
+            let current = versions
+                .get(request.stream_id.as_str())
+                .copied()
+                .unwrap_or(0);
             let result = match decide(request, current, &existing) {
                 Ok(Decision::Duplicate(outcome)) => {
                     shared.counters.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -827,5 +829,80 @@ async fn report_lock_holders(pool: PgPool, waiting_pid: i32) {
             }
         }
         Err(e) => tracing::warn!(error = %e, "append lock is slow; could not look up the holder"),
+    }
+}
+
+/// Aggregate snapshots in the `strata_snapshots` table.
+#[derive(Debug, Clone)]
+pub struct PgSnapshotStore {
+    pool: PgPool,
+}
+
+impl PgSnapshotStore {
+    /// Snapshots in the given database (migrations applied).
+    pub fn new(pool: PgPool) -> Self {
+        PgSnapshotStore { pool }
+    }
+}
+
+impl crate::aggregate::SnapshotStore for PgSnapshotStore {
+    fn load<'a>(
+        &'a self,
+        stream_id: &'a StreamId,
+    ) -> crate::aggregate::BoxFuture<'a, Result<Option<crate::aggregate::Snapshot>>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT stream_type, version, position, schema_version, state \
+                   FROM strata_snapshots WHERE stream_id = $1",
+            )
+            .bind(stream_id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+            let Some(row) = row else { return Ok(None) };
+            let Json(state): Json<serde_json::Value> =
+                row.try_get("state").map_err(StoreError::backend)?;
+            Ok(Some(crate::aggregate::Snapshot {
+                stream_id: stream_id.clone(),
+                stream_type: row.try_get("stream_type").map_err(StoreError::backend)?,
+                version: row
+                    .try_get::<i64, _>("version")
+                    .map_err(StoreError::backend)? as u64,
+                position: Position(
+                    row.try_get::<i64, _>("position")
+                        .map_err(StoreError::backend)? as u64,
+                ),
+                schema_version: row
+                    .try_get::<i32, _>("schema_version")
+                    .map_err(StoreError::backend)? as u32,
+                state,
+            }))
+        })
+    }
+
+    fn save(&self, s: crate::aggregate::Snapshot) -> crate::aggregate::BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO strata_snapshots \
+                   (stream_id, stream_type, version, position, schema_version, state) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (stream_id) DO UPDATE SET stream_type = EXCLUDED.stream_type, \
+                   version = EXCLUDED.version, position = EXCLUDED.position, \
+                   schema_version = EXCLUDED.schema_version, state = EXCLUDED.state, \
+                   taken_at = now() \
+                 WHERE strata_snapshots.version < EXCLUDED.version \
+                    OR strata_snapshots.schema_version <> EXCLUDED.schema_version",
+            )
+            .bind(s.stream_id.as_str())
+            .bind(&s.stream_type)
+            .bind(s.version as i64)
+            .bind(s.position.0 as i64)
+            .bind(s.schema_version as i32)
+            .bind(Json(&s.state))
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+            Ok(())
+        })
     }
 }

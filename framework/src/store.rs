@@ -137,8 +137,8 @@ impl EventFilter {
 
     /// True when the filter lets `e` through.
     pub fn matches(&self, e: &EventEnvelope) -> bool {
-        (self.stream_types.is_empty() || self.stream_types.iter().any(|t| *t == e.stream_type))
-            && (self.event_types.is_empty() || self.event_types.iter().any(|t| *t == e.event_type))
+        (self.stream_types.is_empty() || self.stream_types.contains(&e.stream_type))
+            && (self.event_types.is_empty() || self.event_types.contains(&e.event_type))
     }
 }
 
@@ -176,8 +176,7 @@ impl Default for StoreLimits {
 ///   returns the original outcome and writes nothing.
 pub trait EventStore: Clone + Send + Sync + 'static {
     /// Appends events to one stream atomically, at the expected version.
-    fn append(&self, request: AppendRequest)
-        -> impl Future<Output = Result<AppendOutcome>> + Send;
+    fn append(&self, request: AppendRequest) -> impl Future<Output = Result<AppendOutcome>> + Send;
 
     /// Reads a stream's events with `stream_version >= from_version`, in
     /// version order, at most `limit` of them.

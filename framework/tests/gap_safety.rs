@@ -20,7 +20,9 @@ fn append(stream: &str, n: usize) -> AppendRequest {
         StreamId::new(stream).unwrap(),
         "thing",
         ExpectedVersion::Any,
-        (0..n).map(|i| NewEvent::new("E", json!({ "i": i }))).collect(),
+        (0..n)
+            .map(|i| NewEvent::new("E", json!({ "i": i })))
+            .collect(),
     )
 }
 
@@ -36,17 +38,21 @@ async fn connect(url: &str, app: &str) -> PgConnection {
 
 /// Waits until the store's writer session is blocked on a lock.
 async fn wait_for_blocked_writer(pool: &sqlx::PgPool) {
-    wait_until(Duration::from_secs(10), "the writer to wait for the append lock", || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM pg_stat_activity \
+    wait_until(
+        Duration::from_secs(10),
+        "the writer to wait for the append lock",
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity \
              WHERE application_name = 'strata-writer' AND wait_event_type = 'Lock' \
                AND datname = current_database()",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap()
-            > 0
-    })
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap()
+                > 0
+        },
+    )
     .await;
 }
 
@@ -117,8 +123,15 @@ async fn reader_never_skips_a_late_committing_append() {
         seen.extend(batch.iter().map(|e| (e.position.0, e.event_id)));
     }
     let positions: Vec<u64> = seen.iter().map(|s| s.0).collect();
-    assert_eq!(positions, (1..=13).collect::<Vec<_>>(), "every event once, in order");
-    assert_eq!(seen[2].1, slow_id, "the late-committing append is at its position");
+    assert_eq!(
+        positions,
+        (1..=13).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    assert_eq!(
+        seen[2].1, slow_id,
+        "the late-committing append is at its position"
+    );
 
     // The order is stable: a fresh read gives the same sequence.
     let again: Vec<(u64, Uuid)> = store
@@ -168,7 +181,10 @@ async fn control_plain_sequence_skips_late_commits() {
     assert_eq!(first, vec![(2, "fast".to_owned())]);
     tx.commit().await.unwrap();
     let next = read(2).await;
-    assert!(next.is_empty(), "the reader has moved past position 1 for good");
+    assert!(
+        next.is_empty(),
+        "the reader has moved past position 1 for good"
+    );
 }
 
 /// Many writers in several "processes" (stores with their own writer
@@ -196,8 +212,9 @@ async fn randomised_concurrent_writers_and_a_follower() {
             for _ in 0..40 {
                 let stream = StreamId::new(format!("s-{}", rng.gen_range(0..12))).unwrap();
                 let n = rng.gen_range(1..=5);
-                let evs: Vec<NewEvent> =
-                    (0..n).map(|i| NewEvent::new("E", json!({ "w": w, "i": i }))).collect();
+                let evs: Vec<NewEvent> = (0..n)
+                    .map(|i| NewEvent::new("E", json!({ "w": w, "i": i })))
+                    .collect();
                 let expected = if rng.gen_bool(0.5) {
                     ExpectedVersion::Any
                 } else {
@@ -264,8 +281,14 @@ async fn randomised_concurrent_writers_and_a_follower() {
     committed.sort();
     let positions: Vec<u64> = seen.iter().map(|s| s.0).collect();
     let dense: Vec<u64> = (1..=committed.len() as u64).collect();
-    assert_eq!(positions, dense, "dense, in order, none repeated or skipped");
-    assert_eq!(seen, committed, "exactly the committed events, at their positions");
+    assert_eq!(
+        positions, dense,
+        "dense, in order, none repeated or skipped"
+    );
+    assert_eq!(
+        seen, committed,
+        "exactly the committed events, at their positions"
+    );
     let unique: HashSet<Uuid> = seen.iter().map(|s| s.1).collect();
     assert_eq!(unique.len(), seen.len());
     println!("{} events, {conflicts} conflicts", seen.len());
@@ -341,7 +364,10 @@ struct LogWriter(Arc<Mutex<Vec<u8>>>);
 
 impl std::io::Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {

@@ -43,7 +43,10 @@ pub async fn append_and_read_back<S: EventStore>(store: S) {
         .await
         .expect("append");
     assert_eq!((out.first_version, out.stream_version), (1, 3));
-    assert_eq!((out.first_position, out.position), (Position(1), Position(3)));
+    assert_eq!(
+        (out.first_position, out.position),
+        (Position(1), Position(3))
+    );
     assert!(!out.duplicate);
 
     let read = store.read_stream(&sid("a-1"), 1, 100).await.unwrap();
@@ -67,7 +70,10 @@ pub async fn append_and_read_back<S: EventStore>(store: S) {
         .await
         .unwrap();
     assert_eq!((out.first_version, out.stream_version), (1, 2));
-    assert_eq!((out.first_position, out.position), (Position(4), Position(5)));
+    assert_eq!(
+        (out.first_position, out.position),
+        (Position(4), Position(5))
+    );
     let all = store
         .read_all(Position::START, 100, &EventFilter::all())
         .await
@@ -156,10 +162,7 @@ pub async fn idempotent_retries<S: EventStore>(store: S) {
     }
     let mut mixed = events(1, "E");
     mixed.push(evs[1].clone());
-    match store
-        .append(req("i-1", ExpectedVersion::Any, mixed))
-        .await
-    {
+    match store.append(req("i-1", ExpectedVersion::Any, mixed)).await {
         Err(StoreError::EventIdReused { event_id }) => assert_eq!(event_id, evs[1].event_id),
         other => panic!("expected EventIdReused, got {other:?}"),
     }
@@ -174,7 +177,8 @@ pub async fn bad_input_changes_nothing<S: EventStore>(store: S) {
     assert!(StreamId::new("dot.ted").is_err());
     assert!(StreamId::new("x".repeat(201)).is_err());
 
-    let cases: Vec<(AppendRequest, fn(&StoreError) -> bool)> = vec![
+    type Case = (AppendRequest, fn(&StoreError) -> bool);
+    let cases: Vec<Case> = vec![
         (req("b-1", ExpectedVersion::Any, vec![]), |e| {
             matches!(e, StoreError::Input(InputError::EmptyAppend))
         }),
@@ -182,9 +186,10 @@ pub async fn bad_input_changes_nothing<S: EventStore>(store: S) {
             AppendRequest::new(sid("b-1"), "bad type", ExpectedVersion::Any, events(1, "E")),
             |e| matches!(e, StoreError::Input(InputError::InvalidTypeName { .. })),
         ),
-        (req("b-1", ExpectedVersion::Any, events(1, "no.dots")), |e| {
-            matches!(e, StoreError::Input(InputError::InvalidTypeName { .. }))
-        }),
+        (
+            req("b-1", ExpectedVersion::Any, events(1, "no.dots")),
+            |e| matches!(e, StoreError::Input(InputError::InvalidTypeName { .. })),
+        ),
         (req("b-1", ExpectedVersion::Any, events(1_001, "E")), |e| {
             matches!(
                 e,
@@ -198,7 +203,10 @@ pub async fn bad_input_changes_nothing<S: EventStore>(store: S) {
             req(
                 "b-1",
                 ExpectedVersion::Any,
-                vec![NewEvent::new("E", json!({ "blob": "x".repeat(300 * 1024) }))],
+                vec![NewEvent::new(
+                    "E",
+                    json!({ "blob": "x".repeat(300 * 1024) }),
+                )],
             ),
             |e| matches!(e, StoreError::Input(InputError::PayloadTooLarge { .. })),
         ),
@@ -240,7 +248,10 @@ pub async fn read_all_filters_and_pages<S: EventStore>(store: S) {
             sid("o-1"),
             "order",
             ExpectedVersion::Any,
-            vec![NewEvent::new("Placed", json!({})), NewEvent::new("Paid", json!({}))],
+            vec![
+                NewEvent::new("Placed", json!({})),
+                NewEvent::new("Paid", json!({})),
+            ],
         ))
         .await
         .unwrap();
@@ -296,10 +307,7 @@ pub async fn read_all_filters_and_pages<S: EventStore>(store: S) {
         pos(store.read_stream(&sid("o-1"), 1, 1).await.unwrap()),
         vec![1]
     );
-    let found = store
-        .events_by_id(&[Uuid::new_v4()])
-        .await
-        .unwrap();
+    let found = store.events_by_id(&[Uuid::new_v4()]).await.unwrap();
     assert!(found.is_empty());
     let all = store
         .read_all(Position::START, 10, &EventFilter::all())
@@ -309,8 +317,8 @@ pub async fn read_all_filters_and_pages<S: EventStore>(store: S) {
     assert_eq!(pos(store.events_by_id(&ids).await.unwrap()), vec![1, 4]);
 
     // A filtered follower moves past events it does not want.
-    let mut follower =
-        crate::Follower::new(store.clone(), Position::START).filter(EventFilter::stream_types(["product"]));
+    let mut follower = crate::Follower::new(store.clone(), Position::START)
+        .filter(EventFilter::stream_types(["product"]));
     let batch = follower.try_next_batch().await.unwrap().unwrap();
     assert_eq!(pos(batch), vec![3]);
     assert_eq!(follower.try_next_batch().await.unwrap(), None);

@@ -1,0 +1,307 @@
+//! Typed events: encoding to and decoding from the store's JSON envelopes,
+//! with upcasting of old schema versions on every read path.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::envelope::{EventEnvelope, Position, StreamId};
+
+/// A domain event type: usually an enum with one variant per event type.
+///
+/// The enum must be *adjacently tagged* with `type` and `data`, so that
+/// each variant's (renamed) name is its event type and its content is the
+/// payload:
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// #[serde(tag = "type", content = "data")]
+/// enum CounterEvent {
+///     #[serde(rename = "Incremented")]
+///     Incremented { by: u32 },
+///     #[serde(rename = "Reset")]
+///     Reset,
+/// }
+///
+/// impl strata::DomainEvent for CounterEvent {}
+///
+/// let (ty, payload) = strata::codec::encode(&CounterEvent::Incremented { by: 2 }).unwrap();
+/// assert_eq!(ty, "Incremented");
+/// assert_eq!(payload, serde_json::json!({ "by": 2 }));
+/// ```
+///
+/// The names are the wire format: renaming a variant's Rust name is safe as
+/// long as the `serde(rename)` stays. Changing a payload's shape means a new
+/// schema version ([`DomainEvent::schema_version`]) and an upcaster
+/// ([`Upcasters`]) from the old one.
+pub trait DomainEvent: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
+    /// The current schema version of `event_type`'s payload (default 1).
+    fn schema_version(event_type: &str) -> u32 {
+        let _ = event_type;
+        1
+    }
+}
+
+/// Why a stored event could not become a typed event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeErrorKind {
+    /// No variant of the event enum has this type name.
+    UnknownEventType,
+    /// The payload does not fit the type's current shape.
+    InvalidPayload(String),
+    /// The stored schema version is older than current and no upcaster
+    /// covers it.
+    MissingUpcaster {
+        /// The version that has no upcaster.
+        from_version: u32,
+    },
+    /// An upcaster refused the payload.
+    UpcastFailed {
+        /// The version the upcaster started from.
+        from_version: u32,
+        /// What it said.
+        reason: String,
+    },
+    /// The stored schema version is newer than this code knows (an older
+    /// binary reading events written by a newer one).
+    NewerSchema {
+        /// The newest version this code knows.
+        known: u32,
+    },
+    /// The event type does not serialise as `{"type": ..., "data": ...}`.
+    NotAdjacentlyTagged,
+}
+
+/// A stored event that could not be decoded, named by id, stream and position.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot decode event {event_type} v{schema_version} ({event_id}, stream {stream_id}, position {position}): {kind}")]
+pub struct DecodeError {
+    /// The event's id.
+    pub event_id: Uuid,
+    /// Its stream.
+    pub stream_id: String,
+    /// Its position (0 for an event not stored yet).
+    pub position: Position,
+    /// Its type name.
+    pub event_type: String,
+    /// Its stored schema version.
+    pub schema_version: u32,
+    /// What went wrong.
+    pub kind: DecodeErrorKind,
+}
+
+impl fmt::Display for DecodeErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeErrorKind::UnknownEventType => f.write_str("unknown event type"),
+            DecodeErrorKind::InvalidPayload(r) => write!(f, "invalid payload: {r}"),
+            DecodeErrorKind::MissingUpcaster { from_version } => {
+                write!(f, "no upcaster from schema version {from_version}")
+            }
+            DecodeErrorKind::UpcastFailed {
+                from_version,
+                reason,
+            } => write!(f, "upcaster from version {from_version} failed: {reason}"),
+            DecodeErrorKind::NewerSchema { known } => {
+                write!(f, "schema is newer than this code knows (v{known})")
+            }
+            DecodeErrorKind::NotAdjacentlyTagged => {
+                f.write_str("the event type must be #[serde(tag = \"type\", content = \"data\")]")
+            }
+        }
+    }
+}
+
+/// Encodes a typed event into its type name and JSON payload.
+pub fn encode<E: DomainEvent>(event: &E) -> Result<(String, Value), DecodeErrorKind> {
+    let value =
+        serde_json::to_value(event).map_err(|e| DecodeErrorKind::InvalidPayload(e.to_string()))?;
+    let Value::Object(mut map) = value else {
+        return Err(DecodeErrorKind::NotAdjacentlyTagged);
+    };
+    let Some(Value::String(ty)) = map.remove("type") else {
+        return Err(DecodeErrorKind::NotAdjacentlyTagged);
+    };
+    let payload = map.remove("data").unwrap_or(Value::Null);
+    Ok((ty, payload))
+}
+
+/// Decodes a payload already at the current schema version.
+pub fn decode<E: DomainEvent>(event_type: &str, payload: Value) -> Result<E, DecodeErrorKind> {
+    let mut map = serde_json::Map::with_capacity(2);
+    map.insert("type".into(), Value::String(event_type.to_owned()));
+    if !payload.is_null() {
+        map.insert("data".into(), payload);
+    }
+    serde_json::from_value(Value::Object(map)).map_err(|e| {
+        let msg = e.to_string();
+        if msg.starts_with("unknown variant") {
+            DecodeErrorKind::UnknownEventType
+        } else {
+            DecodeErrorKind::InvalidPayload(msg)
+        }
+    })
+}
+
+type UpcastFn = dyn Fn(Value) -> Result<Value, String> + Send + Sync;
+
+/// Upcasters per event type and schema version: each turns a payload of
+/// version *n* into version *n + 1*. Chains run until no upcaster applies.
+///
+/// ```
+/// use serde_json::json;
+/// let up = strata::Upcasters::new().register("ItemAdded", 1, |mut p| {
+///     // v1 had `qty`; v2 calls it `quantity`.
+///     let qty = p["qty"].take();
+///     Ok(json!({ "sku": p["sku"], "quantity": qty }))
+/// });
+/// let (v, p) = up.upcast("ItemAdded", 1, json!({ "sku": "A", "qty": 2 })).unwrap();
+/// assert_eq!((v, p), (2, json!({ "sku": "A", "quantity": 2 })));
+/// ```
+#[derive(Clone, Default)]
+pub struct Upcasters {
+    map: HashMap<(String, u32), Arc<UpcastFn>>,
+}
+
+impl fmt::Debug for Upcasters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut keys: Vec<_> = self.map.keys().collect();
+        keys.sort();
+        f.debug_struct("Upcasters")
+            .field("registered", &keys)
+            .finish()
+    }
+}
+
+impl Upcasters {
+    /// No upcasters.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers the upcaster from `from_version` to `from_version + 1` of `event_type`.
+    pub fn register<F>(mut self, event_type: impl Into<String>, from_version: u32, f: F) -> Self
+    where
+        F: Fn(Value) -> Result<Value, String> + Send + Sync + 'static,
+    {
+        self.map
+            .insert((event_type.into(), from_version), Arc::new(f));
+        self
+    }
+
+    /// True when no upcaster is registered.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Runs the upcaster chain from `version`; returns the final version and
+    /// payload, or the version that failed with the reason.
+    pub fn upcast(
+        &self,
+        event_type: &str,
+        mut version: u32,
+        mut payload: Value,
+    ) -> Result<(u32, Value), (u32, String)> {
+        if self.map.is_empty() {
+            return Ok((version, payload));
+        }
+        while let Some(f) = self.map.get(&(event_type.to_owned(), version)) {
+            payload = f(payload).map_err(|reason| (version, reason))?;
+            version += 1;
+        }
+        Ok((version, payload))
+    }
+
+    /// Upcasts a stored envelope in place to the newest version the
+    /// upcasters reach (for readers of raw envelopes: replay, projections).
+    pub fn apply(&self, envelope: &mut EventEnvelope) -> Result<(), DecodeError> {
+        if self.map.is_empty() {
+            return Ok(());
+        }
+        let payload = std::mem::take(&mut envelope.payload);
+        match self.upcast(&envelope.event_type, envelope.schema_version, payload) {
+            Ok((v, p)) => {
+                envelope.schema_version = v;
+                envelope.payload = p;
+                Ok(())
+            }
+            Err((from_version, reason)) => Err(decode_error(
+                envelope,
+                DecodeErrorKind::UpcastFailed {
+                    from_version,
+                    reason,
+                },
+            )),
+        }
+    }
+
+    /// Decodes a stored envelope into a typed event, upcasting first.
+    pub fn decode<E: DomainEvent>(&self, envelope: &EventEnvelope) -> Result<E, DecodeError> {
+        let (version, payload) = self
+            .upcast(
+                &envelope.event_type,
+                envelope.schema_version,
+                envelope.payload.clone(),
+            )
+            .map_err(|(from_version, reason)| {
+                decode_error(
+                    envelope,
+                    DecodeErrorKind::UpcastFailed {
+                        from_version,
+                        reason,
+                    },
+                )
+            })?;
+        let current = E::schema_version(&envelope.event_type);
+        if version < current {
+            return Err(decode_error(
+                envelope,
+                DecodeErrorKind::MissingUpcaster {
+                    from_version: version,
+                },
+            ));
+        }
+        if version > current {
+            return Err(decode_error(
+                envelope,
+                DecodeErrorKind::NewerSchema { known: current },
+            ));
+        }
+        decode(&envelope.event_type, payload).map_err(|kind| decode_error(envelope, kind))
+    }
+}
+
+fn decode_error(envelope: &EventEnvelope, kind: DecodeErrorKind) -> DecodeError {
+    DecodeError {
+        event_id: envelope.event_id,
+        stream_id: envelope.stream_id.to_string(),
+        position: envelope.position,
+        event_type: envelope.event_type.clone(),
+        schema_version: envelope.schema_version,
+        kind,
+    }
+}
+
+/// Builds the error for an event that is not stored yet.
+pub(crate) fn unstored_decode_error(
+    stream_id: &StreamId,
+    event_type: &str,
+    kind: DecodeErrorKind,
+) -> DecodeError {
+    DecodeError {
+        event_id: Uuid::nil(),
+        stream_id: stream_id.to_string(),
+        position: Position::START,
+        event_type: event_type.to_owned(),
+        schema_version: 0,
+        kind,
+    }
+}

@@ -1,0 +1,847 @@
+//! The command handler: load → decide → append, with retries, idempotency
+//! and snapshots.
+//!
+//! # Commands for one aggregate take turns inside a process
+//!
+//! Commands for the same stream that arrive in one process while another is
+//! being handled queue up in that stream's *lane*. One task leads each busy
+//! lane: it takes every queued command, decides them in order on the state
+//! it already holds (each on the state the previous ones left), and appends
+//! all their events in one append at the version it saw. So commands of one
+//! process never conflict with each other, and a hot aggregate costs one
+//! append per group, not one per command. Each command still gets its own
+//! outcome (its own versions and position) or its own domain error.
+//!
+//! A conflict can only come from another process. Then the lane reloads the
+//! stream and decides the group again, up to [`RetryPolicy::max_attempts`]
+//! times with jittered exponential backoff, and then reports
+//! [`CommandError::Conflict`].
+//!
+//! # Idempotency
+//!
+//! A command's event ids are derived from its command id (UUID v5), so the
+//! store's own idempotency makes a repeated command append nothing; before
+//! deciding, the lane also looks the command id up and answers a repeat with
+//! the first outcome, even if the aggregate has moved on since.
+
+use std::collections::{HashMap, VecDeque};
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::aggregate::{Aggregate, Snapshot, SnapshotPolicy, SnapshotStore};
+use crate::codec::{encode, unstored_decode_error, DecodeError, Upcasters};
+use crate::envelope::{Metadata, NewEvent, Position, StreamId};
+use crate::error::{InputError, StoreError};
+use crate::store::{AppendRequest, EventStore, ExpectedVersion};
+
+/// Who sent a command, and why: becomes every resulting event's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandContext {
+    /// The command's id. Sending the same id twice appends once.
+    pub command_id: Uuid,
+    /// The request's correlation id; a new one when absent.
+    pub correlation_id: Option<Uuid>,
+    /// What caused the command (e.g. an event, for a process manager);
+    /// the command id when absent.
+    pub causation_id: Option<Uuid>,
+    /// The user or system issuing the command.
+    pub actor: Option<String>,
+    /// W3C trace context of the request.
+    pub traceparent: Option<String>,
+}
+
+impl CommandContext {
+    /// A context with a fresh command id.
+    pub fn new() -> Self {
+        Self::with_command_id(Uuid::now_v7())
+    }
+
+    /// A context for the given command id.
+    pub fn with_command_id(command_id: Uuid) -> Self {
+        CommandContext {
+            command_id,
+            correlation_id: None,
+            causation_id: None,
+            actor: None,
+            traceparent: None,
+        }
+    }
+
+    /// Sets the correlation id.
+    pub fn correlation_id(mut self, id: Uuid) -> Self {
+        self.correlation_id = Some(id);
+        self
+    }
+
+    /// Sets the causation id.
+    pub fn causation_id(mut self, id: Uuid) -> Self {
+        self.causation_id = Some(id);
+        self
+    }
+
+    /// Sets the actor.
+    pub fn actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = Some(actor.into());
+        self
+    }
+
+    fn metadata(&self, correlation_id: Uuid) -> Metadata {
+        Metadata {
+            correlation_id,
+            causation_id: Some(self.causation_id.unwrap_or(self.command_id)),
+            command_id: Some(self.command_id),
+            actor: self.actor.clone(),
+            traceparent: self.traceparent.clone(),
+        }
+    }
+}
+
+impl Default for CommandContext {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The id of the `index`-th event of a command: a UUID v5 of the command id.
+pub fn derived_event_id(command_id: Uuid, index: usize) -> Uuid {
+    Uuid::new_v5(&command_id, &(index as u64).to_be_bytes())
+}
+
+/// What a handled command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandOutcome {
+    /// The aggregate's stream.
+    pub stream_id: StreamId,
+    /// The stream's version after the command.
+    pub stream_version: u64,
+    /// The global position of the command's last event (or of the stream's
+    /// last event, when the command recorded none): wait for this position
+    /// to read your own write.
+    pub position: Position,
+    /// How many events the command recorded.
+    pub events: usize,
+    /// True when this command id had been handled before: this is the first
+    /// outcome, and nothing was appended now.
+    pub duplicate: bool,
+}
+
+/// Why a command failed. Generic over the domain's error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError<E: std::error::Error + 'static> {
+    /// The aggregate refused the command. Show the error to the caller;
+    /// HTTP 422 (or 404/409 as the domain sees fit). Nothing was written.
+    #[error(transparent)]
+    Domain(E),
+    /// Another process kept changing the stream and the retries ran out.
+    /// The caller may try again; HTTP 409. Nothing was written.
+    #[error("version conflict on {stream_id} after {attempts} attempts (stream at {actual})")]
+    Conflict {
+        /// The stream.
+        stream_id: StreamId,
+        /// How many times the command was decided.
+        attempts: u32,
+        /// The stream's version at the last attempt.
+        actual: u64,
+    },
+    /// The command id was already used for another stream. HTTP 409.
+    #[error("command id {command_id} was already used on another stream")]
+    CommandIdReused {
+        /// The reused id.
+        command_id: Uuid,
+    },
+    /// The command's events broke a store limit. HTTP 400 / 413.
+    #[error(transparent)]
+    Input(InputError),
+    /// A stored event of the stream could not be decoded. Log it (it names
+    /// the event); HTTP 500.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The store failed. Log it; HTTP 503. Retrying with the same command id
+    /// is safe.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl<E: std::error::Error + 'static> From<StoreError> for CommandError<E> {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Input(i) => CommandError::Input(i),
+            other => CommandError::Store(other),
+        }
+    }
+}
+
+/// How conflicts with other processes are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Times a command is decided at most (default 8).
+    pub max_attempts: u32,
+    /// Backoff before the second attempt; doubles each time (default 2 ms).
+    pub base_delay: Duration,
+    /// Longest backoff (default 200 ms). Each backoff is jittered to 50–100%.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 8,
+            base_delay: Duration::from_millis(2),
+            max_delay: Duration::from_millis(200),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .base_delay
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max_delay);
+        exp.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+    }
+}
+
+/// Counters of the command path, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommandStats {
+    /// Commands that recorded events (or none) successfully.
+    pub succeeded: u64,
+    /// Commands refused by the domain.
+    pub rejected: u64,
+    /// Repeated command ids answered with the first outcome.
+    pub duplicates: u64,
+    /// Conflicts with other processes that led to a reload.
+    pub conflicts_retried: u64,
+    /// Commands that failed for other reasons (conflicts out of retries, store).
+    pub failed: u64,
+}
+
+type Reply<A> = oneshot::Sender<Result<CommandOutcome, CommandError<<A as Aggregate>::Error>>>;
+
+struct Pending<A: Aggregate> {
+    command: A::Command,
+    ctx: CommandContext,
+    reply: Reply<A>,
+}
+
+struct Lane<A: Aggregate> {
+    queue: VecDeque<Pending<A>>,
+    leading: bool,
+}
+
+struct Inner<A: Aggregate, S> {
+    store: S,
+    snapshots: Option<Arc<dyn SnapshotStore>>,
+    snapshot_policy: SnapshotPolicy,
+    upcasters: Upcasters,
+    retry: RetryPolicy,
+    max_events_per_append: usize,
+    lanes: Mutex<HashMap<StreamId, Lane<A>>>,
+    stats: Mutex<CommandStats>,
+}
+
+/// Handles commands for one aggregate type over an event store.
+///
+/// Cheap to clone; clones share lanes and counters.
+pub struct CommandHandler<A: Aggregate, S: EventStore> {
+    inner: Arc<Inner<A, S>>,
+    _a: PhantomData<fn() -> A>,
+}
+
+impl<A: Aggregate, S: EventStore> Clone for CommandHandler<A, S> {
+    fn clone(&self) -> Self {
+        CommandHandler {
+            inner: Arc::clone(&self.inner),
+            _a: PhantomData,
+        }
+    }
+}
+
+/// The state a lane holds between groups.
+#[derive(Clone)]
+struct Loaded<A> {
+    state: A,
+    version: u64,
+    position: Position,
+}
+
+impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
+    /// A handler with no snapshots, no upcasters and the default retry policy.
+    pub fn new(store: S) -> Self {
+        CommandHandler {
+            inner: Arc::new(Inner {
+                store,
+                snapshots: None,
+                snapshot_policy: SnapshotPolicy::Never,
+                upcasters: Upcasters::new(),
+                retry: RetryPolicy::default(),
+                max_events_per_append: crate::StoreLimits::default().max_events_per_append,
+                lanes: Mutex::new(HashMap::new()),
+                stats: Mutex::new(CommandStats::default()),
+            }),
+            _a: PhantomData,
+        }
+    }
+
+    fn inner_mut(&mut self) -> &mut Inner<A, S> {
+        Arc::get_mut(&mut self.inner).expect("configure the handler before cloning it")
+    }
+
+    /// Takes snapshots into `store` by `policy`, and loads from them.
+    pub fn with_snapshots(mut self, store: Arc<dyn SnapshotStore>, policy: SnapshotPolicy) -> Self {
+        let inner = self.inner_mut();
+        inner.snapshots = Some(store);
+        inner.snapshot_policy = policy;
+        self
+    }
+
+    /// Upcasts old events on load.
+    pub fn with_upcasters(mut self, upcasters: Upcasters) -> Self {
+        self.inner_mut().upcasters = upcasters;
+        self
+    }
+
+    /// Sets the conflict retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.inner_mut().retry = retry;
+        self
+    }
+
+    /// The event store.
+    pub fn store(&self) -> &S {
+        &self.inner.store
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> CommandStats {
+        *self.inner.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Handles a command: load the aggregate, decide, append.
+    pub async fn handle(
+        &self,
+        stream_id: StreamId,
+        command: A::Command,
+        ctx: CommandContext,
+    ) -> Result<CommandOutcome, CommandError<A::Error>> {
+        let (reply, rx) = oneshot::channel();
+        let pending = Pending {
+            command,
+            ctx,
+            reply,
+        };
+        let lead = {
+            let mut lanes = self.lock_lanes();
+            let lane = lanes.entry(stream_id.clone()).or_insert_with(|| Lane {
+                queue: VecDeque::new(),
+                leading: false,
+            });
+            lane.queue.push_back(pending);
+            !std::mem::replace(&mut lane.leading, true)
+        };
+        if lead {
+            // The leader runs as its own task, so a caller that gives up
+            // (drops this future) cannot strand the commands queued behind it.
+            tokio::spawn(self.clone().lead(stream_id));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(CommandError::Store(StoreError::backend(
+                "the command lane stopped before answering",
+            )))
+        })
+    }
+
+    /// Loads an aggregate's current state, version and position.
+    pub async fn load(&self, stream_id: &StreamId) -> Result<(A, u64), CommandError<A::Error>> {
+        let loaded = self.load_state(stream_id).await?;
+        Ok((loaded.state, loaded.version))
+    }
+
+    fn lock_lanes(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, Lane<A>>> {
+        self.inner.lanes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count(&self, f: impl FnOnce(&mut CommandStats)) {
+        f(&mut self.inner.stats.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    async fn lead(self, stream_id: StreamId) {
+        /// Removes the lane if the leader stops abnormally (a panic in domain
+        /// code): the queued commands get an error instead of waiting forever.
+        struct Guard<'a, A: Aggregate, S: EventStore> {
+            handler: &'a CommandHandler<A, S>,
+            stream_id: &'a StreamId,
+            done: bool,
+        }
+        impl<A: Aggregate, S: EventStore> Drop for Guard<'_, A, S> {
+            fn drop(&mut self) {
+                if !self.done {
+                    tracing::error!(stream = %self.stream_id, "a command lane stopped abnormally");
+                    self.handler.lock_lanes().remove(self.stream_id);
+                }
+            }
+        }
+        let mut guard = Guard {
+            handler: &self,
+            stream_id: &stream_id,
+            done: false,
+        };
+        self.lead_lane(&stream_id).await;
+        guard.done = true;
+    }
+
+    async fn lead_lane(&self, stream_id: &StreamId) {
+        let stream_id = stream_id.clone();
+        let mut loaded: Option<Loaded<A>> = None;
+        loop {
+            let group: Vec<Pending<A>> = {
+                let mut lanes = self.lock_lanes();
+                let Some(lane) = lanes.get_mut(&stream_id) else {
+                    return;
+                };
+                if lane.queue.is_empty() {
+                    lanes.remove(&stream_id);
+                    return;
+                }
+                lane.queue.drain(..).collect()
+            };
+            let leftover = self.run_group(&stream_id, group, &mut loaded).await;
+            if !leftover.is_empty() {
+                let mut lanes = self.lock_lanes();
+                if let Some(lane) = lanes.get_mut(&stream_id) {
+                    for p in leftover.into_iter().rev() {
+                        lane.queue.push_front(p);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn load_state(&self, stream_id: &StreamId) -> Result<Loaded<A>, CommandError<A::Error>> {
+        let mut loaded = Loaded {
+            state: A::default(),
+            version: 0,
+            position: Position::START,
+        };
+        if let Some(snapshots) = &self.inner.snapshots {
+            match snapshots.load(stream_id).await {
+                Ok(Some(s)) if s.schema_version == A::SNAPSHOT_VERSION => {
+                    match serde_json::from_value::<A>(s.state) {
+                        Ok(state) => {
+                            loaded = Loaded {
+                                state,
+                                version: s.version,
+                                position: s.position,
+                            }
+                        }
+                        Err(e) => tracing::warn!(
+                            stream = %stream_id, error = %e,
+                            "snapshot does not deserialise; rebuilding from events"
+                        ),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(
+                    stream = %stream_id, error = %e,
+                    "snapshot load failed; rebuilding from events"
+                ),
+            }
+        }
+        const PAGE: usize = 10_000;
+        loop {
+            let events = self
+                .inner
+                .store
+                .read_stream(stream_id, loaded.version + 1, PAGE)
+                .await?;
+            for envelope in &events {
+                let event: A::Event = self.inner.upcasters.decode(envelope)?;
+                loaded.state.evolve(&event);
+                loaded.version = envelope.stream_version;
+                loaded.position = envelope.position;
+            }
+            if events.len() < PAGE {
+                return Ok(loaded);
+            }
+        }
+    }
+
+    /// Answers repeated command ids with their first outcome. Returns the
+    /// commands still to decide.
+    async fn answer_repeats(
+        &self,
+        stream_id: &StreamId,
+        group: Vec<Pending<A>>,
+    ) -> Result<Vec<Pending<A>>, (Vec<Pending<A>>, StoreError)> {
+        let ids: Vec<Uuid> = group
+            .iter()
+            .map(|p| derived_event_id(p.ctx.command_id, 0))
+            .collect();
+        let found = match self.inner.store.events_by_id(&ids).await {
+            Ok(found) => found,
+            Err(e) => return Err((group, e)),
+        };
+        if found.is_empty() {
+            return Ok(group);
+        }
+        let mut first_events: HashMap<Uuid, crate::EventEnvelope> = found
+            .into_iter()
+            .filter_map(|e| e.metadata.command_id.map(|c| (c, e)))
+            .collect();
+        let mut rest = Vec::with_capacity(group.len());
+        for p in group {
+            let Some(first) = first_events.get(&p.ctx.command_id).cloned() else {
+                rest.push(p);
+                continue;
+            };
+            if first.stream_id != *stream_id {
+                let _ = p.reply.send(Err(CommandError::CommandIdReused {
+                    command_id: p.ctx.command_id,
+                }));
+                continue;
+            }
+            // The command's events are contiguous from `first`.
+            let outcome = match self
+                .inner
+                .store
+                .read_stream(stream_id, first.stream_version, 1_000)
+                .await
+            {
+                Ok(events) => {
+                    let mine: Vec<_> = events
+                        .iter()
+                        .take_while(|e| e.metadata.command_id == Some(p.ctx.command_id))
+                        .collect();
+                    let last = mine.last().copied().unwrap_or(&first);
+                    Ok(CommandOutcome {
+                        stream_id: stream_id.clone(),
+                        stream_version: last.stream_version,
+                        position: last.position,
+                        events: mine.len(),
+                        duplicate: true,
+                    })
+                }
+                Err(e) => Err(e.into()),
+            };
+            first_events.insert(p.ctx.command_id, first);
+            self.count(|s| s.duplicates += 1);
+            let _ = p.reply.send(outcome);
+        }
+        Ok(rest)
+    }
+
+    /// Decides and appends one group. Returns commands that did not fit in
+    /// one append, to run next.
+    async fn run_group(
+        &self,
+        stream_id: &StreamId,
+        group: Vec<Pending<A>>,
+        loaded: &mut Option<Loaded<A>>,
+    ) -> Vec<Pending<A>> {
+        let mut group = match self.answer_repeats(stream_id, group).await {
+            Ok(g) => g,
+            Err((g, e)) => {
+                let msg = e.to_string();
+                self.fail_all(g, |_| CommandError::Store(StoreError::backend(msg.clone())));
+                return Vec::new();
+            }
+        };
+        let mut attempt = 0u32;
+        loop {
+            if group.is_empty() {
+                return Vec::new();
+            }
+            attempt += 1;
+            let current = match loaded.take() {
+                Some(l) => l,
+                None => match self.load_state(stream_id).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let msg = e.to_string();
+                        tracing::error!(stream = %stream_id, error = %msg, "loading the aggregate failed");
+                        let decode = match e {
+                            CommandError::Decode(d) => Some(d),
+                            _ => None,
+                        };
+                        self.fail_all(group, |_| match &decode {
+                            Some(d) => CommandError::Decode(d.clone()),
+                            None => CommandError::Store(StoreError::backend(msg.clone())),
+                        });
+                        return Vec::new();
+                    }
+                },
+            };
+
+            // Decide every command in order on the evolving state.
+            let mut state = current.state.clone();
+            let mut events: Vec<NewEvent> = Vec::new();
+            // Per command: Ok(number of events) or the domain error.
+            let mut decisions: Vec<Result<usize, A::Error>> = Vec::with_capacity(group.len());
+            // Same command id twice in one group: the later ones repeat the first.
+            let mut seen_ids: HashMap<Uuid, usize> = HashMap::new();
+            let mut fits = group.len();
+            for (i, p) in group.iter().enumerate() {
+                if seen_ids.contains_key(&p.ctx.command_id) {
+                    decisions.push(Ok(0));
+                    continue;
+                }
+                seen_ids.insert(p.ctx.command_id, i);
+                match state.decide(&p.command) {
+                    Ok(new) => {
+                        if !events.is_empty()
+                            && events.len() + new.len() > self.inner.max_events_per_append
+                        {
+                            fits = i;
+                            break;
+                        }
+                        let correlation = p.ctx.correlation_id.unwrap_or_else(Uuid::now_v7);
+                        let metadata = p.ctx.metadata(correlation);
+                        let mut encoded = Vec::with_capacity(new.len());
+                        for (k, e) in new.iter().enumerate() {
+                            match encode(e) {
+                                Ok((ty, payload)) => encoded.push(NewEvent {
+                                    event_id: derived_event_id(p.ctx.command_id, k),
+                                    schema_version:
+                                        <A::Event as crate::DomainEvent>::schema_version(&ty),
+                                    event_type: ty,
+                                    payload,
+                                    metadata: metadata.clone(),
+                                }),
+                                Err(kind) => {
+                                    let err = unstored_decode_error(stream_id, "?", kind);
+                                    tracing::error!(error = %err, "an event failed to encode");
+                                    self.fail_all(group, |_| CommandError::Decode(err.clone()));
+                                    return Vec::new();
+                                }
+                            }
+                        }
+                        for e in &new {
+                            state.evolve(e);
+                        }
+                        decisions.push(Ok(encoded.len()));
+                        events.extend(encoded);
+                    }
+                    Err(e) => decisions.push(Err(e)),
+                }
+            }
+            let leftover: Vec<Pending<A>> = group.split_off(fits);
+            decisions.truncate(fits);
+
+            if events.is_empty() {
+                self.reply_group(stream_id, group, decisions, &seen_ids, &current, None);
+                *loaded = Some(Loaded { state, ..current });
+                return leftover;
+            }
+            let count = events.len() as u64;
+            let request = AppendRequest::new(
+                stream_id.clone(),
+                A::STREAM_TYPE,
+                ExpectedVersion::from_seen(current.version),
+                events,
+            );
+            match self.inner.store.append(request).await {
+                Ok(outcome) => {
+                    let next = Loaded {
+                        state,
+                        version: outcome.stream_version,
+                        position: outcome.position,
+                    };
+                    // `duplicate`: another process appended exactly these
+                    // events (the same command ids) first.
+                    self.reply_group(
+                        stream_id,
+                        group,
+                        decisions,
+                        &seen_ids,
+                        &current,
+                        Some(&outcome),
+                    );
+                    if outcome.duplicate || next.version != current.version + count {
+                        // Someone else wrote these events: our state may
+                        // have counted them twice. Reload next time.
+                        *loaded = None;
+                    } else {
+                        self.maybe_snapshot(stream_id, current.version, &next);
+                        *loaded = Some(next);
+                    }
+                    return leftover;
+                }
+                Err(StoreError::Conflict { actual, .. }) => {
+                    self.count(|s| s.conflicts_retried += 1);
+                    if attempt >= self.inner.retry.max_attempts {
+                        let attempts = attempt;
+                        self.fail_all(group, |_| CommandError::Conflict {
+                            stream_id: stream_id.clone(),
+                            attempts,
+                            actual,
+                        });
+                        return leftover;
+                    }
+                    tokio::time::sleep(self.inner.retry.delay(attempt)).await;
+                    group.extend(leftover);
+                }
+                Err(StoreError::EventIdReused { .. }) => {
+                    // A command of the group was handled elsewhere meanwhile:
+                    // answer it from the store, decide the rest afresh.
+                    group.extend(leftover);
+                    group = match self.answer_repeats(stream_id, group).await {
+                        Ok(g) => g,
+                        Err((g, e)) => {
+                            let msg = e.to_string();
+                            self.fail_all(g, |_| {
+                                CommandError::Store(StoreError::backend(msg.clone()))
+                            });
+                            return Vec::new();
+                        }
+                    };
+                    if attempt >= self.inner.retry.max_attempts {
+                        self.fail_all(group, |_| CommandError::Conflict {
+                            stream_id: stream_id.clone(),
+                            attempts: attempt,
+                            actual: 0,
+                        });
+                        return Vec::new();
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(stream = %stream_id, error = %e, "append failed");
+                    let input = match &e {
+                        StoreError::Input(i) => Some(i.clone()),
+                        _ => None,
+                    };
+                    let msg = e.to_string();
+                    self.fail_all(group, |_| match &input {
+                        Some(i) => CommandError::Input(i.clone()),
+                        None => CommandError::Store(StoreError::backend(msg.clone())),
+                    });
+                    return leftover;
+                }
+            }
+        }
+    }
+
+    fn reply_group(
+        &self,
+        stream_id: &StreamId,
+        group: Vec<Pending<A>>,
+        decisions: Vec<Result<usize, A::Error>>,
+        seen_ids: &HashMap<Uuid, usize>,
+        before: &Loaded<A>,
+        appended: Option<&crate::AppendOutcome>,
+    ) {
+        // Versions and positions count from the append as stored (for a
+        // duplicate, the original append), else from the loaded state.
+        let duplicate = appended.is_some_and(|a| a.duplicate);
+        let base_version = appended.map_or(before.version, |a| a.first_version - 1);
+        let first_position = appended.map(|a| a.first_position);
+        // Outcome of each first-seen command, by index.
+        let mut outcomes: Vec<Option<CommandOutcome>> = Vec::with_capacity(group.len());
+        let mut version = base_version;
+        let mut position = before.position;
+        for (i, (p, d)) in group.iter().zip(&decisions).enumerate() {
+            let first = seen_ids.get(&p.ctx.command_id).copied() == Some(i);
+            match d {
+                Ok(n) if first => {
+                    if *n > 0 {
+                        let start = first_position.unwrap_or(before.position);
+                        let offset = version - base_version;
+                        version += *n as u64;
+                        position = Position(start.0 + offset + *n as u64 - 1);
+                    }
+                    outcomes.push(Some(CommandOutcome {
+                        stream_id: stream_id.clone(),
+                        stream_version: version,
+                        position,
+                        events: *n,
+                        duplicate,
+                    }));
+                }
+                _ => outcomes.push(None),
+            }
+        }
+        let mut decisions = decisions.into_iter();
+        for (i, p) in group.into_iter().enumerate() {
+            let decision = decisions.next();
+            let first_idx = seen_ids.get(&p.ctx.command_id).copied().unwrap_or(i);
+            let result = if first_idx != i {
+                // A repeat inside the group: the first's outcome, as a duplicate.
+                match &outcomes[first_idx] {
+                    Some(o) => {
+                        self.count(|s| s.duplicates += 1);
+                        Ok(CommandOutcome {
+                            duplicate: true,
+                            ..o.clone()
+                        })
+                    }
+                    None => Err(CommandError::Conflict {
+                        stream_id: stream_id.clone(),
+                        attempts: 1,
+                        actual: version,
+                    }),
+                }
+            } else {
+                match decision {
+                    Some(Err(e)) => {
+                        self.count(|s| s.rejected += 1);
+                        Err(CommandError::Domain(e))
+                    }
+                    _ => {
+                        self.count(|s| s.succeeded += 1);
+                        Ok(outcomes[i].clone().expect("outcome of a decided command"))
+                    }
+                }
+            };
+            let _ = p.reply.send(result);
+        }
+    }
+
+    fn fail_all(
+        &self,
+        group: Vec<Pending<A>>,
+        mut error: impl FnMut(&Pending<A>) -> CommandError<A::Error>,
+    ) {
+        for p in group {
+            self.count(|s| s.failed += 1);
+            let e = error(&p);
+            let _ = p.reply.send(Err(e));
+        }
+    }
+
+    fn maybe_snapshot(&self, stream_id: &StreamId, before: u64, next: &Loaded<A>) {
+        let Some(snapshots) = &self.inner.snapshots else {
+            return;
+        };
+        if !self.inner.snapshot_policy.due(before, next.version) {
+            return;
+        }
+        let state = match serde_json::to_value(&next.state) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(stream = %stream_id, error = %e, "state does not serialise; no snapshot");
+                return;
+            }
+        };
+        let snapshot = Snapshot {
+            stream_id: stream_id.clone(),
+            stream_type: A::STREAM_TYPE.to_owned(),
+            version: next.version,
+            position: next.position,
+            schema_version: A::SNAPSHOT_VERSION,
+            state,
+        };
+        let snapshots = Arc::clone(snapshots);
+        tokio::spawn(async move {
+            if let Err(e) = snapshots.save(snapshot).await {
+                tracing::warn!(error = %e, "saving a snapshot failed");
+            }
+        });
+    }
+}

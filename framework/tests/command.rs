@@ -1,0 +1,471 @@
+//! The command handler over both stores, and promises 1 and 2 on Postgres.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Counter, CounterCommand, CounterError, CounterEvent, CAP};
+use serde_json::json;
+use strata::testing::{test_database, wait_until};
+use strata::{
+    AggregateTest, AppendRequest, CommandContext, CommandError, CommandHandler, DecodeErrorKind,
+    DomainEvent, EventStore, ExpectedVersion, InMemoryEventStore, InMemorySnapshotStore, NewEvent,
+    PgEventStore, PgSnapshotStore, Position, SnapshotPolicy, SnapshotStore, StreamId, Upcasters,
+};
+use uuid::Uuid;
+
+fn sid(s: &str) -> StreamId {
+    StreamId::new(s).unwrap()
+}
+
+// ---- given / when / then ---------------------------------------------------
+
+#[test]
+fn harness_given_when_then() {
+    AggregateTest::<Counter>::given([CounterEvent::Incremented { by: 2 }])
+        .when(CounterCommand::Increment(3))
+        .then_expect_events([CounterEvent::Incremented { by: 3 }]);
+    AggregateTest::<Counter>::given([CounterEvent::Incremented { by: CAP }])
+        .when(CounterCommand::Increment(1))
+        .then_expect_error(|e| *e == CounterError::Capped { cap: CAP });
+    let encoded = AggregateTest::<Counter>::given_nothing()
+        .when(CounterCommand::IncrementTwice(5))
+        .then_encoded();
+    insta::assert_json_snapshot!("counter_increment_twice", encoded);
+}
+
+// ---- the same behaviour over both stores ------------------------------------
+
+async fn decides_appends_and_records_metadata<S: EventStore>(store: S) {
+    let handler = CommandHandler::<Counter, _>::new(store.clone());
+    let ctx = CommandContext::new()
+        .correlation_id(Uuid::new_v4())
+        .actor("alice");
+    let out = handler
+        .handle(
+            sid("counter-1"),
+            CounterCommand::IncrementTwice(4),
+            ctx.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stream_version, 2);
+    assert_eq!(out.position, Position(2));
+    assert_eq!(out.events, 2);
+    assert!(!out.duplicate);
+    let events = store.read_stream(&sid("counter-1"), 1, 10).await.unwrap();
+    for e in &events {
+        assert_eq!(e.metadata.command_id, Some(ctx.command_id));
+        assert_eq!(e.metadata.correlation_id, ctx.correlation_id.unwrap());
+        assert_eq!(e.metadata.causation_id, Some(ctx.command_id));
+        assert_eq!(e.metadata.actor.as_deref(), Some("alice"));
+        assert_eq!(e.stream_type, "counter");
+        assert_eq!(e.event_type, "CounterIncremented");
+    }
+    let (state, version) = handler.load(&sid("counter-1")).await.unwrap();
+    assert_eq!((state.value, version), (8, 2));
+
+    // A refused command writes nothing.
+    let err = handler
+        .handle(
+            sid("counter-1"),
+            CounterCommand::Increment(0),
+            CommandContext::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommandError::Domain(CounterError::Zero)));
+    // A command that decides nothing writes nothing and reports where the stream is.
+    let out = handler
+        .handle(
+            sid("counter-1"),
+            CounterCommand::Nothing,
+            CommandContext::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.events, out.stream_version, out.position),
+        (0, 2, Position(2))
+    );
+    assert_eq!(store.head().await.unwrap(), Position(2));
+}
+
+async fn a_repeated_command_id_appends_once<S: EventStore>(store: S) {
+    let handler = CommandHandler::<Counter, _>::new(store.clone());
+    let ctx = CommandContext::new();
+    let first = handler
+        .handle(sid("counter-2"), CounterCommand::Increment(1), ctx.clone())
+        .await
+        .unwrap();
+    handler
+        .handle(
+            sid("counter-2"),
+            CounterCommand::Increment(5),
+            CommandContext::new(),
+        )
+        .await
+        .unwrap();
+    // Sent again after the stream moved on: the first outcome, nothing appended.
+    let again = handler
+        .handle(sid("counter-2"), CounterCommand::Increment(1), ctx.clone())
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(
+        (again.stream_version, again.position, again.events),
+        (first.stream_version, first.position, first.events)
+    );
+    assert_eq!(store.head().await.unwrap(), Position(2));
+    // The same command id on another aggregate is refused.
+    let err = handler
+        .handle(sid("counter-3"), CounterCommand::Increment(1), ctx)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CommandError::CommandIdReused { .. }),
+        "{err:?}"
+    );
+}
+
+async fn concurrent_duplicates_append_once<S: EventStore>(store: S) {
+    let handler = CommandHandler::<Counter, _>::new(store.clone());
+    let ctx = CommandContext::new();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let h = handler.clone();
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                h.handle(sid("counter-dup"), CounterCommand::Increment(7), ctx)
+                    .await
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap().unwrap());
+    }
+    assert_eq!(outcomes.iter().filter(|o| !o.duplicate).count(), 1);
+    assert!(outcomes.iter().all(|o| o.position == Position(1)));
+    let events = store.read_stream(&sid("counter-dup"), 1, 10).await.unwrap();
+    assert_eq!(events.len(), 1, "appended once");
+}
+
+async fn snapshots_are_taken_and_used<S: EventStore>(store: S, snapshots: Arc<dyn SnapshotStore>) {
+    let handler = CommandHandler::<Counter, _>::new(store.clone())
+        .with_snapshots(Arc::clone(&snapshots), SnapshotPolicy::Every(10));
+    for _ in 0..25 {
+        handler
+            .handle(
+                sid("counter-snap"),
+                CounterCommand::Increment(1),
+                CommandContext::new(),
+            )
+            .await
+            .unwrap();
+    }
+    wait_until(Duration::from_secs(10), "a snapshot at version 20", || {
+        let s = Arc::clone(&snapshots);
+        async move {
+            s.load(&sid("counter-snap"))
+                .await
+                .unwrap()
+                .is_some_and(|s| s.version == 20)
+        }
+    })
+    .await;
+    // A fresh handler loads snapshot + 5 events.
+    let fresh = CommandHandler::<Counter, _>::new(store.clone())
+        .with_snapshots(Arc::clone(&snapshots), SnapshotPolicy::Every(10));
+    let (state, version) = fresh.load(&sid("counter-snap")).await.unwrap();
+    assert_eq!((state.value, state.increments, version), (25, 25, 25));
+
+    // A snapshot that lies proves it is used; one that does not
+    // deserialise is ignored.
+    let mut s = snapshots.load(&sid("counter-snap")).await.unwrap().unwrap();
+    s.version = 21;
+    s.state = json!({ "value": 1000, "increments": 20 });
+    snapshots.save(s.clone()).await.unwrap();
+    let (state, _) = fresh.load(&sid("counter-snap")).await.unwrap();
+    assert_eq!(state.value, 1004, "loaded from the snapshot, then 4 events");
+    s.version = 22;
+    s.state = json!({ "value": "not a number" });
+    snapshots.save(s).await.unwrap();
+    let (state, version) = fresh.load(&sid("counter-snap")).await.unwrap();
+    assert_eq!((state.value, version), (25, 25), "rebuilt from events");
+}
+
+async fn upcasts_old_events_and_names_bad_ones<S: EventStore>(store: S) {
+    // Version 1 of CounterIncremented was `{"amount": n}`.
+    store
+        .append(AppendRequest::new(
+            sid("counter-old"),
+            "counter",
+            ExpectedVersion::NoStream,
+            vec![NewEvent::new("CounterIncremented", json!({ "amount": 3 }))],
+        ))
+        .await
+        .unwrap();
+    let upcasters = Upcasters::new().register("CounterIncremented", 1, |mut p| {
+        let n = p["amount"].take();
+        if n.is_null() {
+            return Err("no amount".into());
+        }
+        Ok(json!({ "by": n }))
+    });
+    let handler = CommandHandler::<CounterV2, _>::new(store.clone()).with_upcasters(upcasters);
+    let (state, _) = handler.load(&sid("counter-old")).await.unwrap();
+    assert_eq!(state.0.value, 3);
+    // Without the upcaster: a typed error that names the event.
+    let plain = CommandHandler::<CounterV2, _>::new(store.clone());
+    match plain.load(&sid("counter-old")).await {
+        Err(CommandError::Decode(d)) => {
+            assert_eq!(d.kind, DecodeErrorKind::MissingUpcaster { from_version: 1 });
+            assert_eq!(d.event_type, "CounterIncremented");
+            assert_eq!(d.position, Position(1));
+        }
+        other => panic!("expected a decode error, got {other:?}"),
+    }
+    // Unknown event types and broken payloads are typed errors too.
+    store
+        .append(AppendRequest::new(
+            sid("counter-bad"),
+            "counter",
+            ExpectedVersion::NoStream,
+            vec![NewEvent::new("CounterExploded", json!({}))],
+        ))
+        .await
+        .unwrap();
+    match CommandHandler::<Counter, _>::new(store.clone())
+        .load(&sid("counter-bad"))
+        .await
+    {
+        Err(CommandError::Decode(d)) => {
+            assert_eq!(d.kind, DecodeErrorKind::UnknownEventType);
+            assert_eq!(d.stream_id, "counter-bad");
+        }
+        other => panic!("expected a decode error, got {other:?}"),
+    }
+    store
+        .append(AppendRequest::new(
+            sid("counter-bad2"),
+            "counter",
+            ExpectedVersion::NoStream,
+            vec![NewEvent::new(
+                "CounterIncremented",
+                json!({ "by": "three" }),
+            )],
+        ))
+        .await
+        .unwrap();
+    let err = CommandHandler::<Counter, _>::new(store.clone())
+        .handle(
+            sid("counter-bad2"),
+            CounterCommand::Increment(1),
+            CommandContext::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CommandError::Decode(d) if matches!(d.kind, DecodeErrorKind::InvalidPayload(_))),
+        "{err:?}"
+    );
+}
+
+/// The same counter with CounterIncremented at schema version 2.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+struct CounterV2(Counter);
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+struct EventV2(CounterEvent);
+
+impl DomainEvent for EventV2 {
+    fn schema_version(event_type: &str) -> u32 {
+        if event_type == "CounterIncremented" {
+            2
+        } else {
+            1
+        }
+    }
+}
+
+impl strata::Aggregate for CounterV2 {
+    const STREAM_TYPE: &'static str = "counter";
+    type Command = CounterCommand;
+    type Event = EventV2;
+    type Error = CounterError;
+    fn decide(&self, c: &CounterCommand) -> Result<Vec<EventV2>, CounterError> {
+        Ok(self.0.decide(c)?.into_iter().map(EventV2).collect())
+    }
+    fn evolve(&mut self, e: &EventV2) {
+        self.0.evolve(&e.0);
+    }
+}
+
+macro_rules! over_both_stores {
+    ($($name:ident),*) => {
+        mod memory {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name(InMemoryEventStore::new()).await }
+            )*
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn snapshots_are_taken_and_used() {
+                super::snapshots_are_taken_and_used(
+                    InMemoryEventStore::new(),
+                    Arc::new(InMemorySnapshotStore::new()),
+                ).await
+            }
+        }
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = test_database().await;
+                    super::$name(PgEventStore::new(db.pool)).await
+                }
+            )*
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn snapshots_are_taken_and_used() {
+                let db = test_database().await;
+                super::snapshots_are_taken_and_used(
+                    PgEventStore::new(db.pool.clone()),
+                    Arc::new(PgSnapshotStore::new(db.pool)),
+                ).await
+            }
+        }
+    };
+}
+
+over_both_stores!(
+    decides_appends_and_records_metadata,
+    a_repeated_command_id_appends_once,
+    concurrent_duplicates_append_once,
+    upcasts_old_events_and_names_bad_ones
+);
+
+// ---- promise 1 on Postgres: a hot aggregate ----------------------------------
+
+/// 32 tasks in two "processes" (stores with their own writers and handlers
+/// with their own lanes) increment one counter. Conflicts between the two
+/// are retried; the final state equals the successful commands; versions
+/// are contiguous.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_aggregate_from_two_processes() {
+    let db = test_database().await;
+    let handlers: Vec<_> = (0..2)
+        .map(|_| {
+            CommandHandler::<Counter, _>::new(PgEventStore::new(db.pool.clone())).with_retry(
+                strata::RetryPolicy {
+                    max_attempts: 20,
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    let stream = sid("counter-hot");
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let h = handlers[i % 2].clone();
+            let stream = stream.clone();
+            tokio::spawn(async move {
+                let mut ok = 0u64;
+                let mut conflicts = 0u64;
+                let mut positions = Vec::new();
+                for _ in 0..25 {
+                    match h
+                        .handle(
+                            stream.clone(),
+                            CounterCommand::Increment(1),
+                            CommandContext::new(),
+                        )
+                        .await
+                    {
+                        Ok(o) => {
+                            ok += 1;
+                            positions.push(o.position);
+                        }
+                        Err(CommandError::Conflict { .. }) => conflicts += 1,
+                        Err(e) => panic!("unexpected error: {e}"),
+                    }
+                }
+                (ok, conflicts, positions)
+            })
+        })
+        .collect();
+    let (mut ok, mut conflicts, mut positions) = (0, 0, Vec::new());
+    for t in tasks {
+        let (o, c, p) = t.await.unwrap();
+        ok += o;
+        conflicts += c;
+        positions.extend(p);
+    }
+    let (state, version) = handlers[0].load(&stream).await.unwrap();
+    assert_eq!(state.value, ok, "final state equals successful commands");
+    assert_eq!(version, ok);
+    assert_eq!(ok + conflicts, 32 * 25);
+    let unique: HashSet<_> = positions.iter().collect();
+    assert_eq!(
+        unique.len(),
+        positions.len(),
+        "each command has its own position"
+    );
+    let store = handlers[0].store();
+    let versions: Vec<u64> = store
+        .read_stream(&stream, 1, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(
+        versions,
+        (1..=ok).collect::<Vec<_>>(),
+        "contiguous versions"
+    );
+    let retried: u64 = handlers.iter().map(|h| h.stats().conflicts_retried).sum();
+    println!("{ok} succeeded, {conflicts} returned as conflicts, {retried} conflicts retried");
+}
+
+/// Promise 2 on Postgres across processes: the same command id from 8 tasks
+/// in two processes appends once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_command_from_two_processes_appends_once() {
+    let db = test_database().await;
+    let handlers: Vec<_> = (0..2)
+        .map(|_| CommandHandler::<Counter, _>::new(PgEventStore::new(db.pool.clone())))
+        .collect();
+    for round in 0..10 {
+        let ctx = CommandContext::new();
+        let stream = sid(&format!("counter-d{round}"));
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let h = handlers[i % 2].clone();
+                let (ctx, stream) = (ctx.clone(), stream.clone());
+                tokio::spawn(async move {
+                    h.handle(stream, CounterCommand::IncrementTwice(1), ctx)
+                        .await
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for t in tasks {
+            outcomes.push(t.await.unwrap().unwrap());
+        }
+        assert_eq!(outcomes.iter().filter(|o| !o.duplicate).count(), 1);
+        assert!(outcomes
+            .iter()
+            .all(|o| o.stream_version == 2 && o.events == 2));
+        let stored = handlers[0]
+            .store()
+            .read_stream(&stream, 1, 10)
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), 2, "appended once");
+    }
+}
