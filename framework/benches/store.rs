@@ -193,6 +193,37 @@ async fn main() {
         strata,
     });
 
+    // The command path.
+    let mut cmd_rows = Vec::new();
+    for (i, writers) in [1usize, 8, 32].into_iter().enumerate() {
+        let cmds = commands::throughput(
+            &store,
+            writers,
+            secs,
+            false,
+            &format!("{run_id}-c{writers}"),
+        )
+        .await;
+        println!(
+            "commands on distinct aggregates, {writers} tasks: {cmds:.0}/s (raw {:.0})",
+            rows[i].raw
+        );
+        cmd_rows.push(Row {
+            case: format!("single-event commands, {writers} tasks, distinct aggregates"),
+            raw: rows[i].raw,
+            strata: cmds,
+        });
+    }
+    let hot = commands::throughput(&store, 32, secs, true, &format!("{run_id}-hot")).await;
+    println!("commands on one hot aggregate, 32 tasks: {hot:.0}/s");
+    cmd_rows.push(Row {
+        case: "single-event commands, 32 tasks, one hot aggregate".into(),
+        raw: rows[2].raw,
+        strata: hot,
+    });
+    let (plain, without, with) = commands::load_times(&store, 10_000).await;
+    println!("10k-event load: plain fetch {plain:.2} ms, without snapshot {without:.2} ms, with snapshot {with:.2} ms");
+
     let stats = store.stats();
     println!("store stats: {stats:?}");
     let mut table = String::from(
@@ -215,8 +246,207 @@ async fn main() {
     ));
     print!("\n{table}");
     strata_bench_report::write_section("store", &table, secs);
+
+    let mut table = String::from(
+        "| case | raw one-row transactions (events/s) | Strata commands/s | ratio |\n|---|---:|---:|---:|\n",
+    );
+    for r in &cmd_rows {
+        table.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {:.2}× |\n",
+            r.case,
+            r.raw,
+            r.strata,
+            r.strata / r.raw
+        ));
+    }
+    table.push_str(&format!(
+        "\n| loading a 10,000-event aggregate | median of 9 |\n|---|---:|\n\
+         | plain fetch of the same rows (sqlx, payload and metadata decoded as JSON) | {plain:.2} ms |\n\
+         | `CommandHandler::load`, no snapshot | {without:.2} ms ({:.2}× the plain fetch) |\n\
+         | `CommandHandler::load`, snapshot at the last version | {with:.2} ms |\n",
+        without / plain
+    ));
+    print!("\n{table}");
+    strata_bench_report::write_section("commands", &table, secs);
 }
 
 mod strata_bench_report {
     include!("support/report.rs");
+}
+
+mod commands {
+    //! The command path: handler throughput and aggregate load times.
+
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use serde::{Deserialize, Serialize};
+    use sqlx::Row;
+    use strata::{
+        Aggregate, CommandContext, CommandHandler, DomainEvent, EventStore, PgEventStore,
+        PgSnapshotStore, SnapshotPolicy, SnapshotStore, StreamId,
+    };
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(tag = "type", content = "data")]
+    pub enum Ev {
+        #[serde(rename = "Incremented")]
+        Incremented { by: u64, note: String },
+    }
+    impl DomainEvent for Ev {}
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("never")]
+    pub struct Never;
+
+    #[derive(Debug, Default, Clone, Serialize, Deserialize)]
+    pub struct Counter {
+        value: u64,
+    }
+
+    impl Aggregate for Counter {
+        const STREAM_TYPE: &'static str = "counter";
+        type Command = u64;
+        type Event = Ev;
+        type Error = Never;
+        fn decide(&self, by: &u64) -> Result<Vec<Ev>, Never> {
+            Ok(vec![Ev::Incremented {
+                by: *by,
+                note: "benchmark increment".into(),
+            }])
+        }
+        fn evolve(&mut self, e: &Ev) {
+            let Ev::Incremented { by, .. } = e;
+            self.value += by;
+        }
+    }
+
+    pub async fn throughput(
+        store: &PgEventStore,
+        workers: usize,
+        secs: u64,
+        hot: bool,
+        tag: &str,
+    ) -> f64 {
+        let handler = CommandHandler::<Counter, _>::new(store.clone());
+        let tag = tag.to_owned();
+        super::run_for(workers, secs, 1, move |w, _| {
+            let h = handler.clone();
+            let stream = if hot {
+                format!("{tag}-hot")
+            } else {
+                format!("{tag}-{w}")
+            };
+            async move {
+                h.handle(StreamId::new(stream).unwrap(), 1, CommandContext::new())
+                    .await
+                    .expect("command");
+            }
+        })
+        .await
+    }
+
+    /// Median of `runs` timings, in milliseconds.
+    async fn median_ms<F, Fut>(runs: usize, mut f: F) -> f64
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let t = Instant::now();
+            f().await;
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        times[runs / 2]
+    }
+
+    /// (plain fetch, load without snapshot, load with snapshot), ms.
+    pub async fn load_times(store: &PgEventStore, n: usize) -> (f64, f64, f64) {
+        let stream = StreamId::new(format!("load-{}", uuid::Uuid::new_v4().simple())).unwrap();
+        let handler = CommandHandler::<Counter, _>::new(store.clone());
+        // Write the stream in 100-event appends.
+        let mut version = 0u64;
+        while (version as usize) < n {
+            let events: Vec<strata::NewEvent> = (0..100)
+                .map(|_| {
+                    let (ty, payload) = strata::codec::encode(&Ev::Incremented {
+                        by: 1,
+                        note: "benchmark increment".into(),
+                    })
+                    .unwrap();
+                    strata::NewEvent::new(ty, payload)
+                })
+                .collect();
+            store
+                .append(strata::AppendRequest::new(
+                    stream.clone(),
+                    "counter",
+                    strata::ExpectedVersion::Exact(version),
+                    events,
+                ))
+                .await
+                .unwrap();
+            version += 100;
+        }
+        let pool = store.pool().clone();
+        let plain = median_ms(9, || {
+            let pool = pool.clone();
+            let stream = stream.clone();
+            async move {
+                let rows = sqlx::query(
+                    "SELECT position, event_id, stream_id, stream_type, stream_version, event_type, \
+                     schema_version, payload, metadata, recorded_at FROM strata_events \
+                     WHERE stream_id = $1 ORDER BY stream_version",
+                )
+                .bind(stream.as_str())
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+                let mut total = 0i64;
+                for r in &rows {
+                    let _: sqlx::types::Json<serde_json::Value> = r.get("payload");
+                    let _: sqlx::types::Json<serde_json::Value> = r.get("metadata");
+                    total += r.get::<i64, _>("position");
+                }
+                assert!(total > 0);
+            }
+        })
+        .await;
+        let without = median_ms(9, || {
+            let h = handler.clone();
+            let stream = stream.clone();
+            async move {
+                let (state, _) = h.load(&stream).await.unwrap();
+                assert_eq!(state.value, n as u64);
+            }
+        })
+        .await;
+        let snapshots = Arc::new(PgSnapshotStore::new(pool.clone()));
+        let (state, version) = handler.load(&stream).await.unwrap();
+        snapshots
+            .save(strata::Snapshot {
+                stream_id: stream.clone(),
+                stream_type: "counter".into(),
+                version,
+                position: store.head().await.unwrap(),
+                schema_version: Counter::SNAPSHOT_VERSION,
+                state: serde_json::to_value(&state).unwrap(),
+            })
+            .await
+            .unwrap();
+        let with_snapshots = CommandHandler::<Counter, _>::new(store.clone())
+            .with_snapshots(snapshots, SnapshotPolicy::Every(1_000));
+        let with = median_ms(9, || {
+            let h = with_snapshots.clone();
+            let stream = stream.clone();
+            async move {
+                let (state, _) = h.load(&stream).await.unwrap();
+                assert_eq!(state.value, n as u64);
+            }
+        })
+        .await;
+        (plain, without, with)
+    }
 }

@@ -245,11 +245,21 @@ impl Upcasters {
 
     /// Decodes a stored envelope into a typed event, upcasting first.
     pub fn decode<E: DomainEvent>(&self, envelope: &EventEnvelope) -> Result<E, DecodeError> {
+        self.decode_owned(envelope.clone())
+    }
+
+    /// Like [`decode`](Self::decode), consuming the envelope (no payload copy).
+    pub fn decode_owned<E: DomainEvent>(
+        &self,
+        mut envelope: EventEnvelope,
+    ) -> Result<E, DecodeError> {
+        let envelope_payload = std::mem::take(&mut envelope.payload);
+        let envelope = &envelope;
         let (version, payload) = self
             .upcast(
                 &envelope.event_type,
                 envelope.schema_version,
-                envelope.payload.clone(),
+                envelope_payload,
             )
             .map_err(|(from_version, reason)| {
                 decode_error(

@@ -245,6 +245,8 @@ struct Inner<A: Aggregate, S> {
     retry: RetryPolicy,
     max_events_per_append: usize,
     lanes: Mutex<HashMap<StreamId, Lane<A>>>,
+    /// States of recently used aggregates, so a command need not reload.
+    states: moka::sync::Cache<StreamId, Loaded<A>>,
     stats: Mutex<CommandStats>,
 }
 
@@ -271,6 +273,10 @@ struct Loaded<A> {
     state: A,
     version: u64,
     position: Position,
+    /// True when known to be the stream's latest state: just loaded, or
+    /// just appended to at the version it had. A cached state is not
+    /// verified (another process may have moved the stream on).
+    verified: bool,
 }
 
 impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
@@ -285,6 +291,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                 retry: RetryPolicy::default(),
                 max_events_per_append: crate::StoreLimits::default().max_events_per_append,
                 lanes: Mutex::new(HashMap::new()),
+                states: moka::sync::Cache::new(10_000),
                 stats: Mutex::new(CommandStats::default()),
             }),
             _a: PhantomData,
@@ -300,6 +307,13 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         let inner = self.inner_mut();
         inner.snapshots = Some(store);
         inner.snapshot_policy = policy;
+        self
+    }
+
+    /// How many aggregate states to keep in memory between commands
+    /// (default 10,000; 0 turns the cache off).
+    pub fn with_state_cache(mut self, capacity: u64) -> Self {
+        self.inner_mut().states = moka::sync::Cache::new(capacity);
         self
     }
 
@@ -400,7 +414,10 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
 
     async fn lead_lane(&self, stream_id: &StreamId) {
         let stream_id = stream_id.clone();
-        let mut loaded: Option<Loaded<A>> = None;
+        let mut loaded: Option<Loaded<A>> = self.inner.states.remove(&stream_id).map(|l| Loaded {
+            verified: false,
+            ..l
+        });
         loop {
             let group: Vec<Pending<A>> = {
                 let mut lanes = self.lock_lanes();
@@ -409,6 +426,9 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                 };
                 if lane.queue.is_empty() {
                     lanes.remove(&stream_id);
+                    if let Some(l) = loaded.take() {
+                        self.inner.states.insert(stream_id.clone(), l);
+                    }
                     return;
                 }
                 lane.queue.drain(..).collect()
@@ -430,6 +450,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
             state: A::default(),
             version: 0,
             position: Position::START,
+            verified: true,
         };
         if let Some(snapshots) = &self.inner.snapshots {
             match snapshots.load(stream_id).await {
@@ -440,6 +461,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                                 state,
                                 version: s.version,
                                 position: s.position,
+                                verified: true,
                             }
                         }
                         Err(e) => tracing::warn!(
@@ -462,13 +484,14 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                 .store
                 .read_stream(stream_id, loaded.version + 1, PAGE)
                 .await?;
-            for envelope in &events {
-                let event: A::Event = self.inner.upcasters.decode(envelope)?;
-                loaded.state.evolve(&event);
+            let n = events.len();
+            for envelope in events {
                 loaded.version = envelope.stream_version;
                 loaded.position = envelope.position;
+                let event: A::Event = self.inner.upcasters.decode_owned(envelope)?;
+                loaded.state.evolve(&event);
             }
-            if events.len() < PAGE {
+            if n < PAGE {
                 return Ok(loaded);
             }
         }
@@ -635,6 +658,13 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
             let leftover: Vec<Pending<A>> = group.split_off(fits);
             decisions.truncate(fits);
 
+            // A refusal (or a no-op) decided on a cached state may be due to
+            // the state being stale: decide again on the stream as stored.
+            if !current.verified && decisions.iter().any(|d| matches!(d, Err(_) | Ok(0))) {
+                group.extend(leftover);
+                continue;
+            }
+
             if events.is_empty() {
                 self.reply_group(stream_id, group, decisions, &seen_ids, &current, None);
                 *loaded = Some(Loaded { state, ..current });
@@ -653,6 +683,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                         state,
                         version: outcome.stream_version,
                         position: outcome.position,
+                        verified: true,
                     };
                     // `duplicate`: another process appended exactly these
                     // events (the same command ids) first.

@@ -469,3 +469,39 @@ async fn duplicate_command_from_two_processes_appends_once() {
         assert_eq!(stored.len(), 2, "appended once");
     }
 }
+
+/// A handler's cached state may be stale when another process wrote: a
+/// refusal decided on it is checked against the stored stream first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_cached_state_never_causes_a_wrong_refusal() {
+    let db = test_database().await;
+    let one = CommandHandler::<Counter, _>::new(PgEventStore::new(db.pool.clone()));
+    let two = CommandHandler::<Counter, _>::new(PgEventStore::new(db.pool.clone()));
+    let stream = sid("counter-stale");
+    one.handle(stream.clone(), CounterCommand::Increment(CAP), CommandContext::new())
+        .await
+        .unwrap();
+    // `one` now caches value == CAP; `two` resets the counter.
+    two.handle(stream.clone(), CounterCommand::Reset, CommandContext::new())
+        .await
+        .unwrap();
+    let out = one
+        .handle(stream.clone(), CounterCommand::Increment(1), CommandContext::new())
+        .await
+        .expect("decided on the stored state, not the stale cache");
+    assert_eq!(out.stream_version, 3);
+    let (state, _) = one.load(&stream).await.unwrap();
+    assert_eq!(state.value, 1);
+    // A command that produces events on a stale state conflicts and is
+    // retried on the stored state.
+    two.handle(stream.clone(), CounterCommand::Increment(5), CommandContext::new())
+        .await
+        .unwrap();
+    let out = one
+        .handle(stream.clone(), CounterCommand::Increment(1), CommandContext::new())
+        .await
+        .unwrap();
+    assert_eq!(out.stream_version, 5);
+    assert_eq!(one.load(&stream).await.unwrap().0.value, 7);
+    assert!(one.stats().conflicts_retried >= 1);
+}
