@@ -569,15 +569,13 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         group: Vec<Pending<A>>,
         loaded: &mut Option<Loaded<A>>,
     ) -> Vec<Pending<A>> {
-        let mut group = match self.answer_repeats(stream_id, group).await {
-            Ok(g) => g,
-            Err((g, e)) => {
-                let msg = e.to_string();
-                self.fail_all(g, |_| CommandError::Store(StoreError::backend(msg.clone())));
-                return Vec::new();
-            }
-        };
+        let mut group = group;
         let mut attempt = 0u32;
+        // Repeated command ids are found lazily: an append of the same
+        // events is answered by the store as a duplicate (or refused as
+        // reused ids), and a refusal or a no-op is checked against the store
+        // before it is reported.
+        let mut repeats_checked = false;
         loop {
             if group.is_empty() {
                 return Vec::new();
@@ -660,9 +658,29 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
 
             // A refusal (or a no-op) decided on a cached state may be due to
             // the state being stale: decide again on the stream as stored.
-            if !current.verified && decisions.iter().any(|d| matches!(d, Err(_) | Ok(0))) {
+            let refused_or_noop = decisions.iter().any(|d| matches!(d, Err(_) | Ok(0)));
+            if !current.verified && refused_or_noop {
                 group.extend(leftover);
                 continue;
+            }
+            if refused_or_noop && !repeats_checked {
+                repeats_checked = true;
+                let before = group.len();
+                group = match self.answer_repeats(stream_id, group).await {
+                    Ok(g) => g,
+                    Err((g, e)) => {
+                        let msg = e.to_string();
+                        self.fail_all(g, |_| CommandError::Store(StoreError::backend(msg.clone())));
+                        return leftover;
+                    }
+                };
+                if group.len() != before {
+                    // Some were repeats: decide the rest again.
+                    *loaded = Some(current);
+                    group.extend(leftover);
+                    attempt -= 1;
+                    continue;
+                }
             }
 
             if events.is_empty() {
@@ -720,8 +738,9 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                     group.extend(leftover);
                 }
                 Err(StoreError::EventIdReused { .. }) => {
-                    // A command of the group was handled elsewhere meanwhile:
-                    // answer it from the store, decide the rest afresh.
+                    // A command of the group was handled before: answer it
+                    // from the store, decide the rest afresh.
+                    repeats_checked = true;
                     group.extend(leftover);
                     group = match self.answer_repeats(stream_id, group).await {
                         Ok(g) => g,

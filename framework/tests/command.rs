@@ -119,6 +119,19 @@ async fn a_repeated_command_id_appends_once<S: EventStore>(store: S) {
         (first.stream_version, first.position, first.events)
     );
     assert_eq!(store.head().await.unwrap(), Position(2));
+    // A repeat that the aggregate would now refuse still gets the first outcome.
+    let fill = CommandContext::new();
+    let filled = handler
+        .handle(sid("counter-2"), CounterCommand::Increment(CAP - 6), fill.clone())
+        .await
+        .unwrap();
+    let again = handler
+        .handle(sid("counter-2"), CounterCommand::Increment(CAP - 6), fill)
+        .await
+        .expect("the first outcome, not a refusal");
+    assert!(again.duplicate);
+    assert_eq!(again.position, filled.position);
+    assert_eq!(store.head().await.unwrap(), Position(3));
     // The same command id on another aggregate is refused.
     let err = handler
         .handle(sid("counter-3"), CounterCommand::Increment(1), ctx)
