@@ -122,7 +122,11 @@ async fn a_repeated_command_id_appends_once<S: EventStore>(store: S) {
     // A repeat that the aggregate would now refuse still gets the first outcome.
     let fill = CommandContext::new();
     let filled = handler
-        .handle(sid("counter-2"), CounterCommand::Increment(CAP - 6), fill.clone())
+        .handle(
+            sid("counter-2"),
+            CounterCommand::Increment(CAP - 6),
+            fill.clone(),
+        )
         .await
         .unwrap();
     let again = handler
@@ -491,15 +495,23 @@ async fn a_stale_cached_state_never_causes_a_wrong_refusal() {
     let one = CommandHandler::<Counter, _>::new(PgEventStore::new(db.pool.clone()));
     let two = CommandHandler::<Counter, _>::new(PgEventStore::new(db.pool.clone()));
     let stream = sid("counter-stale");
-    one.handle(stream.clone(), CounterCommand::Increment(CAP), CommandContext::new())
-        .await
-        .unwrap();
+    one.handle(
+        stream.clone(),
+        CounterCommand::Increment(CAP),
+        CommandContext::new(),
+    )
+    .await
+    .unwrap();
     // `one` now caches value == CAP; `two` resets the counter.
     two.handle(stream.clone(), CounterCommand::Reset, CommandContext::new())
         .await
         .unwrap();
     let out = one
-        .handle(stream.clone(), CounterCommand::Increment(1), CommandContext::new())
+        .handle(
+            stream.clone(),
+            CounterCommand::Increment(1),
+            CommandContext::new(),
+        )
         .await
         .expect("decided on the stored state, not the stale cache");
     assert_eq!(out.stream_version, 3);
@@ -507,11 +519,19 @@ async fn a_stale_cached_state_never_causes_a_wrong_refusal() {
     assert_eq!(state.value, 1);
     // A command that produces events on a stale state conflicts and is
     // retried on the stored state.
-    two.handle(stream.clone(), CounterCommand::Increment(5), CommandContext::new())
-        .await
-        .unwrap();
+    two.handle(
+        stream.clone(),
+        CounterCommand::Increment(5),
+        CommandContext::new(),
+    )
+    .await
+    .unwrap();
     let out = one
-        .handle(stream.clone(), CounterCommand::Increment(1), CommandContext::new())
+        .handle(
+            stream.clone(),
+            CounterCommand::Increment(1),
+            CommandContext::new(),
+        )
         .await
         .unwrap();
     assert_eq!(out.stream_version, 5);
