@@ -47,6 +47,11 @@ impl<S: EventStore> Follower<S> {
         self
     }
 
+    /// Changes the batch size of a running follower.
+    pub fn set_batch_size(&mut self, n: usize) {
+        self.batch_size = n.max(1);
+    }
+
     /// The position up to which every event has been returned (or filtered out).
     pub fn position(&self) -> Position {
         self.position

@@ -18,6 +18,14 @@
 //! - [`command`]: [`CommandHandler`]: load → decide → append, with
 //!   per-stream lanes, conflict retries, idempotent command ids, snapshots.
 //! - [`harness`]: [`AggregateTest`], given / when / then for aggregates.
+//! - [`bus`]: [`EventBus`] with [`InProcessBus`]; `nats` (feature `nats`):
+//!   the JetStream [`Relay`] and [`JetStreamBus`].
+//! - [`view`]: keyed-document views, checkpoints and dead letters
+//!   ([`ViewStore`], [`InMemoryViewStore`], `PgViewStore`).
+//! - [`projection`]: [`Projection`] (pure) and the [`Projector`] runtime.
+//! - [`changes`]: [`ChangeFeed`], announcements of changed documents.
+//! - [`query`]: [`ViewReader`], cached reads with read-your-writes.
+//! - [`process`]: [`ProcessManager`] and its runner.
 //! - `postgres` (feature `postgres`, on by default): [`PgEventStore`], with
 //!   gap-safe global order and group commit.
 //! - [`follow`]: [`Follower`], the catch-up-then-wait loop over the global
@@ -49,6 +57,8 @@
 //! ```
 
 pub mod aggregate;
+pub mod bus;
+pub mod changes;
 pub mod codec;
 pub mod command;
 pub mod envelope;
@@ -56,11 +66,19 @@ pub mod error;
 pub mod follow;
 pub mod harness;
 pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "postgres")]
+mod pg_view;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod process;
+pub mod projection;
+pub mod query;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod view;
 
 pub use aggregate::{Aggregate, InMemorySnapshotStore, Snapshot, SnapshotPolicy, SnapshotStore};
 pub use codec::{DecodeError, DecodeErrorKind, DomainEvent, Upcasters};
@@ -75,6 +93,26 @@ pub use harness::{AggregateTest, EncodedEvent, Then};
 pub use memory::InMemoryEventStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PgEventStore, PgSnapshotStore, PgStoreConfig, StoreStats};
+pub use bus::{BusError, Delivery, EventBus, InProcessBus, Subscription};
+pub use changes::{ChangeFeed, ChangeNotice, ViewChange};
+#[cfg(feature = "nats")]
+pub use nats::{JetStreamBus, Relay, RelayStatus, StreamConfig};
+#[cfg(feature = "postgres")]
+pub use pg_view::{view_table, PgViewStore};
+pub use process::{
+    caused_command_id, process_test, CommandSender, ProcessManager, ProcessManagerRunner,
+    SendError,
+};
+pub use projection::{
+    FailurePolicy, Projection, ProjectionError, ProjectionTest, Projector, ProjectorConfig,
+    RunState, SubscriberStatus,
+};
+pub use query::{CacheStats, QueryError, ReaderConfig, ViewReader};
+pub use tokio_util::sync::CancellationToken;
+pub use view::{
+    Checkpoint, DeadLetter, DocChange, InMemoryViewStore, StoredDoc, SubscriberState, ViewError,
+    ViewId, ViewRead, ViewStore,
+};
 pub use store::{
     AppendOutcome, AppendRequest, EventFilter, EventStore, ExpectedVersion, StoreLimits,
 };

@@ -178,3 +178,30 @@ mod tests {
         assert_eq!(with_database("postgres://u@h", "z"), "postgres://u@h/z");
     }
 }
+
+/// Connects to NATS (`NATS_URL` or the local default). Panics with
+/// instructions when it is unreachable: a test never skips silently.
+pub async fn nats_client() -> async_nats::Client {
+    let url = nats_url();
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(&url),
+    )
+    .await
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => panic!(
+            "cannot reach NATS at {url}: {e}\nStart it (with JetStream) with:\n    {START_NATS}\n\
+             or point NATS_URL at a running server."
+        ),
+        Err(_) => panic!("timed out connecting to NATS at {url}\nStart it with:\n    {START_NATS}"),
+    }
+}
+
+/// A stream name and subject prefix no other test uses.
+pub fn unique_stream() -> crate::nats::StreamConfig {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    crate::nats::StreamConfig::new(format!("T_{}", &id[..16]), format!("t{}", &id[..12]))
+}

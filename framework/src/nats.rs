@@ -1,0 +1,430 @@
+//! NATS JetStream: the relay from the store into a stream, and the bus that
+//! projectors and process managers consume from.
+//!
+//! # One stream, one subject per event, sequence = position
+//!
+//! The relay publishes the event at position *p* to
+//! `<prefix>.<stream type>.<stream id>` with `Nats-Expected-Last-Sequence:
+//! p − 1` and `Nats-Msg-Id: <event id>`. JetStream accepts a message only if
+//! the stream's last sequence is *p − 1*, so the stream's sequence *is* the
+//! store position: nothing can be published twice, skipped or reordered,
+//! whatever the relay instances do, and publishes can be pipelined (a failed
+//! one makes every later one fail too). The resume point is the stream's
+//! last sequence: there is no second checkpoint to drift.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::aggregate::BoxFuture;
+use crate::bus::{Ack, BusError, Delivery, EventBus, Subscription};
+use crate::envelope::{EventEnvelope, Position};
+use crate::follow::Follower;
+use crate::store::{EventFilter, EventStore};
+use crate::view::ViewStore;
+
+/// Where events go in JetStream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamConfig {
+    /// The JetStream stream's name (default `STRATA`).
+    pub stream: String,
+    /// The subject prefix (default `strata`): subjects are
+    /// `<prefix>.<stream type>.<stream id>`.
+    pub prefix: String,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            stream: "STRATA".into(),
+            prefix: "strata".into(),
+        }
+    }
+}
+
+impl StreamConfig {
+    /// A config with the given stream name and subject prefix.
+    pub fn new(stream: impl Into<String>, prefix: impl Into<String>) -> Self {
+        StreamConfig {
+            stream: stream.into(),
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The subject of an event.
+    pub fn subject(&self, e: &EventEnvelope) -> String {
+        format!("{}.{}.{}", self.prefix, e.stream_type, e.stream_id)
+    }
+
+    /// Creates the stream if it does not exist.
+    pub async fn ensure(&self, js: &jetstream::Context) -> Result<stream::Stream, BusError> {
+        js.get_or_create_stream(stream::Config {
+            name: self.stream.clone(),
+            subjects: vec![format!("{}.>", self.prefix)],
+            duplicate_window: Duration::from_secs(120),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(BusError::unavailable)
+    }
+}
+
+/// Header names of published events.
+pub mod headers {
+    /// The event's global position.
+    pub const POSITION: &str = "Strata-Position";
+    /// The event's id.
+    pub const EVENT_ID: &str = "Strata-Event-Id";
+    /// The event's type.
+    pub const EVENT_TYPE: &str = "Strata-Event-Type";
+    /// The payload's schema version.
+    pub const SCHEMA_VERSION: &str = "Strata-Schema-Version";
+    /// The correlation id.
+    pub const CORRELATION_ID: &str = "Strata-Correlation-Id";
+    /// The causation id.
+    pub const CAUSATION_ID: &str = "Strata-Causation-Id";
+    /// W3C trace context.
+    pub const TRACEPARENT: &str = "traceparent";
+}
+
+/// Connects to NATS with sensible defaults (retry on initial connect).
+pub async fn connect(url: &str) -> Result<async_nats::Client, BusError> {
+    async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(BusError::unavailable)
+}
+
+/// The relay's status, for `/metrics` and the admin CLI.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RelayStatus {
+    /// True while this instance is the active relay.
+    pub active: bool,
+    /// The last position JetStream acknowledged.
+    pub published: Position,
+    /// Store head minus published, when known.
+    pub lag: u64,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+}
+
+/// Errors that stop an active relay run (all are retried).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// NATS failed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::StoreError),
+    /// Taking the relay lease failed.
+    #[error(transparent)]
+    Lease(#[from] crate::view::ViewError),
+    /// The lease's connection closed: another relay may be active.
+    #[error("the relay lease was lost")]
+    LeaseLost,
+    /// The JetStream stream holds something other than this store's events.
+    #[error("JetStream stream {stream} does not match the event store: {reason}")]
+    Mismatch {
+        /// The stream.
+        stream: String,
+        /// What differs.
+        reason: String,
+    },
+}
+
+/// Carries events from the store into JetStream, in order, exactly once.
+pub struct Relay<S, V> {
+    store: S,
+    leases: V,
+    js: jetstream::Context,
+    config: StreamConfig,
+    batch_size: usize,
+    status: watch::Sender<RelayStatus>,
+}
+
+impl<S: EventStore, V: ViewStore> Relay<S, V> {
+    /// A relay from `store` into JetStream; `leases` provides the lock that
+    /// keeps one relay active (a Postgres advisory lock for `PgViewStore`).
+    pub fn new(store: S, leases: V, client: async_nats::Client, config: StreamConfig) -> Self {
+        Relay {
+            store,
+            leases,
+            js: jetstream::new(client),
+            config,
+            batch_size: 1_000,
+            status: watch::Sender::new(RelayStatus {
+                active: false,
+                published: Position::START,
+                lag: 0,
+                last_error: None,
+            }),
+        }
+    }
+
+    /// Most events read and published per batch (default 1,000).
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n.max(1);
+        self
+    }
+
+    /// A live view of the status.
+    pub fn status(&self) -> watch::Receiver<RelayStatus> {
+        self.status.subscribe()
+    }
+
+    /// Runs until `shutdown`. Stands by while another relay is active;
+    /// after any failure (NATS or Postgres down, lease lost) backs off and
+    /// resumes from the stream's last sequence.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            match self.run_active(&shutdown).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay interrupted; resuming from the stream's last sequence");
+                    self.status.send_modify(|s| {
+                        s.active = false;
+                        s.last_error = Some(e.to_string());
+                    });
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        self.status.send_modify(|s| s.active = false);
+    }
+
+    /// The position the stream has reached, checked against the store.
+    async fn resume_point(&self, stream: &mut stream::Stream) -> Result<Position, RelayError> {
+        let info = stream.info().await.map_err(BusError::unavailable)?;
+        let last = info.state.last_sequence;
+        if last == 0 {
+            return Ok(Position::START);
+        }
+        let mismatch = |reason: String| RelayError::Mismatch {
+            stream: self.config.stream.clone(),
+            reason,
+        };
+        let msg = stream
+            .get_raw_message(last)
+            .await
+            .map_err(BusError::unavailable)?;
+        let stored = self
+            .store
+            .read_all(Position(last - 1), 1, &EventFilter::all())
+            .await?;
+        let Some(stored) = stored.first().filter(|e| e.position.0 == last) else {
+            return Err(mismatch(format!(
+                "stream is at sequence {last}, beyond the store's head"
+            )));
+        };
+        let id = msg
+            .headers
+            .get(headers::EVENT_ID)
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        if id != stored.event_id.to_string() {
+            return Err(mismatch(format!(
+                "message {last} is event {id:?}, the store has {} there",
+                stored.event_id
+            )));
+        }
+        Ok(Position(last))
+    }
+
+    async fn run_active(&self, shutdown: &CancellationToken) -> Result<(), RelayError> {
+        let lease_name = format!("relay_{}", self.config.stream.to_ascii_lowercase());
+        let mut lease = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            l = self.leases.acquire(&lease_name) => l?,
+        };
+        let mut stream = self.config.ensure(&self.js).await?;
+        let start = self.resume_point(&mut stream).await?;
+        tracing::info!(stream = %self.config.stream, from = %start, "relay active");
+        self.status.send_modify(|s| {
+            s.active = true;
+            s.published = start;
+        });
+        let mut follower = Follower::new(self.store.clone(), start).batch_size(self.batch_size);
+        let mut lease_checked = Instant::now();
+        loop {
+            let batch = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                b = follower.next_batch() => b?,
+            };
+            if lease_checked.elapsed() > Duration::from_secs(2) {
+                if !lease.still_held().await {
+                    return Err(RelayError::LeaseLost);
+                }
+                lease_checked = Instant::now();
+            }
+            // Pipelined: send everything, then wait for the acks in order.
+            let mut acks = Vec::with_capacity(batch.len());
+            for e in &batch {
+                let ack = self
+                    .js
+                    .send_publish(self.config.subject(e), publish(e)?)
+                    .await
+                    .map_err(BusError::unavailable)?;
+                acks.push((e.position, ack));
+            }
+            for (position, ack) in acks {
+                ack.await.map_err(BusError::unavailable)?;
+                self.status.send_modify(|s| s.published = position);
+            }
+            let head = self.store.head().await.unwrap_or(Position::START);
+            self.status.send_modify(|s| {
+                s.lag = head.0.saturating_sub(s.published.0);
+                s.last_error = None;
+            });
+        }
+    }
+}
+
+fn publish(e: &EventEnvelope) -> Result<jetstream::context::Publish, RelayError> {
+    let body = serde_json::to_vec(e).map_err(crate::StoreError::backend)?;
+    let mut p = jetstream::context::Publish::build()
+        .payload(body.into())
+        .message_id(e.event_id.to_string())
+        .expected_last_sequence(e.position.0 - 1)
+        .header(headers::POSITION, e.position.to_string().as_str())
+        .header(headers::EVENT_ID, e.event_id.to_string().as_str())
+        .header(headers::EVENT_TYPE, e.event_type.as_str())
+        .header(headers::SCHEMA_VERSION, e.schema_version.to_string().as_str())
+        .header(
+            headers::CORRELATION_ID,
+            e.metadata.correlation_id.to_string().as_str(),
+        );
+    if let Some(c) = e.metadata.causation_id {
+        p = p.header(headers::CAUSATION_ID, c.to_string().as_str());
+    }
+    if let Some(t) = &e.metadata.traceparent {
+        p = p.header(headers::TRACEPARENT, t.as_str());
+    }
+    Ok(p)
+}
+
+/// The JetStream bus: one durable pull consumer per subscriber, explicit acks.
+#[derive(Debug, Clone)]
+pub struct JetStreamBus {
+    js: jetstream::Context,
+    config: StreamConfig,
+}
+
+impl JetStreamBus {
+    /// A bus on the stream the relay publishes to.
+    pub fn new(client: async_nats::Client, config: StreamConfig) -> Self {
+        JetStreamBus {
+            js: jetstream::new(client),
+            config,
+        }
+    }
+}
+
+/// A JetStream subscription.
+#[derive(Debug)]
+pub struct JetStreamSubscription {
+    consumer: consumer::Consumer<consumer::pull::Config>,
+    backlog: Option<u64>,
+}
+
+struct JsAck(jetstream::Message);
+
+impl Ack for JsAck {
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), BusError>> {
+        Box::pin(async move { self.0.ack().await.map_err(BusError::unavailable) })
+    }
+}
+
+impl Subscription for JetStreamSubscription {
+    async fn next_batch(
+        &mut self,
+        max: usize,
+        max_wait: Duration,
+    ) -> Result<Vec<Delivery>, BusError> {
+        let mut messages = self
+            .consumer
+            .fetch()
+            .max_messages(max)
+            .expires(max_wait.max(Duration::from_millis(100)))
+            .messages()
+            .await
+            .map_err(BusError::unavailable)?;
+        let mut out = Vec::new();
+        while let Some(m) = messages.next().await {
+            let m = m.map_err(BusError::unavailable)?;
+            if let Ok(info) = m.info() {
+                self.backlog = Some(info.pending);
+            }
+            match serde_json::from_slice::<EventEnvelope>(&m.payload) {
+                Ok(envelope) => out.push(Delivery::with_ack(envelope, Box::new(JsAck(m)))),
+                Err(e) => {
+                    // Not one of ours: log and acknowledge it away.
+                    tracing::error!(subject = %m.subject, error = %e, "ignoring a message that is not an event envelope");
+                    let _ = m.ack().await;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn backlog(&self) -> Option<u64> {
+        self.backlog
+    }
+}
+
+impl EventBus for JetStreamBus {
+    type Subscription = JetStreamSubscription;
+
+    async fn subscribe(
+        &self,
+        name: &str,
+        _filter: &EventFilter,
+        after: Position,
+    ) -> Result<Self::Subscription, BusError> {
+        let stream = self.config.ensure(&self.js).await?;
+        // Every event, so positions arrive dense and a gap is detectable
+        // (NATS 2.9 has one filter subject per consumer anyway).
+        let filter_subject = format!("{}.>", self.config.prefix);
+        // Start afresh at the checkpoint: an old consumer may hold
+        // deliveries that would only come back after their ack wait.
+        if stream.consumer_info(name).await.is_ok() {
+            stream
+                .delete_consumer(name)
+                .await
+                .map_err(BusError::unavailable)?;
+        }
+        let consumer = stream
+            .get_or_create_consumer(
+                name,
+                consumer::pull::Config {
+                    durable_name: Some(name.to_owned()),
+                    filter_subject,
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: after.0 + 1,
+                    },
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    max_ack_pending: 20_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(BusError::unavailable)?;
+        Ok(JetStreamSubscription {
+            consumer,
+            backlog: None,
+        })
+    }
+}

@@ -1,0 +1,341 @@
+//! Views, checkpoints and dead letters in PostgreSQL.
+//!
+//! Each view version is a table `strata_view_<name>_v<version>` of
+//! `(key, doc jsonb, position)`. Table names cannot be bound as parameters;
+//! they are built only from a [`ViewId`], whose name is validated to
+//! `[a-z][a-z0-9_]{0,39}`. Every value is bound.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sqlx::types::Json;
+use sqlx::{Connection, PgConnection, PgPool, Row};
+
+use crate::envelope::Position;
+use crate::view::{
+    parse_state, state_str, validate_name, Checkpoint, DeadLetter, DocChange, Lease,
+    LeaseHandle, StoredDoc, ViewError, ViewId, ViewRead, ViewResult, ViewStore,
+};
+
+/// Views in PostgreSQL. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PgViewStore {
+    pool: PgPool,
+}
+
+impl PgViewStore {
+    /// A view store on a migrated database.
+    pub fn new(pool: PgPool) -> Self {
+        PgViewStore { pool }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// The table of a view version (the name is validated by [`ViewId`]).
+pub fn view_table(view: &ViewId) -> String {
+    format!("strata_view_{}_v{}", view.name(), view.version())
+}
+
+fn be(e: sqlx::Error) -> ViewError {
+    ViewError::backend(e)
+}
+
+fn doc_from_row(row: &sqlx::postgres::PgRow) -> ViewResult<StoredDoc> {
+    let Json(doc): Json<serde_json::Value> = row.try_get("doc").map_err(be)?;
+    Ok(StoredDoc {
+        key: row.try_get("key").map_err(be)?,
+        doc,
+        position: Position(row.try_get::<i64, _>("position").map_err(be)? as u64),
+    })
+}
+
+struct PgLease {
+    conn: PgConnection,
+}
+
+impl LeaseHandle for PgLease {
+    fn still_held(&mut self) -> crate::aggregate::BoxFuture<'_, bool> {
+        Box::pin(async move { self.conn.ping().await.is_ok() })
+    }
+}
+
+impl ViewStore for PgViewStore {
+    async fn prepare(&self, view: &ViewId) -> ViewResult<Checkpoint> {
+        let table = view_table(view);
+        let mut tx = self.pool.begin().await.map_err(be)?;
+        // Serialise concurrent creators: CREATE TABLE IF NOT EXISTS can race.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(&table)
+            .execute(&mut *tx)
+            .await
+            .map_err(be)?;
+        let ddl = format!(
+            "CREATE TABLE IF NOT EXISTS {table} (\
+               key TEXT PRIMARY KEY, doc JSONB NOT NULL, position BIGINT NOT NULL)"
+        );
+        sqlx::query(&ddl)
+            .execute(&mut *tx)
+        .await
+        .map_err(be)?;
+        tx.commit().await.map_err(be)?;
+        self.checkpoint(&view.subscriber()).await
+    }
+
+    async fn checkpoint(&self, subscriber: &str) -> ViewResult<Checkpoint> {
+        validate_name(subscriber)?;
+        let row = sqlx::query(
+            "WITH ins AS (INSERT INTO strata_checkpoints (subscriber) VALUES ($1) \
+               ON CONFLICT (subscriber) DO NOTHING RETURNING position, state, error) \
+             SELECT position, state, error FROM ins \
+             UNION ALL SELECT position, state, error FROM strata_checkpoints WHERE subscriber = $1",
+        )
+        .bind(subscriber)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(be)?;
+        Ok(Checkpoint {
+            position: Position(row.try_get::<i64, _>(0).map_err(be)? as u64),
+            state: parse_state(&row.try_get::<String, _>(1).map_err(be)?),
+            error: row.try_get(2).map_err(be)?,
+        })
+    }
+
+    async fn load(&self, view: &ViewId, keys: &[String]) -> ViewResult<HashMap<String, StoredDoc>> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT key, doc, position FROM {} WHERE key = ANY($1)",
+            view_table(view)
+        ))
+        .bind(keys)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(be)?;
+        rows.iter()
+            .map(|r| doc_from_row(r).map(|d| (d.key.clone(), d)))
+            .collect()
+    }
+
+    async fn commit(
+        &self,
+        subscriber: &str,
+        view: Option<&ViewId>,
+        changes: Vec<DocChange>,
+        from: Position,
+        to: Position,
+    ) -> ViewResult<()> {
+        let mut tx = self.pool.begin().await.map_err(be)?;
+        let moved = sqlx::query(
+            "UPDATE strata_checkpoints SET position = $3, updated_at = now() \
+             WHERE subscriber = $1 AND position = $2",
+        )
+        .bind(subscriber)
+        .bind(from.0 as i64)
+        .bind(to.0 as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(be)?;
+        if moved.rows_affected() != 1 {
+            return Err(ViewError::Fenced {
+                subscriber: subscriber.to_owned(),
+                expected: from,
+            });
+        }
+        if let Some(view) = view {
+            let table = view_table(view);
+            let (mut keys, mut docs, mut positions) = (Vec::new(), Vec::new(), Vec::new());
+            let mut deleted = Vec::new();
+            // Last change per key wins (the runtime already folds a batch).
+            let mut last: HashMap<String, DocChange> = HashMap::new();
+            for c in changes {
+                last.insert(c.key().to_owned(), c);
+            }
+            for (_, c) in last {
+                match c {
+                    DocChange::Put(d) => {
+                        keys.push(d.key);
+                        docs.push(d.doc.to_string());
+                        positions.push(d.position.0 as i64);
+                    }
+                    DocChange::Delete { key } => deleted.push(key),
+                }
+            }
+            if !keys.is_empty() {
+                sqlx::query(&format!(
+                    "INSERT INTO {table} (key, doc, position) \
+                     SELECT k, d::jsonb, p FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS t(k, d, p) \
+                     ON CONFLICT (key) DO UPDATE SET doc = EXCLUDED.doc, position = EXCLUDED.position"
+                ))
+                .bind(&keys)
+                .bind(&docs)
+                .bind(&positions)
+                .execute(&mut *tx)
+                .await
+                .map_err(be)?;
+            }
+            if !deleted.is_empty() {
+                sqlx::query(&format!("DELETE FROM {table} WHERE key = ANY($1)"))
+                    .bind(&deleted)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(be)?;
+            }
+        }
+        tx.commit().await.map_err(be)
+    }
+
+    async fn get(&self, view: &ViewId, key: &str) -> ViewResult<ViewRead> {
+        // One statement, one snapshot: the document and the checkpoint agree.
+        let row = sqlx::query(&format!(
+            "SELECT c.position AS checkpoint, v.key, v.doc, v.position \
+               FROM (SELECT $1::text AS subscriber) s \
+               LEFT JOIN strata_checkpoints c ON c.subscriber = s.subscriber \
+               LEFT JOIN {} v ON v.key = $2",
+            view_table(view)
+        ))
+        .bind(view.subscriber())
+        .bind(key)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(be)?;
+        let checkpoint = Position(
+            row.try_get::<Option<i64>, _>("checkpoint")
+                .map_err(be)?
+                .unwrap_or(0) as u64,
+        );
+        let doc = match row.try_get::<Option<String>, _>("key").map_err(be)? {
+            Some(_) => Some(doc_from_row(&row)?),
+            None => None,
+        };
+        Ok(ViewRead { doc, checkpoint })
+    }
+
+    async fn list(
+        &self,
+        view: &ViewId,
+        after_key: Option<&str>,
+        limit: usize,
+    ) -> ViewResult<Vec<StoredDoc>> {
+        let rows = sqlx::query(&format!(
+            "SELECT key, doc, position FROM {} WHERE $1::text IS NULL OR key > $1 \
+             ORDER BY key LIMIT $2",
+            view_table(view)
+        ))
+        .bind(after_key)
+        .bind(limit.min(i64::MAX as usize) as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(be)?;
+        rows.iter().map(doc_from_row).collect()
+    }
+
+    async fn park(&self, letter: DeadLetter, from: Position, skip: bool) -> ViewResult<()> {
+        let mut tx = self.pool.begin().await.map_err(be)?;
+        let moved = sqlx::query(
+            "UPDATE strata_checkpoints SET \
+               position = CASE WHEN $3 THEN $4 ELSE position END, \
+               state = CASE WHEN $3 THEN state ELSE 'halted' END, \
+               error = CASE WHEN $3 THEN error ELSE $5 END, updated_at = now() \
+             WHERE subscriber = $1 AND position = $2",
+        )
+        .bind(&letter.subscriber)
+        .bind(from.0 as i64)
+        .bind(skip)
+        .bind(letter.position.0 as i64)
+        .bind(&letter.error)
+        .execute(&mut *tx)
+        .await
+        .map_err(be)?;
+        if moved.rows_affected() != 1 {
+            return Err(ViewError::Fenced {
+                subscriber: letter.subscriber,
+                expected: from,
+            });
+        }
+        sqlx::query(
+            "INSERT INTO strata_dead_letters \
+               (subscriber, position, event_id, stream_id, event_type, error, attempts, status) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&letter.subscriber)
+        .bind(letter.position.0 as i64)
+        .bind(letter.event_id)
+        .bind(&letter.stream_id)
+        .bind(&letter.event_type)
+        .bind(&letter.error)
+        .bind(letter.attempts as i32)
+        .bind(if skip { "skipped" } else { "parked" })
+        .execute(&mut *tx)
+        .await
+        .map_err(be)?;
+        tx.commit().await.map_err(be)
+    }
+
+    async fn dead_letters(&self, subscriber: Option<&str>) -> ViewResult<Vec<DeadLetter>> {
+        let rows = sqlx::query(
+            "SELECT id, subscriber, position, event_id, stream_id, event_type, error, attempts, \
+                    status, created_at \
+               FROM strata_dead_letters WHERE $1::text IS NULL OR subscriber = $1 ORDER BY id DESC",
+        )
+        .bind(subscriber)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(be)?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeadLetter {
+                    id: r.try_get("id").map_err(be)?,
+                    subscriber: r.try_get("subscriber").map_err(be)?,
+                    position: Position(r.try_get::<i64, _>("position").map_err(be)? as u64),
+                    event_id: r.try_get("event_id").map_err(be)?,
+                    stream_id: r.try_get("stream_id").map_err(be)?,
+                    event_type: r.try_get("event_type").map_err(be)?,
+                    error: r.try_get("error").map_err(be)?,
+                    attempts: r.try_get::<i32, _>("attempts").map_err(be)? as u32,
+                    status: r.try_get("status").map_err(be)?,
+                    created_at: r.try_get("created_at").map_err(be)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn resume(&self, subscriber: &str) -> ViewResult<()> {
+        sqlx::query(
+            "UPDATE strata_checkpoints SET state = $2, error = NULL, updated_at = now() \
+             WHERE subscriber = $1",
+        )
+        .bind(subscriber)
+        .bind(state_str(crate::view::SubscriberState::Running))
+        .execute(&self.pool)
+        .await
+        .map_err(be)?;
+        Ok(())
+    }
+
+    async fn acquire(&self, subscriber: &str) -> ViewResult<Lease> {
+        validate_name(subscriber)?;
+        // A session-level advisory lock on a connection of its own: it is
+        // released when this process dies and its connection closes.
+        let options = (*self.pool.connect_options())
+            .clone()
+            .application_name(&format!("strata-lease-{subscriber}"));
+        let mut conn = PgConnection::connect_with(&options).await.map_err(be)?;
+        let key = format!("strata-subscriber:{subscriber}");
+        loop {
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+                .bind(&key)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(be)?;
+            if got {
+                return Ok(Lease::new(Box::new(PgLease { conn })));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}

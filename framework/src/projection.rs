@@ -1,0 +1,602 @@
+//! Projections and the projector runtime.
+//!
+//! A [`Projection`] says which documents an event touches and how each one
+//! evolves: `(key, Option<doc>, &event) -> Option<doc>`, pure, so it is
+//! tested without a database ([`ProjectionTest`]). The [`Projector`] feeds it
+//! events from a bus and commits the changed documents together with the
+//! checkpoint, in one transaction of the [`ViewStore`].
+//!
+//! **Exactly once in effect:** events at or below the checkpoint are skipped;
+//! documents and checkpoint commit atomically; deliveries are acknowledged
+//! only after the commit. A crash anywhere means redelivery, which the
+//! checkpoint turns into a no-op.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{BusError, Delivery, EventBus, Subscription};
+use crate::changes::{ChangeFeed, ViewChange};
+use crate::codec::{DecodeError, Upcasters};
+use crate::envelope::{EventEnvelope, Position};
+use crate::store::EventFilter;
+use crate::view::{DeadLetter, DocChange, StoredDoc, SubscriberState, ViewError, ViewId, ViewStore};
+
+/// Why a projection could not apply an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ProjectionError(pub String);
+
+impl ProjectionError {
+    /// An error with a message.
+    pub fn new(msg: impl Into<String>) -> Self {
+        ProjectionError(msg.into())
+    }
+}
+
+impl From<DecodeError> for ProjectionError {
+    fn from(e: DecodeError) -> Self {
+        ProjectionError(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for ProjectionError {
+    fn from(e: serde_json::Error) -> Self {
+        ProjectionError(format!("JSON: {e}"))
+    }
+}
+
+/// What happens after an event failed every attempt and was dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// Stop the projection (state `halted`) until an operator retries or
+    /// skips the dead letter. The view stays consistent but stops moving.
+    #[default]
+    Halt,
+    /// Move past the event and go on. The view misses that event's effect.
+    Skip,
+}
+
+/// A view built from events: keyed documents.
+pub trait Projection: Send + Sync + 'static {
+    /// The document type.
+    type Doc: Serialize + DeserializeOwned + Send + Sync + 'static;
+
+    /// The view's name: `[a-z][a-z0-9_]{0,39}`.
+    fn name(&self) -> &str;
+
+    /// The view's version; a new version is rebuilt into new tables.
+    fn version(&self) -> u32 {
+        1
+    }
+
+    /// Which events the projection needs.
+    fn filter(&self) -> EventFilter;
+
+    /// The keys of the documents an event touches.
+    fn keys(&self, event: &EventEnvelope) -> Vec<String>;
+
+    /// The new document for `key` after `event` (`None` deletes it).
+    fn apply(
+        &self,
+        key: &str,
+        doc: Option<Self::Doc>,
+        event: &EventEnvelope,
+    ) -> Result<Option<Self::Doc>, ProjectionError>;
+
+    /// What to do after an event failed every attempt.
+    fn on_failure(&self) -> FailurePolicy {
+        FailurePolicy::Halt
+    }
+}
+
+/// Tuning of a projector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProjectorConfig {
+    /// Most events per transaction (default 500).
+    pub batch_size: usize,
+    /// How long a fetch waits for events (default 500 ms).
+    pub max_wait: Duration,
+    /// Attempts at a failing event before it is dead-lettered (default 3).
+    pub attempts: u32,
+    /// Backoff after the first failed attempt, doubling (default 10 ms).
+    pub backoff: Duration,
+}
+
+impl Default for ProjectorConfig {
+    fn default() -> Self {
+        ProjectorConfig {
+            batch_size: 500,
+            max_wait: Duration::from_millis(500),
+            attempts: 3,
+            backoff: Duration::from_millis(10),
+        }
+    }
+}
+
+/// Where a subscriber is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Waiting to become the active instance.
+    Standby,
+    /// Applying events.
+    Running,
+    /// Stopped on a dead letter (policy `Halt`).
+    Halted,
+    /// Shut down.
+    Stopped,
+}
+
+/// A subscriber's status, for `/metrics` and the admin CLI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriberStatus {
+    /// The checkpoint name.
+    pub subscriber: String,
+    /// The committed checkpoint.
+    pub position: Position,
+    /// Events waiting, if known.
+    pub lag: Option<u64>,
+    /// Life-cycle state.
+    pub state: RunState,
+    /// Dead letters recorded by this instance.
+    pub dead_letters: u64,
+    /// Events applied by this instance.
+    pub applied: u64,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+}
+
+impl SubscriberStatus {
+    pub(crate) fn new(subscriber: String) -> Self {
+        SubscriberStatus {
+            subscriber,
+            position: Position::START,
+            lag: None,
+            state: RunState::Standby,
+            dead_letters: 0,
+            applied: 0,
+            last_error: None,
+        }
+    }
+}
+
+/// Runs one projection: one active instance per view version, standby
+/// take-over, batching, retries, dead letters.
+pub struct Projector<P: Projection, B, V> {
+    projection: Arc<P>,
+    view: ViewId,
+    bus: B,
+    views: V,
+    feed: Option<ChangeFeed>,
+    upcasters: Upcasters,
+    config: ProjectorConfig,
+    status: watch::Sender<SubscriberStatus>,
+}
+
+/// How a batch ended.
+enum BatchEnd {
+    Continue(Position),
+    Halted(Position),
+}
+
+impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
+    /// A projector for `projection`, fed by `bus`, writing into `views`.
+    /// Panics if the projection's name is not a valid view name.
+    pub fn new(projection: P, bus: B, views: V) -> Self {
+        let view = ViewId::new(projection.name(), projection.version())
+            .unwrap_or_else(|e| panic!("projection name: {e}"));
+        let status = watch::Sender::new(SubscriberStatus::new(view.subscriber()));
+        Projector {
+            projection: Arc::new(projection),
+            view,
+            bus,
+            views,
+            feed: None,
+            upcasters: Upcasters::new(),
+            config: ProjectorConfig::default(),
+            status,
+        }
+    }
+
+    /// Announces changed documents on `feed`.
+    pub fn with_change_feed(mut self, feed: ChangeFeed) -> Self {
+        self.feed = Some(feed);
+        self
+    }
+
+    /// Upcasts events before the projection sees them.
+    pub fn with_upcasters(mut self, upcasters: Upcasters) -> Self {
+        self.upcasters = upcasters;
+        self
+    }
+
+    /// Sets the tuning.
+    pub fn with_config(mut self, config: ProjectorConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The view version this projector writes.
+    pub fn view(&self) -> &ViewId {
+        &self.view
+    }
+
+    /// A live view of the status.
+    pub fn status(&self) -> watch::Receiver<SubscriberStatus> {
+        self.status.subscribe()
+    }
+
+    fn set_status(&self, f: impl FnOnce(&mut SubscriberStatus)) {
+        self.status.send_modify(f);
+    }
+
+    /// Runs until `shutdown` is cancelled. Transient failures (database or
+    /// NATS down, another instance took over) are logged and retried with
+    /// backoff; the projector goes back to standby and resumes from its
+    /// committed checkpoint.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            match self.run_active(&shutdown).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(view = %self.view, error = %e, "projector interrupted; retrying");
+                    self.set_status(|s| {
+                        s.state = RunState::Standby;
+                        s.last_error = Some(e.to_string());
+                    });
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        self.set_status(|s| s.state = RunState::Stopped);
+    }
+
+    async fn run_active(&self, shutdown: &CancellationToken) -> Result<(), RunError> {
+        let subscriber = self.view.subscriber();
+        self.set_status(|s| s.state = RunState::Standby);
+        let mut lease = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            l = self.views.acquire(&subscriber) => l?,
+        };
+        loop {
+            let cp = self.views.prepare(&self.view).await?;
+            self.set_status(|s| s.position = cp.position);
+            if cp.state == SubscriberState::Halted {
+                self.set_status(|s| {
+                    s.state = RunState::Halted;
+                    s.last_error = cp.error.clone();
+                });
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+            self.set_status(|s| s.state = RunState::Running);
+            let mut sub = self
+                .bus
+                .subscribe(&subscriber, &self.projection.filter(), cp.position)
+                .await?;
+            let mut position = cp.position;
+            let mut lease_checked = Instant::now();
+            loop {
+                let batch = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    b = sub.next_batch(self.config.batch_size, self.config.max_wait) => b?,
+                };
+                if lease_checked.elapsed() > Duration::from_secs(2) {
+                    if !lease.still_held().await {
+                        return Err(RunError::LeaseLost);
+                    }
+                    lease_checked = Instant::now();
+                }
+                match self.apply_batch(batch, position).await? {
+                    BatchEnd::Continue(p) => position = p,
+                    BatchEnd::Halted(p) => {
+                        self.set_status(|s| {
+                            s.position = p;
+                            s.state = RunState::Halted;
+                        });
+                        break; // back to the halted wait above
+                    }
+                }
+                let lag = sub.backlog();
+                self.set_status(|s| {
+                    s.position = position;
+                    s.lag = lag;
+                });
+            }
+        }
+    }
+
+    /// Applies one batch; returns the new checkpoint.
+    async fn apply_batch(
+        &self,
+        batch: Vec<Delivery>,
+        from: Position,
+    ) -> Result<BatchEnd, RunError> {
+        let (batch, stale) = crate::bus::in_order(batch, from)?;
+        for d in stale {
+            let _ = d.ack().await; // redelivered, already applied
+        }
+        let filter = self.projection.filter();
+        let last = batch.last().map_or(from, |d| d.envelope.position);
+        let events: Vec<EventEnvelope> = batch.iter().map(|d| d.envelope.clone()).collect();
+        let keys: Vec<String> = {
+            let mut keys: Vec<String> = events
+                .iter()
+                .filter(|e| filter.matches(e))
+                .flat_map(|e| self.projection.keys(e))
+                .collect();
+            keys.sort();
+            keys.dedup();
+            keys
+        };
+        let mut loaded = self.views.load(&self.view, &keys).await?;
+
+        let mut start = from;
+        let mut changes: HashMap<String, Option<StoredDoc>> = HashMap::new();
+        let mut to = from;
+        let mut applied = 0u64;
+        for mut event in events {
+            let position = event.position;
+            if !filter.matches(&event) {
+                to = position;
+                continue;
+            }
+            let result = match self.upcasters.apply(&mut event) {
+                Ok(()) => self.apply_event(&event, &changes, &loaded).await,
+                Err(e) => Err((ProjectionError::from(e), 1)),
+            };
+            match result {
+                Ok(new_docs) => {
+                    changes.extend(new_docs);
+                    applied += 1;
+                    to = position;
+                }
+                Err((error, attempts)) => {
+                    // Commit what came before, then park the event. Later
+                    // events of the batch build on the committed documents.
+                    let committed = std::mem::take(&mut changes);
+                    for (key, doc) in &committed {
+                        match doc {
+                            Some(d) => {
+                                loaded.insert(key.clone(), d.clone());
+                            }
+                            None => {
+                                loaded.remove(key);
+                            }
+                        }
+                    }
+                    self.commit(committed, start, to).await?;
+                    start = to;
+                    let skip = self.projection.on_failure() == FailurePolicy::Skip;
+                    tracing::error!(
+                        view = %self.view, position = %position, event_id = %event.event_id,
+                        event_type = %event.event_type, error = %error, skip,
+                        "projection failed on an event; dead-lettered"
+                    );
+                    self.views
+                        .park(
+                            DeadLetter {
+                                id: 0,
+                                subscriber: self.view.subscriber(),
+                                position,
+                                event_id: event.event_id,
+                                stream_id: event.stream_id.to_string(),
+                                event_type: event.event_type.clone(),
+                                error: error.to_string(),
+                                attempts,
+                                status: String::new(),
+                                created_at: chrono::Utc::now(),
+                            },
+                            start,
+                            skip,
+                        )
+                        .await?;
+                    self.set_status(|s| {
+                        s.dead_letters += 1;
+                        s.last_error = Some(error.to_string());
+                    });
+                    if !skip {
+                        // Acknowledge nothing: the halted projection will see
+                        // these again once resumed.
+                        return Ok(BatchEnd::Halted(start));
+                    }
+                    start = position;
+                    to = position;
+                }
+            }
+        }
+        // Events after the last matching one still move the checkpoint.
+        let to = to.max(last);
+        self.commit(changes, start, to).await?;
+        self.set_status(|s| s.applied += applied);
+        for d in batch {
+            if let Err(e) = d.ack().await {
+                // Harmless: the event will be redelivered and skipped.
+                tracing::debug!(error = %e, "ack failed");
+            }
+        }
+        Ok(BatchEnd::Continue(to))
+    }
+
+    /// Applies one event to every document it touches, with retries.
+    /// Returns the new documents, or the error and the attempts made.
+    async fn apply_event(
+        &self,
+        event: &EventEnvelope,
+        changes: &HashMap<String, Option<StoredDoc>>,
+        loaded: &HashMap<String, StoredDoc>,
+    ) -> Result<HashMap<String, Option<StoredDoc>>, (ProjectionError, u32)> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_apply(event, changes, loaded) {
+                Ok(docs) => return Ok(docs),
+                Err(e) if attempt >= self.config.attempts => return Err((e, attempt)),
+                Err(_) => {
+                    tokio::time::sleep(self.config.backoff * 2u32.pow(attempt - 1)).await;
+                }
+            }
+        }
+    }
+
+    fn try_apply(
+        &self,
+        event: &EventEnvelope,
+        changes: &HashMap<String, Option<StoredDoc>>,
+        loaded: &HashMap<String, StoredDoc>,
+    ) -> Result<HashMap<String, Option<StoredDoc>>, ProjectionError> {
+        let mut out = HashMap::new();
+        for key in self.projection.keys(event) {
+            let current: Option<&StoredDoc> = match changes.get(&key) {
+                Some(c) => c.as_ref(),
+                None => loaded.get(&key),
+            };
+            let doc: Option<P::Doc> = match current {
+                Some(d) => Some(serde_json::from_value(d.doc.clone())?),
+                None => None,
+            };
+            let new = self.projection.apply(&key, doc, event)?;
+            let stored = match new {
+                Some(doc) => Some(StoredDoc {
+                    key: key.clone(),
+                    doc: serde_json::to_value(doc)?,
+                    position: event.position,
+                }),
+                None => None,
+            };
+            out.insert(key, stored);
+        }
+        Ok(out)
+    }
+
+    async fn commit(
+        &self,
+        changes: HashMap<String, Option<StoredDoc>>,
+        from: Position,
+        to: Position,
+    ) -> Result<(), RunError> {
+        if to <= from && changes.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = changes.keys().cloned().collect();
+        let doc_changes: Vec<DocChange> = changes
+            .into_iter()
+            .map(|(key, d)| match d {
+                Some(d) => DocChange::Put(d),
+                None => DocChange::Delete { key },
+            })
+            .collect();
+        self.views
+            .commit(&self.view.subscriber(), Some(&self.view), doc_changes, from, to)
+            .await?;
+        self.set_status(|s| s.position = to);
+        if let Some(feed) = &self.feed {
+            feed.publish(ViewChange {
+                view: self.view.name().to_owned(),
+                version: self.view.version(),
+                keys,
+                position: to,
+            })
+            .await;
+        }
+        Ok(())
+    }
+}
+
+/// Why an active run ended (all are retried by [`Projector::run`]).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RunError {
+    #[error(transparent)]
+    View(#[from] ViewError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("the lease was lost (its database connection closed)")]
+    LeaseLost,
+}
+
+/// Given events, a projection, then the documents: no runtime, no database.
+///
+/// ```ignore
+/// let docs = ProjectionTest::new(MyProjection).given(events).docs();
+/// assert_eq!(docs["order-1"].status, "paid");
+/// ```
+pub struct ProjectionTest<P: Projection> {
+    projection: P,
+    docs: std::collections::BTreeMap<String, serde_json::Value>,
+    upcasters: Upcasters,
+}
+
+impl<P: Projection> ProjectionTest<P> {
+    /// A test of `projection` with no documents yet.
+    pub fn new(projection: P) -> Self {
+        ProjectionTest {
+            projection,
+            docs: Default::default(),
+            upcasters: Upcasters::new(),
+        }
+    }
+
+    /// Upcasts events first, as the runtime does.
+    pub fn with_upcasters(mut self, upcasters: Upcasters) -> Self {
+        self.upcasters = upcasters;
+        self
+    }
+
+    /// Applies events in order (those the filter rejects are ignored).
+    /// Panics on a projection error.
+    pub fn given(mut self, events: impl IntoIterator<Item = EventEnvelope>) -> Self {
+        let filter = self.projection.filter();
+        for mut e in events {
+            if !filter.matches(&e) {
+                continue;
+            }
+            self.upcasters.apply(&mut e).expect("upcast");
+            for key in self.projection.keys(&e) {
+                let doc = self
+                    .docs
+                    .get(&key)
+                    .map(|d| serde_json::from_value(d.clone()).expect("document decodes"));
+                match self
+                    .projection
+                    .apply(&key, doc, &e)
+                    .unwrap_or_else(|err| panic!("projection failed at {}: {err}", e.position))
+                {
+                    Some(d) => {
+                        self.docs
+                            .insert(key, serde_json::to_value(d).expect("document encodes"));
+                    }
+                    None => {
+                        self.docs.remove(&key);
+                    }
+                }
+            }
+        }
+        self
+    }
+
+    /// The documents, by key, as JSON (for `insta` snapshots).
+    pub fn json(&self) -> &std::collections::BTreeMap<String, serde_json::Value> {
+        &self.docs
+    }
+
+    /// One document, typed.
+    pub fn doc(&self, key: &str) -> Option<P::Doc> {
+        self.docs
+            .get(key)
+            .map(|d| serde_json::from_value(d.clone()).expect("document decodes"))
+    }
+}

@@ -1,0 +1,503 @@
+//! Views as keyed JSON documents, and where they are stored.
+//!
+//! A view is a set of documents addressed by (view, key), each stamped with
+//! the position of the last event applied to it. A [`ViewStore`] keeps the
+//! documents of each view version, the checkpoints of every subscriber
+//! (projections and process managers), and the dead letters, and commits a
+//! batch of document changes together with the checkpoint, atomically.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::envelope::Position;
+use crate::error::BoxError;
+
+/// Errors of view stores.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ViewError {
+    /// The checkpoint moved under us: another instance is writing this
+    /// subscriber. The runtime stops and goes back to standby.
+    #[error("checkpoint of {subscriber} is no longer at {expected}: another instance took over")]
+    Fenced {
+        /// The subscriber.
+        subscriber: String,
+        /// The checkpoint we expected.
+        expected: Position,
+    },
+    /// A view or subscriber name outside `[a-z][a-z0-9_]{0,39}`.
+    #[error("invalid view name {0:?}: use 1 to 40 lowercase letters, digits or '_', starting with a letter")]
+    InvalidName(String),
+    /// The backend failed. Retry later.
+    #[error("view store backend error: {0}")]
+    Backend(#[source] BoxError),
+}
+
+impl ViewError {
+    /// Wraps a backend error.
+    pub fn backend(e: impl Into<BoxError>) -> Self {
+        ViewError::Backend(e.into())
+    }
+}
+
+/// Result alias for view stores.
+pub type ViewResult<T> = Result<T, ViewError>;
+
+/// One version of one view, e.g. `orders` v1.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ViewId {
+    name: String,
+    version: u32,
+}
+
+/// Checks a view or subscriber name: `[a-z][a-z0-9_]{0,39}`.
+pub fn validate_name(name: &str) -> ViewResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 40
+        && name.as_bytes()[0].is_ascii_lowercase()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ViewError::InvalidName(name.chars().take(64).collect()))
+    }
+}
+
+impl ViewId {
+    /// A view id; the name must match `[a-z][a-z0-9_]{0,39}`.
+    pub fn new(name: &str, version: u32) -> ViewResult<Self> {
+        validate_name(name)?;
+        Ok(ViewId {
+            name: name.to_owned(),
+            version,
+        })
+    }
+
+    /// The view's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The version.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The checkpoint name of the projection that writes this view version.
+    pub fn subscriber(&self) -> String {
+        format!("{}_v{}", self.name, self.version)
+    }
+}
+
+impl std::fmt::Display for ViewId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} v{}", self.name, self.version)
+    }
+}
+
+/// A document as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredDoc {
+    /// The key.
+    pub key: String,
+    /// The document.
+    pub doc: Value,
+    /// Position of the last event applied to it.
+    pub position: Position,
+}
+
+/// What a read saw: the document (if any) and the view's checkpoint in the
+/// same snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewRead {
+    /// The document, if the key exists.
+    pub doc: Option<StoredDoc>,
+    /// The position the view had applied when it was read.
+    pub checkpoint: Position,
+}
+
+/// A change to one document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DocChange {
+    /// Insert or replace.
+    Put(StoredDoc),
+    /// Remove.
+    Delete {
+        /// The key.
+        key: String,
+    },
+}
+
+impl DocChange {
+    /// The key changed.
+    pub fn key(&self) -> &str {
+        match self {
+            DocChange::Put(d) => &d.key,
+            DocChange::Delete { key } => key,
+        }
+    }
+}
+
+/// Whether a subscriber is applying events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriberState {
+    /// Applying events.
+    Running,
+    /// Stopped on a failing event (policy `Halt`); see the dead letters.
+    Halted,
+}
+
+impl SubscriberState {
+    fn as_str(self) -> &'static str {
+        match self {
+            SubscriberState::Running => "running",
+            SubscriberState::Halted => "halted",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        if s == "halted" {
+            SubscriberState::Halted
+        } else {
+            SubscriberState::Running
+        }
+    }
+}
+
+/// A subscriber's committed progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Every event up to here has been applied (or skipped).
+    pub position: Position,
+    /// Running or halted.
+    pub state: SubscriberState,
+    /// Why it halted.
+    pub error: Option<String>,
+}
+
+/// An event a subscriber could not apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Row id.
+    pub id: i64,
+    /// The subscriber (projection `name_vN`, or process manager name).
+    pub subscriber: String,
+    /// The event's position.
+    pub position: Position,
+    /// The event's id.
+    pub event_id: Uuid,
+    /// Its stream.
+    pub stream_id: String,
+    /// Its type.
+    pub event_type: String,
+    /// The last error.
+    pub error: String,
+    /// How many times it was tried.
+    pub attempts: u32,
+    /// `parked`, `retried` or `skipped`.
+    pub status: String,
+    /// When it was parked.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Proof that this instance is the active one for a subscriber.
+pub struct Lease {
+    inner: Box<dyn LeaseHandle>,
+}
+
+/// The backend side of a [`Lease`].
+pub trait LeaseHandle: Send {
+    /// True while the lease is still held (e.g. its connection is alive).
+    fn still_held(&mut self) -> crate::aggregate::BoxFuture<'_, bool>;
+}
+
+impl Lease {
+    /// Wraps a backend lease.
+    pub fn new(inner: Box<dyn LeaseHandle>) -> Self {
+        Lease { inner }
+    }
+
+    /// True while the lease is still held.
+    pub async fn still_held(&mut self) -> bool {
+        self.inner.still_held().await
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lease")
+    }
+}
+
+/// Where views, checkpoints and dead letters live.
+pub trait ViewStore: Clone + Send + Sync + 'static {
+    /// Creates the view's storage if needed and returns its subscriber's
+    /// checkpoint (position 0 for a new one).
+    fn prepare(&self, view: &ViewId) -> impl Future<Output = ViewResult<Checkpoint>> + Send;
+
+    /// A subscriber's checkpoint, creating it at 0 if missing.
+    fn checkpoint(&self, subscriber: &str)
+        -> impl Future<Output = ViewResult<Checkpoint>> + Send;
+
+    /// The documents with these keys (missing keys are left out).
+    fn load(
+        &self,
+        view: &ViewId,
+        keys: &[String],
+    ) -> impl Future<Output = ViewResult<HashMap<String, StoredDoc>>> + Send;
+
+    /// Writes document changes and moves the subscriber's checkpoint from
+    /// `from` to `to`, atomically. Fails with [`ViewError::Fenced`] (and
+    /// writes nothing) when the checkpoint is not at `from`. `view` is
+    /// `None` for subscribers without documents (process managers).
+    fn commit(
+        &self,
+        subscriber: &str,
+        view: Option<&ViewId>,
+        changes: Vec<DocChange>,
+        from: Position,
+        to: Position,
+    ) -> impl Future<Output = ViewResult<()>> + Send;
+
+    /// One document and the view's checkpoint, read together.
+    fn get(&self, view: &ViewId, key: &str) -> impl Future<Output = ViewResult<ViewRead>> + Send;
+
+    /// Documents in key order after `after_key`, at most `limit`.
+    fn list(
+        &self,
+        view: &ViewId,
+        after_key: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = ViewResult<Vec<StoredDoc>>> + Send;
+
+    /// Records a dead letter; with `skip`, also moves the checkpoint from
+    /// `from` past the event, else marks the subscriber halted. Atomic.
+    fn park(
+        &self,
+        letter: DeadLetter,
+        from: Position,
+        skip: bool,
+    ) -> impl Future<Output = ViewResult<()>> + Send;
+
+    /// Dead letters, newest first, of one subscriber or all.
+    fn dead_letters(
+        &self,
+        subscriber: Option<&str>,
+    ) -> impl Future<Output = ViewResult<Vec<DeadLetter>>> + Send;
+
+    /// Marks a subscriber running again (after a halt was dealt with).
+    fn resume(&self, subscriber: &str) -> impl Future<Output = ViewResult<()>> + Send;
+
+    /// Waits until this instance is the only active one for `subscriber`.
+    fn acquire(&self, subscriber: &str) -> impl Future<Output = ViewResult<Lease>> + Send;
+}
+
+/// Views in memory: the embedded mode and tests.
+#[derive(Clone, Default)]
+pub struct InMemoryViewStore {
+    inner: Arc<Mutex<MemViews>>,
+    leases: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+#[derive(Default)]
+struct MemViews {
+    docs: HashMap<ViewId, BTreeMap<String, StoredDoc>>,
+    checkpoints: HashMap<String, Checkpoint>,
+    dead: Vec<DeadLetter>,
+}
+
+impl InMemoryViewStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemViews> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn new_checkpoint() -> Checkpoint {
+    Checkpoint {
+        position: Position::START,
+        state: SubscriberState::Running,
+        error: None,
+    }
+}
+
+struct MemLease(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>);
+
+impl LeaseHandle for MemLease {
+    fn still_held(&mut self) -> crate::aggregate::BoxFuture<'_, bool> {
+        Box::pin(async { true })
+    }
+}
+
+impl ViewStore for InMemoryViewStore {
+    async fn prepare(&self, view: &ViewId) -> ViewResult<Checkpoint> {
+        let mut m = self.lock();
+        m.docs.entry(view.clone()).or_default();
+        Ok(m.checkpoints
+            .entry(view.subscriber())
+            .or_insert_with(new_checkpoint)
+            .clone())
+    }
+
+    async fn checkpoint(&self, subscriber: &str) -> ViewResult<Checkpoint> {
+        validate_name(subscriber)?;
+        Ok(self
+            .lock()
+            .checkpoints
+            .entry(subscriber.to_owned())
+            .or_insert_with(new_checkpoint)
+            .clone())
+    }
+
+    async fn load(&self, view: &ViewId, keys: &[String]) -> ViewResult<HashMap<String, StoredDoc>> {
+        let m = self.lock();
+        let Some(docs) = m.docs.get(view) else {
+            return Ok(HashMap::new());
+        };
+        Ok(keys
+            .iter()
+            .filter_map(|k| docs.get(k).map(|d| (k.clone(), d.clone())))
+            .collect())
+    }
+
+    async fn commit(
+        &self,
+        subscriber: &str,
+        view: Option<&ViewId>,
+        changes: Vec<DocChange>,
+        from: Position,
+        to: Position,
+    ) -> ViewResult<()> {
+        let mut m = self.lock();
+        let cp = m
+            .checkpoints
+            .entry(subscriber.to_owned())
+            .or_insert_with(new_checkpoint);
+        if cp.position != from {
+            return Err(ViewError::Fenced {
+                subscriber: subscriber.to_owned(),
+                expected: from,
+            });
+        }
+        cp.position = to;
+        if let Some(view) = view {
+            let docs = m.docs.entry(view.clone()).or_default();
+            for c in changes {
+                match c {
+                    DocChange::Put(d) => {
+                        docs.insert(d.key.clone(), d);
+                    }
+                    DocChange::Delete { key } => {
+                        docs.remove(&key);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn get(&self, view: &ViewId, key: &str) -> ViewResult<ViewRead> {
+        let m = self.lock();
+        Ok(ViewRead {
+            doc: m.docs.get(view).and_then(|d| d.get(key)).cloned(),
+            checkpoint: m
+                .checkpoints
+                .get(&view.subscriber())
+                .map_or(Position::START, |c| c.position),
+        })
+    }
+
+    async fn list(
+        &self,
+        view: &ViewId,
+        after_key: Option<&str>,
+        limit: usize,
+    ) -> ViewResult<Vec<StoredDoc>> {
+        let m = self.lock();
+        let Some(docs) = m.docs.get(view) else {
+            return Ok(Vec::new());
+        };
+        Ok(docs
+            .iter()
+            .filter(|(k, _)| after_key.is_none_or(|a| k.as_str() > a))
+            .take(limit)
+            .map(|(_, d)| d.clone())
+            .collect())
+    }
+
+    async fn park(&self, mut letter: DeadLetter, from: Position, skip: bool) -> ViewResult<()> {
+        let mut m = self.lock();
+        let cp = m
+            .checkpoints
+            .entry(letter.subscriber.clone())
+            .or_insert_with(new_checkpoint);
+        if cp.position != from {
+            return Err(ViewError::Fenced {
+                subscriber: letter.subscriber.clone(),
+                expected: from,
+            });
+        }
+        if skip {
+            cp.position = letter.position;
+            letter.status = "skipped".into();
+        } else {
+            cp.state = SubscriberState::Halted;
+            cp.error = Some(letter.error.clone());
+            letter.status = "parked".into();
+        }
+        letter.id = m.dead.len() as i64 + 1;
+        m.dead.push(letter);
+        Ok(())
+    }
+
+    async fn dead_letters(&self, subscriber: Option<&str>) -> ViewResult<Vec<DeadLetter>> {
+        let m = self.lock();
+        Ok(m.dead
+            .iter()
+            .rev()
+            .filter(|d| subscriber.is_none_or(|s| d.subscriber == s))
+            .cloned()
+            .collect())
+    }
+
+    async fn resume(&self, subscriber: &str) -> ViewResult<()> {
+        let mut m = self.lock();
+        if let Some(cp) = m.checkpoints.get_mut(subscriber) {
+            cp.state = SubscriberState::Running;
+            cp.error = None;
+        }
+        Ok(())
+    }
+
+    async fn acquire(&self, subscriber: &str) -> ViewResult<Lease> {
+        let lock = Arc::clone(
+            self.leases
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(subscriber.to_owned())
+                .or_default(),
+        );
+        Ok(Lease::new(Box::new(MemLease(lock.lock_owned().await))))
+    }
+}
+
+pub(crate) fn state_str(s: SubscriberState) -> &'static str {
+    s.as_str()
+}
+
+pub(crate) fn parse_state(s: &str) -> SubscriberState {
+    SubscriberState::parse(s)
+}

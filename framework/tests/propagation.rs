@@ -1,0 +1,493 @@
+//! Promises 4–7: relay to JetStream, projections, cached queries with
+//! read-your-writes, process managers. Against real Postgres and NATS.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use common::{Counter, CounterCommand, CounterEvent};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use strata::nats::{headers, StreamConfig};
+use strata::testing::{nats_client, test_database, unique_stream, wait_until};
+use strata::{
+    AppendRequest, CancellationToken, ChangeFeed, CommandContext, CommandHandler, EventBus,
+    EventEnvelope, EventFilter, EventStore, ExpectedVersion, FailurePolicy, InMemoryEventStore,
+    InMemoryViewStore, InProcessBus, JetStreamBus, NewEvent, PgEventStore, PgViewStore, Position,
+    Projection, ProjectionError, ProjectionTest, Projector, ReaderConfig, Relay, RunState,
+    StreamId, SubscriberState, ViewId, ViewReader, ViewStore,
+};
+
+// ---- a projection: totals per counter -----------------------------------------
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Total {
+    value: u64,
+    events: u64,
+}
+
+struct Totals {
+    policy: FailurePolicy,
+}
+
+impl Projection for Totals {
+    type Doc = Total;
+    fn name(&self) -> &str {
+        "counter_totals"
+    }
+    fn filter(&self) -> EventFilter {
+        EventFilter::stream_types(["counter"])
+    }
+    fn keys(&self, e: &EventEnvelope) -> Vec<String> {
+        vec![e.stream_id.to_string()]
+    }
+    fn apply(&self, _key: &str, doc: Option<Total>, e: &EventEnvelope) -> Result<Option<Total>, ProjectionError> {
+        if e.payload.get("poison").is_some() {
+            return Err(ProjectionError::new("poison payload"));
+        }
+        let event: CounterEvent = strata::codec::decode(&e.event_type, e.payload.clone())
+            .map_err(|k| ProjectionError::new(k.to_string()))?;
+        let mut t = doc.unwrap_or_default();
+        t.events += 1;
+        match event {
+            CounterEvent::Incremented { by } => t.value += by,
+            CounterEvent::Reset => t.value = 0,
+        }
+        Ok(Some(t))
+    }
+    fn on_failure(&self) -> FailurePolicy {
+        self.policy
+    }
+}
+
+fn totals() -> Totals {
+    Totals { policy: FailurePolicy::Halt }
+}
+
+/// The view a fresh fold of the store gives.
+async fn fold<S: EventStore>(store: &S) -> BTreeMap<String, Total> {
+    let events = store
+        .read_all(Position::START, 1_000_000, &EventFilter::all())
+        .await
+        .unwrap();
+    ProjectionTest::new(totals())
+        .given(events)
+        .json()
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::from_value(v.clone()).unwrap()))
+        .collect()
+}
+
+async fn view_docs<V: ViewStore>(views: &V, view: &ViewId) -> BTreeMap<String, Total> {
+    views
+        .list(view, None, 1_000_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.key, serde_json::from_value(d.doc).unwrap()))
+        .collect()
+}
+
+fn inc(stream: &str, by: u64) -> AppendRequest {
+    let (ty, payload) = strata::codec::encode(&CounterEvent::Incremented { by }).unwrap();
+    AppendRequest::new(StreamId::new(stream).unwrap(), "counter", ExpectedVersion::Any, vec![NewEvent::new(ty, payload)])
+}
+
+async fn wait_checkpoint<V: ViewStore>(views: &V, subscriber: &str, target: Position) {
+    wait_until(Duration::from_secs(30), &format!("{subscriber} to reach {target}"), || async {
+        views.checkpoint(subscriber).await.unwrap().position >= target
+    })
+    .await;
+}
+
+#[test]
+fn projection_given_events_then_documents() {
+    let store_events: Vec<EventEnvelope> = (1..=3)
+        .map(|i| EventEnvelope {
+            position: Position(i),
+            event_id: uuid::Uuid::new_v4(),
+            stream_id: StreamId::new("counter-1").unwrap(),
+            stream_type: "counter".into(),
+            stream_version: i,
+            event_type: "CounterIncremented".into(),
+            schema_version: 1,
+            payload: json!({ "by": i }),
+            metadata: strata::Metadata::new(),
+            recorded_at: chrono::Utc::now(),
+        })
+        .collect();
+    let t = ProjectionTest::new(totals()).given(store_events);
+    assert_eq!(t.doc("counter-1"), Some(Total { value: 6, events: 3 }));
+    insta::assert_json_snapshot!("totals_after_three", t.json());
+}
+
+// ---- embedded mode -------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_projector_builds_the_view() {
+    let store = InMemoryEventStore::new();
+    let views = InMemoryViewStore::new();
+    let feed = ChangeFeed::in_process();
+    let projector = Projector::new(totals(), InProcessBus::new(store.clone()), views.clone())
+        .with_change_feed(feed.clone());
+    let view = projector.view().clone();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(projector.run(shutdown.clone()));
+    let reader = ViewReader::new(views.clone(), ReaderConfig::default());
+    reader.listen(&feed, shutdown.clone()).await.unwrap();
+    let mut last = Position::START;
+    for i in 0..50 {
+        last = store.append(inc(&format!("counter-{}", i % 5), i)).await.unwrap().position;
+    }
+    let read = reader.get(&view, "counter-3", Some(last)).await.unwrap();
+    assert!(read.checkpoint >= last);
+    assert_eq!(view_docs(&views, &view).await, fold(&store).await);
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+// ---- the relay -----------------------------------------------------------------
+
+/// Every message of the stream, as (sequence, position header, event id header).
+async fn stream_contents(js: &jetstream::Context, cfg: &StreamConfig) -> Vec<(u64, u64, String)> {
+    let mut stream = js.get_stream(&cfg.stream).await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        let m = stream.get_raw_message(seq).await.unwrap();
+        let pos: u64 = m.headers.get(headers::POSITION).unwrap().as_str().parse().unwrap();
+        let id = m.headers.get(headers::EVENT_ID).unwrap().as_str().to_owned();
+        out.push((seq, pos, id));
+    }
+    out
+}
+
+async fn assert_stream_equals_store<S: EventStore>(js: &jetstream::Context, cfg: &StreamConfig, store: &S) {
+    let events = store.read_all(Position::START, 1_000_000, &EventFilter::all()).await.unwrap();
+    let expected: Vec<(u64, u64, String)> = events
+        .iter()
+        .map(|e| (e.position.0, e.position.0, e.event_id.to_string()))
+        .collect();
+    assert_eq!(stream_contents(js, cfg).await, expected, "the stream holds every event once, in store order");
+}
+
+/// Stop the relay at random points, many times, while writers append; the
+/// stream ends up holding every event exactly once, in store order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_stopped_at_random_points_loses_and_repeats_nothing() {
+    let db = test_database().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let views = PgViewStore::new(db.pool.clone());
+    let client = nats_client().await;
+    let cfg = unique_stream();
+    let js = jetstream::new(client.clone());
+
+    let writing = CancellationToken::new();
+    let writer = {
+        let store = store.clone();
+        let writing = writing.clone();
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !writing.is_cancelled() {
+                store.append(inc(&format!("counter-{}", i % 7), 1)).await.unwrap();
+                i += 1;
+                if i % 50 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
+    for _trial in 0..12 {
+        let relay = Relay::new(store.clone(), views.clone(), client.clone(), cfg.clone()).batch_size(rng.gen_range(1..200));
+        let status = relay.status();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(relay.run(stop.clone()));
+        // Let it publish something, then stop it mid-flight.
+        let target = status.borrow().published.0 + rng.gen_range(1..300);
+        let mut st = status.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(10), st.wait_for(|s| s.published.0 >= target)).await;
+        stop.cancel();
+        task.await.unwrap();
+    }
+    writing.cancel();
+    writer.await.unwrap();
+    // A final relay catches up.
+    let relay = Relay::new(store.clone(), views.clone(), client.clone(), cfg.clone());
+    let mut status = relay.status();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(relay.run(stop.clone()));
+    let head = store.head().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.published >= head)).await.expect("caught up").unwrap();
+    stop.cancel();
+    task.await.unwrap();
+    assert_stream_equals_store(&js, &cfg, &store).await;
+    let _ = js.delete_stream(&cfg.stream).await;
+}
+
+/// Two relays: one active, one standing by; the standby takes over when the
+/// active one stops, and the stream stays exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_relay_takes_over() {
+    let db = test_database().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let views = PgViewStore::new(db.pool.clone());
+    let client = nats_client().await;
+    let cfg = unique_stream();
+    let js = jetstream::new(client.clone());
+    let (a, b) = (
+        Relay::new(store.clone(), views.clone(), client.clone(), cfg.clone()),
+        Relay::new(store.clone(), views.clone(), client.clone(), cfg.clone()),
+    );
+    let (mut sa, mut sb) = (a.status(), b.status());
+    let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+    let ta = tokio::spawn(a.run(stop_a.clone()));
+    tokio::time::timeout(Duration::from_secs(10), sa.wait_for(|s| s.active)).await.unwrap().unwrap();
+    let tb = tokio::spawn(b.run(stop_b.clone()));
+    for i in 0..100 {
+        store.append(inc(&format!("counter-{}", i % 3), 1)).await.unwrap();
+    }
+    let head = store.head().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), sa.wait_for(|s| s.published >= head)).await.unwrap().unwrap();
+    assert!(!sb.borrow().active, "only one relay is active");
+    stop_a.cancel();
+    ta.await.unwrap();
+    tokio::time::timeout(Duration::from_secs(15), sb.wait_for(|s| s.active)).await.expect("standby took over").unwrap();
+    for i in 0..100 {
+        store.append(inc(&format!("counter-{}", i % 3), 1)).await.unwrap();
+    }
+    let head = store.head().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), sb.wait_for(|s| s.published >= head)).await.unwrap().unwrap();
+    stop_b.cancel();
+    tb.await.unwrap();
+    assert_stream_equals_store(&js, &cfg, &store).await;
+    let _ = js.delete_stream(&cfg.stream).await;
+}
+
+// ---- projections over JetStream ------------------------------------------------
+
+/// Relay + JetStream projector, killed at random points (also between its
+/// commit and its acks) and restarted while events flow: the view equals a
+/// fold of the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projector_killed_at_random_points_applies_each_event_once() {
+    let db = test_database().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let views = PgViewStore::new(db.pool.clone());
+    let client = nats_client().await;
+    let cfg = unique_stream();
+    let bus = JetStreamBus::new(client.clone(), cfg.clone());
+    let relay = Relay::new(store.clone(), views.clone(), client.clone(), cfg.clone());
+    let stop_relay = CancellationToken::new();
+    let relay_task = tokio::spawn(relay.run(stop_relay.clone()));
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
+    let mut view = None;
+    for trial in 0..10 {
+        for i in 0..rng.gen_range(20..120) {
+            store.append(inc(&format!("counter-{}", (i + trial) % 9), rng.gen_range(1..5))).await.unwrap();
+        }
+        let projector = Projector::new(totals(), bus.clone(), views.clone()).with_config(strata::ProjectorConfig {
+            batch_size: rng.gen_range(1..64),
+            ..Default::default()
+        });
+        view = Some(projector.view().clone());
+        let status = projector.status();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(projector.run(stop.clone()));
+        let target = status.borrow().position.0 + rng.gen_range(1..60);
+        let mut st = status.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(10), st.wait_for(|s| s.position.0 >= target)).await;
+        stop.cancel();
+        task.await.unwrap();
+    }
+    // A last run catches up.
+    let projector = Projector::new(totals(), bus.clone(), views.clone());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(projector.run(stop.clone()));
+    let view = view.unwrap();
+    wait_checkpoint(&views, &view.subscriber(), store.head().await.unwrap()).await;
+    stop.cancel();
+    task.await.unwrap();
+    stop_relay.cancel();
+    relay_task.await.unwrap();
+    assert_eq!(view_docs(&views, &view).await, fold(&store).await);
+    let _ = jetstream::new(client).delete_stream(&cfg.stream).await;
+}
+
+/// A bus whose first subscription never acknowledges (a projector that dies
+/// after committing, before acking), then the real thing: redelivered events
+/// are skipped by the checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivery_after_commit_without_ack_changes_nothing() {
+    let db = test_database().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let views = PgViewStore::new(db.pool.clone());
+    let client = nats_client().await;
+    let cfg = unique_stream();
+    let bus = JetStreamBus::new(client.clone(), cfg.clone());
+    let stop_relay = CancellationToken::new();
+    let relay_task = tokio::spawn(Relay::new(store.clone(), views.clone(), client.clone(), cfg.clone()).run(stop_relay.clone()));
+    for i in 0..40 {
+        store.append(inc(&format!("counter-{}", i % 4), 2)).await.unwrap();
+    }
+    let head = store.head().await.unwrap();
+    // First: apply and commit, never ack.
+    let view = ViewId::new("counter_totals", 1).unwrap();
+    views.prepare(&view).await.unwrap();
+    let mut sub = bus.subscribe(&view.subscriber(), &EventFilter::all(), Position::START).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < head.0 as usize {
+        got.extend(strata::Subscription::next_batch(&mut sub, 100, Duration::from_millis(500)).await.unwrap());
+    }
+    let events: Vec<EventEnvelope> = got.iter().map(|d| d.envelope.clone()).collect();
+    let docs = ProjectionTest::new(totals()).given(events.clone());
+    let changes = docs
+        .json()
+        .iter()
+        .map(|(k, v)| strata::DocChange::Put(strata::StoredDoc { key: k.clone(), doc: v.clone(), position: head }))
+        .collect();
+    views.commit(&view.subscriber(), Some(&view), changes, Position::START, head).await.unwrap();
+    drop(got); // dropped, not acked
+    drop(sub);
+    // Then: a projector receives everything again and must skip it.
+    let projector = Projector::new(totals(), bus.clone(), views.clone());
+    let status = projector.status();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(projector.run(stop.clone()));
+    store.append(inc("counter-0", 100)).await.unwrap();
+    wait_checkpoint(&views, &view.subscriber(), head.next()).await;
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(status.borrow().applied, 1, "only the new event was applied");
+    assert_eq!(view_docs(&views, &view).await, fold(&store).await);
+    stop_relay.cancel();
+    relay_task.await.unwrap();
+    let _ = jetstream::new(client).delete_stream(&cfg.stream).await;
+}
+
+/// A poison event is retried, then dead-lettered with its error; `Halt`
+/// stops the projection before it, `Skip` goes on past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_events_are_dead_lettered_and_halt_or_skip() {
+    for policy in [FailurePolicy::Halt, FailurePolicy::Skip] {
+        let db = test_database().await;
+        let store = PgEventStore::new(db.pool.clone());
+        let views = PgViewStore::new(db.pool.clone());
+        store.append(inc("counter-1", 1)).await.unwrap();
+        let poison = store
+            .append(AppendRequest::new(StreamId::new("counter-1").unwrap(), "counter", ExpectedVersion::Any, vec![NewEvent::new("CounterIncremented", json!({ "poison": true }))]))
+            .await
+            .unwrap();
+        let after = store.append(inc("counter-1", 10)).await.unwrap();
+        let projector = Projector::new(Totals { policy }, InProcessBus::new(store.clone()), views.clone());
+        let view = projector.view().clone();
+        let mut status = projector.status();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(projector.run(stop.clone()));
+        let letters = match policy {
+            FailurePolicy::Halt => {
+                tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.state == RunState::Halted)).await.unwrap().unwrap();
+                let cp = views.checkpoint(&view.subscriber()).await.unwrap();
+                assert_eq!(cp.state, SubscriberState::Halted);
+                assert_eq!(cp.position, Position(1), "stopped right before the poison event");
+                assert!(cp.error.unwrap().contains("poison"));
+                views.dead_letters(Some(&view.subscriber())).await.unwrap()
+            }
+            FailurePolicy::Skip => {
+                wait_checkpoint(&views, &view.subscriber(), after.position).await;
+                let doc = views.get(&view, "counter-1").await.unwrap().doc.unwrap();
+                assert_eq!(doc.doc, json!({ "value": 11, "events": 2 }), "went on past the poison event");
+                views.dead_letters(Some(&view.subscriber())).await.unwrap()
+            }
+        };
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].position, poison.position);
+        assert!(letters[0].error.contains("poison payload"));
+        assert_eq!(letters[0].attempts, 3, "retried before parking");
+        assert_eq!(letters[0].status, if policy == FailurePolicy::Skip { "skipped" } else { "parked" });
+        stop.cancel();
+        task.await.unwrap();
+    }
+}
+
+// ---- the query side ---------------------------------------------------------------
+
+/// Append, then query with the returned position from another process's
+/// reader (its own pool, its own cache): the answer includes the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_across_processes() {
+    let db = test_database().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let views = PgViewStore::new(db.pool.clone());
+    let client = nats_client().await;
+    let cfg = unique_stream();
+    let changes_prefix = format!("{}_changes", cfg.prefix);
+    let stop = CancellationToken::new();
+    tokio::spawn(Relay::new(store.clone(), views.clone(), client.clone(), cfg.clone()).run(stop.clone()));
+    let projector = Projector::new(totals(), JetStreamBus::new(client.clone(), cfg.clone()), views.clone())
+        .with_change_feed(ChangeFeed::nats(client.clone(), changes_prefix.clone()));
+    let view = projector.view().clone();
+    tokio::spawn(projector.run(stop.clone()));
+
+    // The query service: its own pool and NATS connection.
+    let query_pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let reader = ViewReader::new(PgViewStore::new(query_pool), ReaderConfig::default());
+    let query_client = nats_client().await;
+    reader.listen(&ChangeFeed::nats(query_client, changes_prefix), stop.clone()).await.unwrap();
+
+    let handler = CommandHandler::<Counter, _>::new(store.clone());
+    for i in 1..=30u64 {
+        let out = handler
+            .handle(StreamId::new("counter-ryw").unwrap(), CounterCommand::Increment(1), CommandContext::new())
+            .await
+            .unwrap();
+        let read = reader.get(&view, "counter-ryw", Some(out.position)).await.unwrap();
+        let doc: Total = serde_json::from_value(read.doc.unwrap().doc).unwrap();
+        assert_eq!(doc.value, i, "the read includes the write it waited for");
+    }
+    // Without the wait a plain read may be served from cache, but never a
+    // position-bounded one that is behind.
+    let stats = reader.stats();
+    assert!(stats.misses > 0);
+    // Asking for a position the view will never reach answers with a clear status.
+    let far = Position(store.head().await.unwrap().0 + 1_000);
+    let quick = ViewReader::new(reader.views().clone(), ReaderConfig { max_wait: Duration::from_millis(300), ..Default::default() });
+    match quick.get(&view, "counter-ryw", Some(far)).await {
+        Err(strata::QueryError::NotCaughtUp { requested, current, .. }) => {
+            assert_eq!(requested, far);
+            assert!(current < far);
+        }
+        other => panic!("expected NotCaughtUp, got {other:?}"),
+    }
+    stop.cancel();
+    let _ = jetstream::new(client).delete_stream(&cfg.stream).await;
+}
+
+/// Concurrent misses for one key load once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_load_once() {
+    let views = InMemoryViewStore::new();
+    let view = ViewId::new("counter_totals", 1).unwrap();
+    views.prepare(&view).await.unwrap();
+    let reader = ViewReader::new(views, ReaderConfig::default());
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let r = reader.clone();
+            let v = view.clone();
+            tokio::spawn(async move { r.get(&v, "k", None).await.unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stats = reader.stats();
+    assert_eq!(stats.hits + stats.misses, 16);
+    // Every miss either loaded or joined the one load; a second round is all hits.
+    let _ = reader.get(&view, "k", None).await.unwrap();
+    assert_eq!(reader.stats().hits, stats.hits + 1);
+}
+
