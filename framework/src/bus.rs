@@ -39,10 +39,14 @@ pub enum BusError {
 /// Sorts a batch by position, drops what is at or below `after` (already
 /// applied: a redelivery), and checks the rest is contiguous from `after`.
 /// Buses deliver every event (subscribers filter), so positions are dense.
-pub fn in_order(mut batch: Vec<Delivery>, after: Position) -> Result<(Vec<Delivery>, Vec<Delivery>), BusError> {
+pub fn in_order(
+    mut batch: Vec<Delivery>,
+    after: Position,
+) -> Result<(Vec<Delivery>, Vec<Delivery>), BusError> {
     batch.sort_by_key(|d| d.envelope.position);
-    let (old, new): (Vec<Delivery>, Vec<Delivery>) =
-        batch.into_iter().partition(|d| d.envelope.position <= after);
+    let (old, new): (Vec<Delivery>, Vec<Delivery>) = batch
+        .into_iter()
+        .partition(|d| d.envelope.position <= after);
     let mut expected = after.next();
     let mut fresh: Vec<Delivery> = Vec::with_capacity(new.len());
     for d in new {

@@ -81,6 +81,8 @@ pub mod testing;
 pub mod view;
 
 pub use aggregate::{Aggregate, InMemorySnapshotStore, Snapshot, SnapshotPolicy, SnapshotStore};
+pub use bus::{BusError, Delivery, EventBus, InProcessBus, Subscription};
+pub use changes::{ChangeFeed, ChangeNotice, ViewChange};
 pub use codec::{DecodeError, DecodeErrorKind, DomainEvent, Upcasters};
 pub use command::{
     derived_event_id, CommandContext, CommandError, CommandHandler, CommandOutcome, CommandStats,
@@ -91,30 +93,27 @@ pub use error::{BoxError, InputError, StoreError};
 pub use follow::Follower;
 pub use harness::{AggregateTest, EncodedEvent, Then};
 pub use memory::InMemoryEventStore;
-#[cfg(feature = "postgres")]
-pub use postgres::{PgEventStore, PgSnapshotStore, PgStoreConfig, StoreStats};
-pub use bus::{BusError, Delivery, EventBus, InProcessBus, Subscription};
-pub use changes::{ChangeFeed, ChangeNotice, ViewChange};
 #[cfg(feature = "nats")]
 pub use nats::{JetStreamBus, Relay, RelayStatus, StreamConfig};
 #[cfg(feature = "postgres")]
 pub use pg_view::{view_table, PgViewStore};
+#[cfg(feature = "postgres")]
+pub use postgres::{PgEventStore, PgSnapshotStore, PgStoreConfig, StoreStats};
 pub use process::{
-    caused_command_id, process_test, CommandSender, ProcessManager, ProcessManagerRunner,
-    SendError,
+    caused_command_id, process_test, CommandSender, ProcessManager, ProcessManagerRunner, SendError,
 };
 pub use projection::{
     FailurePolicy, Projection, ProjectionError, ProjectionTest, Projector, ProjectorConfig,
     RunState, SubscriberStatus,
 };
 pub use query::{CacheStats, QueryError, ReaderConfig, ViewReader};
+pub use store::{
+    AppendOutcome, AppendRequest, EventFilter, EventStore, ExpectedVersion, StoreLimits,
+};
 pub use tokio_util::sync::CancellationToken;
 pub use view::{
     Checkpoint, DeadLetter, DocChange, InMemoryViewStore, StoredDoc, SubscriberState, ViewError,
     ViewId, ViewRead, ViewStore,
-};
-pub use store::{
-    AppendOutcome, AppendRequest, EventFilter, EventStore, ExpectedVersion, StoreLimits,
 };
 
 /// Re-exported so users need not pin their own versions.

@@ -301,7 +301,10 @@ fn publish(e: &EventEnvelope) -> Result<jetstream::context::Publish, RelayError>
         .header(headers::POSITION, e.position.to_string().as_str())
         .header(headers::EVENT_ID, e.event_id.to_string().as_str())
         .header(headers::EVENT_TYPE, e.event_type.as_str())
-        .header(headers::SCHEMA_VERSION, e.schema_version.to_string().as_str())
+        .header(
+            headers::SCHEMA_VERSION,
+            e.schema_version.to_string().as_str(),
+        )
         .header(
             headers::CORRELATION_ID,
             e.metadata.correlation_id.to_string().as_str(),

@@ -13,8 +13,8 @@ use sqlx::{Connection, PgConnection, PgPool, Row};
 
 use crate::envelope::Position;
 use crate::view::{
-    parse_state, state_str, validate_name, Checkpoint, DeadLetter, DocChange, Lease,
-    LeaseHandle, StoredDoc, ViewError, ViewId, ViewRead, ViewResult, ViewStore,
+    parse_state, state_str, validate_name, Checkpoint, DeadLetter, DocChange, Lease, LeaseHandle,
+    StoredDoc, ViewError, ViewId, ViewRead, ViewResult, ViewStore,
 };
 
 /// Views in PostgreSQL. Cheap to clone.
@@ -63,6 +63,27 @@ impl LeaseHandle for PgLease {
     }
 }
 
+impl PgViewStore {
+    async fn checkpoint_row(&self, subscriber: &str) -> Result<sqlx::postgres::PgRow, sqlx::Error> {
+        sqlx::query(
+            "WITH ins AS (INSERT INTO strata_checkpoints (subscriber) VALUES ($1) \
+               ON CONFLICT (subscriber) DO NOTHING RETURNING position, state, error) \
+             SELECT position, state, error FROM ins \
+             UNION ALL SELECT position, state, error FROM strata_checkpoints WHERE subscriber = $1",
+        )
+        .bind(subscriber)
+        .fetch_one(&self.pool)
+        .await
+    }
+}
+
+/// True for "relation does not exist": a view version not created yet.
+fn is_missing_table(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "42P01")
+}
+
 impl ViewStore for PgViewStore {
     async fn prepare(&self, view: &ViewId) -> ViewResult<Checkpoint> {
         let table = view_table(view);
@@ -77,26 +98,23 @@ impl ViewStore for PgViewStore {
             "CREATE TABLE IF NOT EXISTS {table} (\
                key TEXT PRIMARY KEY, doc JSONB NOT NULL, position BIGINT NOT NULL)"
         );
-        sqlx::query(&ddl)
-            .execute(&mut *tx)
-        .await
-        .map_err(be)?;
+        sqlx::query(&ddl).execute(&mut *tx).await.map_err(be)?;
         tx.commit().await.map_err(be)?;
         self.checkpoint(&view.subscriber()).await
     }
 
     async fn checkpoint(&self, subscriber: &str) -> ViewResult<Checkpoint> {
         validate_name(subscriber)?;
-        let row = sqlx::query(
-            "WITH ins AS (INSERT INTO strata_checkpoints (subscriber) VALUES ($1) \
-               ON CONFLICT (subscriber) DO NOTHING RETURNING position, state, error) \
-             SELECT position, state, error FROM ins \
-             UNION ALL SELECT position, state, error FROM strata_checkpoints WHERE subscriber = $1",
-        )
-        .bind(subscriber)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(be)?;
+        // A concurrent first insert can hide the row from this statement's
+        // snapshot; the next statement sees it.
+        let mut attempts = 0;
+        let row = loop {
+            attempts += 1;
+            match self.checkpoint_row(subscriber).await {
+                Err(sqlx::Error::RowNotFound) if attempts < 3 => continue,
+                other => break other.map_err(be)?,
+            }
+        };
         Ok(Checkpoint {
             position: Position(row.try_get::<i64, _>(0).map_err(be)? as u64),
             state: parse_state(&row.try_get::<String, _>(1).map_err(be)?),
@@ -201,8 +219,17 @@ impl ViewStore for PgViewStore {
         .bind(view.subscriber())
         .bind(key)
         .fetch_one(&self.pool)
-        .await
-        .map_err(be)?;
+        .await;
+        let row = match row {
+            Ok(r) => r,
+            Err(e) if is_missing_table(&e) => {
+                return Ok(ViewRead {
+                    doc: None,
+                    checkpoint: Position::START,
+                })
+            }
+            Err(e) => return Err(be(e)),
+        };
         let checkpoint = Position(
             row.try_get::<Option<i64>, _>("checkpoint")
                 .map_err(be)?
@@ -229,9 +256,12 @@ impl ViewStore for PgViewStore {
         .bind(after_key)
         .bind(limit.min(i64::MAX as usize) as i64)
         .fetch_all(&self.pool)
-        .await
-        .map_err(be)?;
-        rows.iter().map(doc_from_row).collect()
+        .await;
+        match rows {
+            Ok(rows) => rows.iter().map(doc_from_row).collect(),
+            Err(e) if is_missing_table(&e) => Ok(Vec::new()),
+            Err(e) => Err(be(e)),
+        }
     }
 
     async fn park(&self, letter: DeadLetter, from: Position, skip: bool) -> ViewResult<()> {

@@ -287,4 +287,3 @@ pub fn process_test<M: ProcessManager>(
         })
         .collect()
 }
-

@@ -25,7 +25,9 @@ use crate::changes::{ChangeFeed, ViewChange};
 use crate::codec::{DecodeError, Upcasters};
 use crate::envelope::{EventEnvelope, Position};
 use crate::store::EventFilter;
-use crate::view::{DeadLetter, DocChange, StoredDoc, SubscriberState, ViewError, ViewId, ViewStore};
+use crate::view::{
+    DeadLetter, DocChange, StoredDoc, SubscriberState, ViewError, ViewId, ViewStore,
+};
 
 /// Why a projection could not apply an event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -501,7 +503,13 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
             })
             .collect();
         self.views
-            .commit(&self.view.subscriber(), Some(&self.view), doc_changes, from, to)
+            .commit(
+                &self.view.subscriber(),
+                Some(&self.view),
+                doc_changes,
+                from,
+                to,
+            )
             .await?;
         self.set_status(|s| s.position = to);
         if let Some(feed) = &self.feed {

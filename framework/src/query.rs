@@ -166,7 +166,9 @@ impl<V: ViewStore> ViewReader<V> {
                 };
                 match notice {
                     Some(ChangeNotice::Change(c)) => {
-                        let Ok(view) = ViewId::new(&c.view, c.version) else { continue };
+                        let Ok(view) = ViewId::new(&c.view, c.version) else {
+                            continue;
+                        };
                         for key in &c.keys {
                             reader
                                 .inner
@@ -186,7 +188,11 @@ impl<V: ViewStore> ViewReader<V> {
     }
 
     /// Waits until `view` has applied `position`, up to the configured bound.
-    pub async fn wait_for(&self, view: &ViewId, position: Position) -> Result<Position, QueryError> {
+    pub async fn wait_for(
+        &self,
+        view: &ViewId,
+        position: Position,
+    ) -> Result<Position, QueryError> {
         let tx = self.checkpoint_tx(view);
         if *tx.borrow() >= position {
             return Ok(*tx.borrow());
@@ -196,7 +202,12 @@ impl<V: ViewStore> ViewReader<V> {
         loop {
             // Announcements are the fast path; the store is asked too, so a
             // lost announcement costs at most one poll interval.
-            let cp = self.inner.views.checkpoint(&view.subscriber()).await?.position;
+            let cp = self
+                .inner
+                .views
+                .checkpoint(&view.subscriber())
+                .await?
+                .position;
             self.note_checkpoint(view, cp);
             if cp >= position {
                 return Ok(cp);
@@ -242,11 +253,12 @@ impl<V: ViewStore> ViewReader<V> {
         let read = self
             .inner
             .cache
-            .try_get_with(cache_key, async move { views.get(&v, &k).await.map(Arc::new) })
+            .try_get_with(
+                cache_key,
+                async move { views.get(&v, &k).await.map(Arc::new) },
+            )
             .await
-            .map_err(|e: Arc<ViewError>| {
-                QueryError::View(ViewError::backend(e.to_string()))
-            })?;
+            .map_err(|e: Arc<ViewError>| QueryError::View(ViewError::backend(e.to_string())))?;
         self.note_checkpoint(view, read.checkpoint);
         if min.is_some_and(|m| read.checkpoint < m) {
             // Joined a load that started before the view reached `min`.

@@ -245,8 +245,7 @@ pub trait ViewStore: Clone + Send + Sync + 'static {
     fn prepare(&self, view: &ViewId) -> impl Future<Output = ViewResult<Checkpoint>> + Send;
 
     /// A subscriber's checkpoint, creating it at 0 if missing.
-    fn checkpoint(&self, subscriber: &str)
-        -> impl Future<Output = ViewResult<Checkpoint>> + Send;
+    fn checkpoint(&self, subscriber: &str) -> impl Future<Output = ViewResult<Checkpoint>> + Send;
 
     /// The documents with these keys (missing keys are left out).
     fn load(
@@ -446,7 +445,7 @@ impl ViewStore for InMemoryViewStore {
             .or_insert_with(new_checkpoint);
         if cp.position != from {
             return Err(ViewError::Fenced {
-                subscriber: letter.subscriber.clone(),
+                subscriber: letter.subscriber,
                 expected: from,
             });
         }

@@ -44,7 +44,12 @@ impl Projection for Totals {
     fn keys(&self, e: &EventEnvelope) -> Vec<String> {
         vec![e.stream_id.to_string()]
     }
-    fn apply(&self, _key: &str, doc: Option<Total>, e: &EventEnvelope) -> Result<Option<Total>, ProjectionError> {
+    fn apply(
+        &self,
+        _key: &str,
+        doc: Option<Total>,
+        e: &EventEnvelope,
+    ) -> Result<Option<Total>, ProjectionError> {
         if e.payload.get("poison").is_some() {
             return Err(ProjectionError::new("poison payload"));
         }
@@ -64,7 +69,9 @@ impl Projection for Totals {
 }
 
 fn totals() -> Totals {
-    Totals { policy: FailurePolicy::Halt }
+    Totals {
+        policy: FailurePolicy::Halt,
+    }
 }
 
 /// The view a fresh fold of the store gives.
@@ -93,13 +100,20 @@ async fn view_docs<V: ViewStore>(views: &V, view: &ViewId) -> BTreeMap<String, T
 
 fn inc(stream: &str, by: u64) -> AppendRequest {
     let (ty, payload) = strata::codec::encode(&CounterEvent::Incremented { by }).unwrap();
-    AppendRequest::new(StreamId::new(stream).unwrap(), "counter", ExpectedVersion::Any, vec![NewEvent::new(ty, payload)])
+    AppendRequest::new(
+        StreamId::new(stream).unwrap(),
+        "counter",
+        ExpectedVersion::Any,
+        vec![NewEvent::new(ty, payload)],
+    )
 }
 
 async fn wait_checkpoint<V: ViewStore>(views: &V, subscriber: &str, target: Position) {
-    wait_until(Duration::from_secs(30), &format!("{subscriber} to reach {target}"), || async {
-        views.checkpoint(subscriber).await.unwrap().position >= target
-    })
+    wait_until(
+        Duration::from_secs(30),
+        &format!("{subscriber} to reach {target}"),
+        || async { views.checkpoint(subscriber).await.unwrap().position >= target },
+    )
     .await;
 }
 
@@ -120,7 +134,13 @@ fn projection_given_events_then_documents() {
         })
         .collect();
     let t = ProjectionTest::new(totals()).given(store_events);
-    assert_eq!(t.doc("counter-1"), Some(Total { value: 6, events: 3 }));
+    assert_eq!(
+        t.doc("counter-1"),
+        Some(Total {
+            value: 6,
+            events: 3
+        })
+    );
     insta::assert_json_snapshot!("totals_after_three", t.json());
 }
 
@@ -140,7 +160,11 @@ async fn in_process_projector_builds_the_view() {
     reader.listen(&feed, shutdown.clone()).await.unwrap();
     let mut last = Position::START;
     for i in 0..50 {
-        last = store.append(inc(&format!("counter-{}", i % 5), i)).await.unwrap().position;
+        last = store
+            .append(inc(&format!("counter-{}", i % 5), i))
+            .await
+            .unwrap()
+            .position;
     }
     let read = reader.get(&view, "counter-3", Some(last)).await.unwrap();
     assert!(read.checkpoint >= last);
@@ -158,20 +182,42 @@ async fn stream_contents(js: &jetstream::Context, cfg: &StreamConfig) -> Vec<(u6
     let mut out = Vec::new();
     for seq in 1..=last {
         let m = stream.get_raw_message(seq).await.unwrap();
-        let pos: u64 = m.headers.get(headers::POSITION).unwrap().as_str().parse().unwrap();
-        let id = m.headers.get(headers::EVENT_ID).unwrap().as_str().to_owned();
+        let pos: u64 = m
+            .headers
+            .get(headers::POSITION)
+            .unwrap()
+            .as_str()
+            .parse()
+            .unwrap();
+        let id = m
+            .headers
+            .get(headers::EVENT_ID)
+            .unwrap()
+            .as_str()
+            .to_owned();
         out.push((seq, pos, id));
     }
     out
 }
 
-async fn assert_stream_equals_store<S: EventStore>(js: &jetstream::Context, cfg: &StreamConfig, store: &S) {
-    let events = store.read_all(Position::START, 1_000_000, &EventFilter::all()).await.unwrap();
+async fn assert_stream_equals_store<S: EventStore>(
+    js: &jetstream::Context,
+    cfg: &StreamConfig,
+    store: &S,
+) {
+    let events = store
+        .read_all(Position::START, 1_000_000, &EventFilter::all())
+        .await
+        .unwrap();
     let expected: Vec<(u64, u64, String)> = events
         .iter()
         .map(|e| (e.position.0, e.position.0, e.event_id.to_string()))
         .collect();
-    assert_eq!(stream_contents(js, cfg).await, expected, "the stream holds every event once, in store order");
+    assert_eq!(
+        stream_contents(js, cfg).await,
+        expected,
+        "the stream holds every event once, in store order"
+    );
 }
 
 /// Stop the relay at random points, many times, while writers append; the
@@ -192,7 +238,10 @@ async fn relay_stopped_at_random_points_loses_and_repeats_nothing() {
         tokio::spawn(async move {
             let mut i = 0u64;
             while !writing.is_cancelled() {
-                store.append(inc(&format!("counter-{}", i % 7), 1)).await.unwrap();
+                store
+                    .append(inc(&format!("counter-{}", i % 7), 1))
+                    .await
+                    .unwrap();
                 i += 1;
                 if i % 50 == 0 {
                     tokio::task::yield_now().await;
@@ -202,14 +251,19 @@ async fn relay_stopped_at_random_points_loses_and_repeats_nothing() {
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
     for _trial in 0..12 {
-        let relay = Relay::new(store.clone(), views.clone(), client.clone(), cfg.clone()).batch_size(rng.gen_range(1..200));
+        let relay = Relay::new(store.clone(), views.clone(), client.clone(), cfg.clone())
+            .batch_size(rng.gen_range(1..200));
         let status = relay.status();
         let stop = CancellationToken::new();
         let task = tokio::spawn(relay.run(stop.clone()));
         // Let it publish something, then stop it mid-flight.
         let target = status.borrow().published.0 + rng.gen_range(1..300);
         let mut st = status.clone();
-        let _ = tokio::time::timeout(Duration::from_secs(10), st.wait_for(|s| s.published.0 >= target)).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            st.wait_for(|s| s.published.0 >= target),
+        )
+        .await;
         stop.cancel();
         task.await.unwrap();
     }
@@ -221,7 +275,13 @@ async fn relay_stopped_at_random_points_loses_and_repeats_nothing() {
     let stop = CancellationToken::new();
     let task = tokio::spawn(relay.run(stop.clone()));
     let head = store.head().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.published >= head)).await.expect("caught up").unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        status.wait_for(|s| s.published >= head),
+    )
+    .await
+    .expect("caught up")
+    .unwrap();
     stop.cancel();
     task.await.unwrap();
     assert_stream_equals_store(&js, &cfg, &store).await;
@@ -245,22 +305,46 @@ async fn a_standby_relay_takes_over() {
     let (mut sa, mut sb) = (a.status(), b.status());
     let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
     let ta = tokio::spawn(a.run(stop_a.clone()));
-    tokio::time::timeout(Duration::from_secs(10), sa.wait_for(|s| s.active)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), sa.wait_for(|s| s.active))
+        .await
+        .unwrap()
+        .unwrap();
     let tb = tokio::spawn(b.run(stop_b.clone()));
     for i in 0..100 {
-        store.append(inc(&format!("counter-{}", i % 3), 1)).await.unwrap();
+        store
+            .append(inc(&format!("counter-{}", i % 3), 1))
+            .await
+            .unwrap();
     }
     let head = store.head().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), sa.wait_for(|s| s.published >= head)).await.unwrap().unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        sa.wait_for(|s| s.published >= head),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert!(!sb.borrow().active, "only one relay is active");
     stop_a.cancel();
     ta.await.unwrap();
-    tokio::time::timeout(Duration::from_secs(15), sb.wait_for(|s| s.active)).await.expect("standby took over").unwrap();
+    tokio::time::timeout(Duration::from_secs(15), sb.wait_for(|s| s.active))
+        .await
+        .expect("standby took over")
+        .unwrap();
     for i in 0..100 {
-        store.append(inc(&format!("counter-{}", i % 3), 1)).await.unwrap();
+        store
+            .append(inc(&format!("counter-{}", i % 3), 1))
+            .await
+            .unwrap();
     }
     let head = store.head().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), sb.wait_for(|s| s.published >= head)).await.unwrap().unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        sb.wait_for(|s| s.published >= head),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     stop_b.cancel();
     tb.await.unwrap();
     assert_stream_equals_store(&js, &cfg, &store).await;
@@ -288,19 +372,31 @@ async fn projector_killed_at_random_points_applies_each_event_once() {
     let mut view = None;
     for trial in 0..10 {
         for i in 0..rng.gen_range(20..120) {
-            store.append(inc(&format!("counter-{}", (i + trial) % 9), rng.gen_range(1..5))).await.unwrap();
+            store
+                .append(inc(
+                    &format!("counter-{}", (i + trial) % 9),
+                    rng.gen_range(1..5),
+                ))
+                .await
+                .unwrap();
         }
-        let projector = Projector::new(totals(), bus.clone(), views.clone()).with_config(strata::ProjectorConfig {
-            batch_size: rng.gen_range(1..64),
-            ..Default::default()
-        });
+        let projector = Projector::new(totals(), bus.clone(), views.clone()).with_config(
+            strata::ProjectorConfig {
+                batch_size: rng.gen_range(1..64),
+                ..Default::default()
+            },
+        );
         view = Some(projector.view().clone());
         let status = projector.status();
         let stop = CancellationToken::new();
         let task = tokio::spawn(projector.run(stop.clone()));
         let target = status.borrow().position.0 + rng.gen_range(1..60);
         let mut st = status.clone();
-        let _ = tokio::time::timeout(Duration::from_secs(10), st.wait_for(|s| s.position.0 >= target)).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            st.wait_for(|s| s.position.0 >= target),
+        )
+        .await;
         stop.cancel();
         task.await.unwrap();
     }
@@ -330,27 +426,55 @@ async fn redelivery_after_commit_without_ack_changes_nothing() {
     let cfg = unique_stream();
     let bus = JetStreamBus::new(client.clone(), cfg.clone());
     let stop_relay = CancellationToken::new();
-    let relay_task = tokio::spawn(Relay::new(store.clone(), views.clone(), client.clone(), cfg.clone()).run(stop_relay.clone()));
+    let relay_task = tokio::spawn(
+        Relay::new(store.clone(), views.clone(), client.clone(), cfg.clone())
+            .run(stop_relay.clone()),
+    );
     for i in 0..40 {
-        store.append(inc(&format!("counter-{}", i % 4), 2)).await.unwrap();
+        store
+            .append(inc(&format!("counter-{}", i % 4), 2))
+            .await
+            .unwrap();
     }
     let head = store.head().await.unwrap();
     // First: apply and commit, never ack.
     let view = ViewId::new("counter_totals", 1).unwrap();
     views.prepare(&view).await.unwrap();
-    let mut sub = bus.subscribe(&view.subscriber(), &EventFilter::all(), Position::START).await.unwrap();
+    let mut sub = bus
+        .subscribe(&view.subscriber(), &EventFilter::all(), Position::START)
+        .await
+        .unwrap();
     let mut got = Vec::new();
     while got.len() < head.0 as usize {
-        got.extend(strata::Subscription::next_batch(&mut sub, 100, Duration::from_millis(500)).await.unwrap());
+        got.extend(
+            strata::Subscription::next_batch(&mut sub, 100, Duration::from_millis(500))
+                .await
+                .unwrap(),
+        );
     }
     let events: Vec<EventEnvelope> = got.iter().map(|d| d.envelope.clone()).collect();
     let docs = ProjectionTest::new(totals()).given(events.clone());
     let changes = docs
         .json()
         .iter()
-        .map(|(k, v)| strata::DocChange::Put(strata::StoredDoc { key: k.clone(), doc: v.clone(), position: head }))
+        .map(|(k, v)| {
+            strata::DocChange::Put(strata::StoredDoc {
+                key: k.clone(),
+                doc: v.clone(),
+                position: head,
+            })
+        })
         .collect();
-    views.commit(&view.subscriber(), Some(&view), changes, Position::START, head).await.unwrap();
+    views
+        .commit(
+            &view.subscriber(),
+            Some(&view),
+            changes,
+            Position::START,
+            head,
+        )
+        .await
+        .unwrap();
     drop(got); // dropped, not acked
     drop(sub);
     // Then: a projector receives everything again and must skip it.
@@ -379,28 +503,54 @@ async fn poison_events_are_dead_lettered_and_halt_or_skip() {
         let views = PgViewStore::new(db.pool.clone());
         store.append(inc("counter-1", 1)).await.unwrap();
         let poison = store
-            .append(AppendRequest::new(StreamId::new("counter-1").unwrap(), "counter", ExpectedVersion::Any, vec![NewEvent::new("CounterIncremented", json!({ "poison": true }))]))
+            .append(AppendRequest::new(
+                StreamId::new("counter-1").unwrap(),
+                "counter",
+                ExpectedVersion::Any,
+                vec![NewEvent::new(
+                    "CounterIncremented",
+                    json!({ "poison": true }),
+                )],
+            ))
             .await
             .unwrap();
         let after = store.append(inc("counter-1", 10)).await.unwrap();
-        let projector = Projector::new(Totals { policy }, InProcessBus::new(store.clone()), views.clone());
+        let projector = Projector::new(
+            Totals { policy },
+            InProcessBus::new(store.clone()),
+            views.clone(),
+        );
         let view = projector.view().clone();
         let mut status = projector.status();
         let stop = CancellationToken::new();
         let task = tokio::spawn(projector.run(stop.clone()));
         let letters = match policy {
             FailurePolicy::Halt => {
-                tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.state == RunState::Halted)).await.unwrap().unwrap();
+                tokio::time::timeout(
+                    Duration::from_secs(10),
+                    status.wait_for(|s| s.state == RunState::Halted),
+                )
+                .await
+                .unwrap()
+                .unwrap();
                 let cp = views.checkpoint(&view.subscriber()).await.unwrap();
                 assert_eq!(cp.state, SubscriberState::Halted);
-                assert_eq!(cp.position, Position(1), "stopped right before the poison event");
+                assert_eq!(
+                    cp.position,
+                    Position(1),
+                    "stopped right before the poison event"
+                );
                 assert!(cp.error.unwrap().contains("poison"));
                 views.dead_letters(Some(&view.subscriber())).await.unwrap()
             }
             FailurePolicy::Skip => {
                 wait_checkpoint(&views, &view.subscriber(), after.position).await;
                 let doc = views.get(&view, "counter-1").await.unwrap().doc.unwrap();
-                assert_eq!(doc.doc, json!({ "value": 11, "events": 2 }), "went on past the poison event");
+                assert_eq!(
+                    doc.doc,
+                    json!({ "value": 11, "events": 2 }),
+                    "went on past the poison event"
+                );
                 views.dead_letters(Some(&view.subscriber())).await.unwrap()
             }
         };
@@ -408,7 +558,14 @@ async fn poison_events_are_dead_lettered_and_halt_or_skip() {
         assert_eq!(letters[0].position, poison.position);
         assert!(letters[0].error.contains("poison payload"));
         assert_eq!(letters[0].attempts, 3, "retried before parking");
-        assert_eq!(letters[0].status, if policy == FailurePolicy::Skip { "skipped" } else { "parked" });
+        assert_eq!(
+            letters[0].status,
+            if policy == FailurePolicy::Skip {
+                "skipped"
+            } else {
+                "parked"
+            }
+        );
         stop.cancel();
         task.await.unwrap();
     }
@@ -427,9 +584,15 @@ async fn read_your_writes_across_processes() {
     let cfg = unique_stream();
     let changes_prefix = format!("{}_changes", cfg.prefix);
     let stop = CancellationToken::new();
-    tokio::spawn(Relay::new(store.clone(), views.clone(), client.clone(), cfg.clone()).run(stop.clone()));
-    let projector = Projector::new(totals(), JetStreamBus::new(client.clone(), cfg.clone()), views.clone())
-        .with_change_feed(ChangeFeed::nats(client.clone(), changes_prefix.clone()));
+    tokio::spawn(
+        Relay::new(store.clone(), views.clone(), client.clone(), cfg.clone()).run(stop.clone()),
+    );
+    let projector = Projector::new(
+        totals(),
+        JetStreamBus::new(client.clone(), cfg.clone()),
+        views.clone(),
+    )
+    .with_change_feed(ChangeFeed::nats(client.clone(), changes_prefix.clone()));
     let view = projector.view().clone();
     tokio::spawn(projector.run(stop.clone()));
 
@@ -437,15 +600,28 @@ async fn read_your_writes_across_processes() {
     let query_pool = sqlx::PgPool::connect(&db.url).await.unwrap();
     let reader = ViewReader::new(PgViewStore::new(query_pool), ReaderConfig::default());
     let query_client = nats_client().await;
-    reader.listen(&ChangeFeed::nats(query_client, changes_prefix), stop.clone()).await.unwrap();
+    reader
+        .listen(
+            &ChangeFeed::nats(query_client, changes_prefix),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
 
     let handler = CommandHandler::<Counter, _>::new(store.clone());
     for i in 1..=30u64 {
         let out = handler
-            .handle(StreamId::new("counter-ryw").unwrap(), CounterCommand::Increment(1), CommandContext::new())
+            .handle(
+                StreamId::new("counter-ryw").unwrap(),
+                CounterCommand::Increment(1),
+                CommandContext::new(),
+            )
             .await
             .unwrap();
-        let read = reader.get(&view, "counter-ryw", Some(out.position)).await.unwrap();
+        let read = reader
+            .get(&view, "counter-ryw", Some(out.position))
+            .await
+            .unwrap();
         let doc: Total = serde_json::from_value(read.doc.unwrap().doc).unwrap();
         assert_eq!(doc.value, i, "the read includes the write it waited for");
     }
@@ -455,9 +631,17 @@ async fn read_your_writes_across_processes() {
     assert!(stats.misses > 0);
     // Asking for a position the view will never reach answers with a clear status.
     let far = Position(store.head().await.unwrap().0 + 1_000);
-    let quick = ViewReader::new(reader.views().clone(), ReaderConfig { max_wait: Duration::from_millis(300), ..Default::default() });
+    let quick = ViewReader::new(
+        reader.views().clone(),
+        ReaderConfig {
+            max_wait: Duration::from_millis(300),
+            ..Default::default()
+        },
+    );
     match quick.get(&view, "counter-ryw", Some(far)).await {
-        Err(strata::QueryError::NotCaughtUp { requested, current, .. }) => {
+        Err(strata::QueryError::NotCaughtUp {
+            requested, current, ..
+        }) => {
             assert_eq!(requested, far);
             assert!(current < far);
         }
@@ -491,3 +675,133 @@ async fn concurrent_misses_load_once() {
     assert_eq!(reader.stats().hits, stats.hits + 1);
 }
 
+// ---- process managers --------------------------------------------------------------
+
+/// Mirrors increments of `counter-src-*` onto `counter-mirror`.
+struct Mirror;
+
+impl strata::ProcessManager for Mirror {
+    type Command = (StreamId, CounterCommand);
+    fn name(&self) -> &str {
+        "mirror"
+    }
+    fn filter(&self) -> EventFilter {
+        EventFilter::event_types(["CounterIncremented"])
+    }
+    fn react(&self, e: &EventEnvelope) -> Result<Vec<Self::Command>, ProjectionError> {
+        if !e.stream_id.as_str().starts_with("counter-src") {
+            return Ok(vec![]);
+        }
+        let by = e.payload["by"]
+            .as_u64()
+            .ok_or_else(|| ProjectionError::new("no by"))?;
+        Ok(vec![(
+            StreamId::new("counter-mirror").map_err(|e| ProjectionError::new(e.to_string()))?,
+            CounterCommand::Increment(by),
+        )])
+    }
+}
+
+struct Send<S: EventStore>(CommandHandler<Counter, S>);
+
+impl<S: EventStore> strata::CommandSender<(StreamId, CounterCommand)> for Send<S> {
+    fn send(
+        &self,
+        (stream, command): (StreamId, CounterCommand),
+        ctx: CommandContext,
+    ) -> strata::aggregate::BoxFuture<'_, Result<(), strata::SendError>> {
+        Box::pin(async move {
+            match self.0.handle(stream, command, ctx).await {
+                Ok(_) => Ok(()),
+                Err(strata::CommandError::Domain(e)) => {
+                    Err(strata::SendError::Rejected(e.to_string()))
+                }
+                Err(e) => Err(strata::SendError::Transient(e.to_string())),
+            }
+        })
+    }
+}
+
+#[test]
+fn process_manager_given_events_then_commands() {
+    let e = |stream: &str, by: u64| EventEnvelope {
+        position: Position(1),
+        event_id: uuid::Uuid::new_v4(),
+        stream_id: StreamId::new(stream).unwrap(),
+        stream_type: "counter".into(),
+        stream_version: 1,
+        event_type: "CounterIncremented".into(),
+        schema_version: 1,
+        payload: json!({ "by": by }),
+        metadata: strata::Metadata::new(),
+        recorded_at: chrono::Utc::now(),
+    };
+    let commands = strata::process_test(
+        &Mirror,
+        [
+            e("counter-src-1", 2),
+            e("counter-other", 5),
+            e("counter-src-2", 3),
+        ],
+    );
+    assert_eq!(
+        commands,
+        vec![
+            (
+                StreamId::new("counter-mirror").unwrap(),
+                CounterCommand::Increment(2)
+            ),
+            (
+                StreamId::new("counter-mirror").unwrap(),
+                CounterCommand::Increment(3)
+            ),
+        ]
+    );
+}
+
+/// A process manager run twice over the same events (a lost checkpoint, a
+/// full redelivery) sends each command once in effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_manager_redelivery_sends_each_command_once() {
+    let db = test_database().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let handler = CommandHandler::<Counter, _>::new(store.clone());
+    let mut total = 0;
+    for i in 0..30u64 {
+        handler
+            .handle(
+                StreamId::new(format!("counter-src-{}", i % 3)).unwrap(),
+                CounterCommand::Increment(i + 1),
+                CommandContext::new(),
+            )
+            .await
+            .unwrap();
+        total += i + 1;
+    }
+    let mirror = StreamId::new("counter-mirror").unwrap();
+    for round in 0..2 {
+        // A fresh checkpoint store each round: everything is redelivered.
+        let views = InMemoryViewStore::new();
+        let runner = strata::ProcessManagerRunner::new(
+            Mirror,
+            InProcessBus::new(store.clone()),
+            views.clone(),
+            Send(handler.clone()),
+        );
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(runner.run(stop.clone()));
+        let head = store.head().await.unwrap();
+        wait_checkpoint(&views, "mirror", head).await;
+        stop.cancel();
+        task.await.unwrap();
+        let (state, version) = handler.load(&mirror).await.unwrap();
+        assert_eq!(state.value, total, "round {round}");
+        assert_eq!(
+            version, 30,
+            "round {round}: one mirrored event per source event"
+        );
+    }
+    let mirrored = store.read_stream(&mirror, 1, 100).await.unwrap();
+    assert!(mirrored.iter().all(|e| e.metadata.causation_id.is_some()
+        && e.metadata.actor.as_deref() == Some("process:mirror")));
+}

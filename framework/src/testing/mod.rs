@@ -161,24 +161,6 @@ where
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::with_database;
-
-    #[test]
-    fn replaces_the_database_in_a_url() {
-        assert_eq!(
-            with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
-            "postgres://postgres@127.0.0.1:5432/x"
-        );
-        assert_eq!(
-            with_database("postgres://u@h/db?sslmode=disable", "y"),
-            "postgres://u@h/y?sslmode=disable"
-        );
-        assert_eq!(with_database("postgres://u@h", "z"), "postgres://u@h/z");
-    }
-}
-
 /// Connects to NATS (`NATS_URL` or the local default). Panics with
 /// instructions when it is unreachable: a test never skips silently.
 pub async fn nats_client() -> async_nats::Client {
@@ -204,4 +186,22 @@ pub async fn nats_client() -> async_nats::Client {
 pub fn unique_stream() -> crate::nats::StreamConfig {
     let id = uuid::Uuid::new_v4().simple().to_string();
     crate::nats::StreamConfig::new(format!("T_{}", &id[..16]), format!("t{}", &id[..12]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn replaces_the_database_in_a_url() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u@h/db?sslmode=disable", "y"),
+            "postgres://u@h/y?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://u@h", "z"), "postgres://u@h/z");
+    }
 }

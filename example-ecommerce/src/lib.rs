@@ -1,0 +1,3 @@
+//! The example shop as a library: its domain, services and scenario.
+
+pub mod domain;
