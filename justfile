@@ -30,3 +30,4 @@ doc:
 # Benchmarks against the real servers; results go into docs/benchmarks.md.
 bench:
     STRATA_BENCH_WRITE=1 cargo bench -p strata --bench store
+    STRATA_BENCH_WRITE=1 cargo bench -p strata --bench propagation

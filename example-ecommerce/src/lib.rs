@@ -1,3 +1,9 @@
 //! The example shop as a library: its domain, services and scenario.
 
+pub mod app;
+pub mod demo;
 pub mod domain;
+pub mod http;
+pub mod metrics;
+pub mod runtime;
+pub mod views;

@@ -1,14 +1,20 @@
-//! `ecommerce`: the example shop built on Strata.
-//!
-//! For now the `demo` subcommand appends a few events and prints the store;
-//! the shop's domain, services and scenario arrive with their issue.
+//! `ecommerce`: the example shop built on Strata. One binary, a subcommand
+//! per process, and `demo`, which runs them all in one process.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use serde_json::json;
+use clap::{Args, Parser, Subcommand};
+use example_ecommerce::app::Shop;
+use example_ecommerce::demo::{self, DemoOptions};
+use example_ecommerce::http::{self, HealthCheck, Ops, QueryState};
+use example_ecommerce::metrics::Metrics;
+use example_ecommerce::runtime::{self, Servers, Statuses};
+use strata::nats::StreamConfig;
 use strata::{
-    AppendRequest, EventFilter, EventStore, ExpectedVersion, InMemoryEventStore, NewEvent,
-    PgEventStore, Position, StreamId,
+    CancellationToken, ChangeFeed, EventStore, InMemoryEventStore, InMemoryViewStore, InProcessBus,
+    JetStreamBus, PgEventStore, PgViewStore, ReaderConfig, Relay, ViewReader,
 };
 
 #[derive(Parser)]
@@ -18,83 +24,317 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Args, Clone)]
+struct ServerArgs {
+    /// PostgreSQL URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    /// NATS URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// JetStream stream name.
+    #[arg(long, env = "STRATA_STREAM", default_value = "STRATA")]
+    stream: String,
+    /// Subject prefix of events (`<prefix>.<stream type>.<stream id>`).
+    #[arg(long, env = "STRATA_SUBJECT_PREFIX", default_value = "strata")]
+    subject_prefix: String,
+}
+
+impl ServerArgs {
+    fn servers(&self) -> Servers {
+        Servers {
+            database_url: self.database_url.clone(),
+            nats_url: self.nats_url.clone(),
+            stream: StreamConfig::new(self.stream.clone(), self.subject_prefix.clone()),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Append a few events and print the store (in memory unless DATABASE_URL is set).
+    /// Run every process of the shop in this one, play a shopping scenario
+    /// through the HTTP API, print a summary, then keep serving. In memory
+    /// unless DATABASE_URL and NATS_URL (or --servers) say otherwise.
     Demo {
-        /// Postgres URL; in memory when absent.
+        /// Use PostgreSQL and NATS (needs DATABASE_URL and NATS_URL, or the local defaults).
+        #[arg(long)]
+        servers: bool,
+        /// PostgreSQL URL (implies --servers).
         #[arg(long, env = "DATABASE_URL")]
         database_url: Option<String>,
+        /// NATS URL (implies --servers).
+        #[arg(long, env = "NATS_URL")]
+        nats_url: Option<String>,
+        /// Command API address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        command_listen: String,
+        /// Query API address.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        query_listen: String,
+        /// Exit after the scenario instead of serving.
+        #[arg(long)]
+        exit: bool,
     },
+    /// Apply the database schema.
+    Migrate(ServerArgs),
+    /// Serve the command API.
+    CommandApi {
+        #[command(flatten)]
+        servers: ServerArgs,
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+    /// Serve the query API.
+    QueryApi {
+        #[command(flatten)]
+        servers: ServerArgs,
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: String,
+    },
+    /// Carry events from the store into JetStream (one active, others stand by).
+    Relay(ServerArgs),
+    /// Run projectors (all views, or those named with --view).
+    Projector {
+        #[command(flatten)]
+        servers: ServerArgs,
+        /// A view to run (repeatable): catalog, order_details, customer_orders, low_stock, sales_dashboard.
+        #[arg(long = "view")]
+        views: Vec<String>,
+    },
+    /// Run the fulfilment process manager.
+    ProcessManager(ServerArgs),
+}
+
+fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn pg(servers: &Servers) -> anyhow::Result<PgEventStore> {
+    PgEventStore::connect(&servers.database_url)
+        .await
+        .with_context(|| format!("connecting to PostgreSQL at {}", servers.database_url))
+}
+
+async fn nats(servers: &Servers) -> anyhow::Result<async_nats::Client> {
+    strata::nats::connect(&servers.nats_url)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", servers.nats_url))
+}
+
+fn health<S: EventStore>(store: S, client: Option<async_nats::Client>) -> HealthCheck {
+    Arc::new(move || {
+        let (store, client) = (store.clone(), client.clone());
+        Box::pin(async move {
+            let mut checks = vec![(
+                "database",
+                tokio::time::timeout(Duration::from_secs(2), store.head())
+                    .await
+                    .is_ok_and(|r| r.is_ok()),
+            )];
+            if let Some(c) = client {
+                checks.push((
+                    "nats",
+                    c.connection_state() == async_nats::connection::State::Connected,
+                ));
+            }
+            checks
+        })
+    })
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    init_tracing();
+    let shutdown = CancellationToken::new();
+    runtime::cancel_on_signal(shutdown.clone());
     match Cli::parse().command {
-        Command::Demo { database_url } => match database_url {
-            Some(url) => {
-                let store = PgEventStore::connect(&url)
-                    .await
-                    .with_context(|| format!("connecting to {url}"))?;
-                println!("Event store: PostgreSQL");
-                demo(store).await
+        Command::Demo {
+            servers,
+            database_url,
+            nats_url,
+            command_listen,
+            query_listen,
+            exit,
+        } => {
+            let options = DemoOptions {
+                command_addr: command_listen,
+                query_addr: query_listen,
+                exit,
+            };
+            let statuses = Statuses::default();
+            if servers || database_url.is_some() || nats_url.is_some() {
+                let args = ServerArgs {
+                    database_url: database_url
+                        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into()),
+                    nats_url: nats_url.unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+                    stream: "STRATA".into(),
+                    subject_prefix: "strata".into(),
+                };
+                let s = args.servers();
+                println!(
+                    "Strata demo on PostgreSQL ({}) and NATS JetStream ({})",
+                    s.database_url, s.nats_url
+                );
+                let store = pg(&s).await?;
+                let client = nats(&s).await?;
+                let views = PgViewStore::new(store.pool().clone());
+                let relay = Relay::new(
+                    store.clone(),
+                    views.clone(),
+                    client.clone(),
+                    s.stream.clone(),
+                );
+                statuses.set_relay(relay.status());
+                let relay_task = tokio::spawn(relay.run(shutdown.clone()));
+                let result = demo::run(
+                    store.clone(),
+                    JetStreamBus::new(client.clone(), s.stream.clone()),
+                    views,
+                    ChangeFeed::nats(client.clone(), s.changes_prefix()),
+                    statuses,
+                    health(store, Some(client)),
+                    options,
+                    shutdown.clone(),
+                )
+                .await;
+                shutdown.cancel();
+                let _ = relay_task.await;
+                result
+            } else {
+                println!("Strata demo, in memory (run with --servers, or set DATABASE_URL and NATS_URL, to use PostgreSQL and NATS)");
+                let store = InMemoryEventStore::new();
+                demo::run(
+                    store.clone(),
+                    InProcessBus::new(store.clone()),
+                    InMemoryViewStore::new(),
+                    ChangeFeed::in_process(),
+                    statuses,
+                    health(store, None),
+                    options,
+                    shutdown,
+                )
+                .await
             }
-            None => {
-                println!("Event store: in memory (set DATABASE_URL to use PostgreSQL)");
-                demo(InMemoryEventStore::new()).await
+        }
+        Command::Migrate(args) => {
+            pg(&args.servers()).await?;
+            println!("schema is up to date");
+            Ok(())
+        }
+        Command::CommandApi { servers, listen } => {
+            let s = servers.servers();
+            let store = pg(&s).await?;
+            let client = nats(&s).await?;
+            let metrics = Arc::new(Metrics::default());
+            let shop = Shop::new(store.clone(), demo::demo_gateway(), Arc::clone(&metrics));
+            let ops = Ops {
+                metrics,
+                health: health(store, Some(client)),
+                gauges: Arc::new(Vec::new),
+            };
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "command API listening");
+            http::serve(listener, http::command_router(shop, ops), shutdown).await?;
+            Ok(())
+        }
+        Command::QueryApi { servers, listen } => {
+            let s = servers.servers();
+            let store = pg(&s).await?;
+            let client = nats(&s).await?;
+            let reader = ViewReader::new(
+                PgViewStore::new(store.pool().clone()),
+                ReaderConfig::default(),
+            );
+            reader
+                .listen(
+                    &ChangeFeed::nats(client.clone(), s.changes_prefix()),
+                    shutdown.clone(),
+                )
+                .await?;
+            let gauges = {
+                let reader = reader.clone();
+                Arc::new(move || runtime::cache_samples(&reader))
+            };
+            let ops = Ops {
+                metrics: Arc::new(Metrics::default()),
+                health: health(store, Some(client)),
+                gauges,
+            };
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "query API listening");
+            http::serve(
+                listener,
+                http::query_router(QueryState { reader }, ops),
+                shutdown,
+            )
+            .await?;
+            Ok(())
+        }
+        Command::Relay(args) => {
+            let s = args.servers();
+            let store = pg(&s).await?;
+            let client = nats(&s).await?;
+            let views = PgViewStore::new(store.pool().clone());
+            tracing::info!(stream = %s.stream.stream, "relay starting (stands by while another is active)");
+            Relay::new(store, views, client, s.stream)
+                .run(shutdown)
+                .await;
+            Ok(())
+        }
+        Command::Projector {
+            servers,
+            views: only,
+        } => {
+            for v in &only {
+                if !runtime::VIEWS.contains(&v.as_str()) {
+                    anyhow::bail!(
+                        "unknown view {v:?}; known views: {}",
+                        runtime::VIEWS.join(", ")
+                    );
+                }
             }
-        },
+            let s = servers.servers();
+            let store = pg(&s).await?;
+            let client = nats(&s).await?;
+            let views = PgViewStore::new(store.pool().clone());
+            let bus = JetStreamBus::new(client.clone(), s.stream.clone());
+            let feed = ChangeFeed::nats(client, s.changes_prefix());
+            let statuses = Statuses::default();
+            let tasks = runtime::spawn_projectors(&only, &bus, &views, &feed, &statuses, &shutdown);
+            tracing::info!(count = tasks.len(), "projectors running");
+            shutdown.cancelled().await;
+            runtime::join_all(tasks, http::SHUTDOWN_GRACE).await;
+            Ok(())
+        }
+        Command::ProcessManager(args) => {
+            let s = args.servers();
+            let store = pg(&s).await?;
+            let client = nats(&s).await?;
+            let views = PgViewStore::new(store.pool().clone());
+            let bus = JetStreamBus::new(client, s.stream.clone());
+            let shop = Shop::new(store, demo::demo_gateway(), Arc::new(Metrics::default()));
+            let statuses = Statuses::default();
+            let task = runtime::spawn_fulfilment(&shop, &bus, &views, &statuses, &shutdown);
+            tracing::info!("fulfilment process manager running");
+            shutdown.cancelled().await;
+            runtime::join_all(vec![task], http::SHUTDOWN_GRACE).await;
+            Ok(())
+        }
     }
-}
-
-async fn demo<S: EventStore>(store: S) -> anyhow::Result<()> {
-    let order = StreamId::new(format!("order-{}", uuid_suffix()))?;
-    let placed = store
-        .append(AppendRequest::new(
-            order.clone(),
-            "order",
-            ExpectedVersion::NoStream,
-            vec![NewEvent::new(
-                "OrderPlaced",
-                json!({ "customer": "ada", "lines": [{ "sku": "MUG-1", "quantity": 2 }] }),
-            )],
-        ))
-        .await?;
-    store
-        .append(AppendRequest::new(
-            order.clone(),
-            "order",
-            ExpectedVersion::Exact(placed.stream_version),
-            vec![
-                NewEvent::new("OrderConfirmed", json!({})),
-                NewEvent::new("OrderPaid", json!({ "amount_cents": 2400 })),
-            ],
-        ))
-        .await?;
-    let head = store.head().await?;
-    println!("Head position: {head}\n");
-    println!(
-        "{:>8}  {:<44} {:>4}  {:<16} payload",
-        "position", "stream", "ver", "type"
-    );
-    let from = Position(head.0.saturating_sub(20));
-    for e in store.read_all(from, 20, &EventFilter::all()).await? {
-        println!(
-            "{:>8}  {:<44} {:>4}  {:<16} {}",
-            e.position, e.stream_id, e.stream_version, e.event_type, e.payload
-        );
-    }
-    Ok(())
-}
-
-fn uuid_suffix() -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    format!("{:x}", t.as_nanos())
 }

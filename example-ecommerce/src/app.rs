@@ -1,0 +1,501 @@
+//! The shop's write side: command handlers per aggregate, the payment step,
+//! and the fulfilment process manager. Built only on Strata's public API.
+
+use std::sync::Arc;
+
+use strata::{
+    Aggregate, CommandContext, CommandError, CommandHandler, CommandOutcome, CommandSender,
+    EventEnvelope, EventFilter, EventStore, ProcessManager, ProjectionError, SendError, StreamId,
+};
+use uuid::Uuid;
+
+use crate::domain::catalog::{Product, ProductCommand, ProductError};
+use crate::domain::fulfilment::{react, FulfilmentCommand, ShopEvent};
+use crate::domain::inventory::{Inventory, InventoryCommand, InventoryError};
+use crate::domain::order::{Order, OrderCommand, OrderError, OrderLine, OrderStatus};
+use crate::domain::payment::PaymentGateway;
+use crate::domain::{inventory_stream, order_stream, product_stream, InvalidSku};
+use crate::metrics::Metrics;
+
+/// Why a shop command failed; each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ShopError {
+    /// Malformed input (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The product, order or sku does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// A domain rule refused the command (422).
+    #[error("{0}")]
+    Rule(String),
+    /// The payment was declined (402); the failure is recorded on the order.
+    #[error("payment declined: {reason}")]
+    PaymentDeclined {
+        /// Why.
+        reason: String,
+        /// Where the failure was recorded.
+        outcome: CommandOutcome,
+    },
+    /// Another writer kept winning (409); retry.
+    #[error("{0}")]
+    Conflict(String),
+    /// Store or bus trouble (503). Logged; the client sees a generic message.
+    #[error("service unavailable")]
+    Unavailable(String),
+}
+
+impl From<InvalidSku> for ShopError {
+    fn from(e: InvalidSku) -> Self {
+        ShopError::BadRequest(e.to_string())
+    }
+}
+
+fn command_error<E: std::error::Error + 'static>(
+    e: CommandError<E>,
+    rule: impl FnOnce(E) -> ShopError,
+) -> ShopError {
+    match e {
+        CommandError::Domain(d) => rule(d),
+        CommandError::Conflict { .. } => ShopError::Conflict(e.to_string()),
+        CommandError::CommandIdReused { .. } => ShopError::Conflict(e.to_string()),
+        CommandError::Input(i) => ShopError::BadRequest(i.to_string()),
+        other => ShopError::Unavailable(other.to_string()),
+    }
+}
+
+fn product_rule(e: ProductError) -> ShopError {
+    match e {
+        ProductError::NotRegistered => ShopError::NotFound(e.to_string()),
+        ProductError::InvalidSku(_)
+        | ProductError::InvalidName
+        | ProductError::InvalidPrice { .. } => ShopError::BadRequest(e.to_string()),
+        other => ShopError::Rule(other.to_string()),
+    }
+}
+
+fn inventory_rule(e: InventoryError) -> ShopError {
+    match e {
+        InventoryError::ZeroQuantity | InventoryError::InvalidSku(_) => {
+            ShopError::BadRequest(e.to_string())
+        }
+        other => ShopError::Rule(other.to_string()),
+    }
+}
+
+fn order_rule(e: OrderError) -> ShopError {
+    match e {
+        OrderError::InvalidTransition { .. }
+        | OrderError::AlreadyPlaced { .. }
+        | OrderError::AmountMismatch { .. } => ShopError::Rule(e.to_string()),
+        OrderError::UnknownSku { .. } => ShopError::NotFound(e.to_string()),
+        other => ShopError::BadRequest(other.to_string()),
+    }
+}
+
+/// A line as a client asks for it (the price comes from the catalog).
+#[derive(Debug, Clone)]
+pub struct LineRequest {
+    /// The sku.
+    pub sku: String,
+    /// Units.
+    pub quantity: u32,
+}
+
+/// The shop's command side over an event store.
+pub struct Shop<S: EventStore> {
+    /// The event store.
+    pub store: S,
+    /// Products.
+    pub products: CommandHandler<Product, S>,
+    /// Stock per sku.
+    pub inventory: CommandHandler<Inventory, S>,
+    /// Orders.
+    pub orders: CommandHandler<Order, S>,
+    /// The (simulated) payment gateway.
+    pub gateway: Arc<PaymentGateway>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+}
+
+impl<S: EventStore> Clone for Shop<S> {
+    fn clone(&self) -> Self {
+        Shop {
+            store: self.store.clone(),
+            products: self.products.clone(),
+            inventory: self.inventory.clone(),
+            orders: self.orders.clone(),
+            gateway: Arc::clone(&self.gateway),
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+impl<S: EventStore> Shop<S> {
+    /// The shop over `store`, charging through `gateway`.
+    pub fn new(store: S, gateway: PaymentGateway, metrics: Arc<Metrics>) -> Self {
+        Shop {
+            products: CommandHandler::new(store.clone()),
+            inventory: CommandHandler::new(store.clone()),
+            orders: CommandHandler::new(store.clone()),
+            store,
+            gateway: Arc::new(gateway),
+            metrics,
+        }
+    }
+
+    fn record<T>(&self, kind: &str, started: std::time::Instant, r: &Result<T, ShopError>) {
+        let outcome = match r {
+            Ok(_) => "ok",
+            Err(ShopError::BadRequest(_)) | Err(ShopError::NotFound(_)) => "invalid",
+            Err(ShopError::Rule(_)) | Err(ShopError::PaymentDeclined { .. }) => "rejected",
+            Err(ShopError::Conflict(_)) => "conflict",
+            Err(ShopError::Unavailable(_)) => "error",
+        };
+        self.metrics.command(kind, outcome, started.elapsed());
+    }
+
+    /// Registers a product.
+    pub async fn register_product(
+        &self,
+        sku: &str,
+        name: &str,
+        price_cents: i64,
+        ctx: CommandContext,
+    ) -> Result<CommandOutcome, ShopError> {
+        let started = std::time::Instant::now();
+        let r = async {
+            let stream = product_stream(sku)?;
+            let command = ProductCommand::Register {
+                sku: sku.to_owned(),
+                name: name.to_owned(),
+                price_cents,
+            };
+            self.products
+                .handle(stream, command, ctx)
+                .await
+                .map_err(|e| command_error(e, product_rule))
+        }
+        .await;
+        self.record("register_product", started, &r);
+        r
+    }
+
+    /// Changes a product's price.
+    pub async fn change_price(
+        &self,
+        sku: &str,
+        price_cents: i64,
+        ctx: CommandContext,
+    ) -> Result<CommandOutcome, ShopError> {
+        let started = std::time::Instant::now();
+        let r = async {
+            let stream = product_stream(sku)?;
+            self.products
+                .handle(stream, ProductCommand::ChangePrice { price_cents }, ctx)
+                .await
+                .map_err(|e| command_error(e, product_rule))
+        }
+        .await;
+        self.record("change_price", started, &r);
+        r
+    }
+
+    /// Discontinues a product.
+    pub async fn discontinue(
+        &self,
+        sku: &str,
+        ctx: CommandContext,
+    ) -> Result<CommandOutcome, ShopError> {
+        let started = std::time::Instant::now();
+        let r = async {
+            let stream = product_stream(sku)?;
+            self.products
+                .handle(stream, ProductCommand::Discontinue, ctx)
+                .await
+                .map_err(|e| command_error(e, product_rule))
+        }
+        .await;
+        self.record("discontinue", started, &r);
+        r
+    }
+
+    /// Adds stock of a registered product.
+    pub async fn restock(
+        &self,
+        sku: &str,
+        quantity: u32,
+        ctx: CommandContext,
+    ) -> Result<CommandOutcome, ShopError> {
+        let started = std::time::Instant::now();
+        let r = async {
+            let (product, version) = self
+                .products
+                .load(&product_stream(sku)?)
+                .await
+                .map_err(|e| command_error(e, product_rule))?;
+            if version == 0 {
+                return Err(ShopError::NotFound(format!("unknown sku {sku}")));
+            }
+            drop(product);
+            self.inventory
+                .handle(
+                    inventory_stream(sku)?,
+                    InventoryCommand::Restock {
+                        sku: sku.to_owned(),
+                        quantity,
+                    },
+                    ctx,
+                )
+                .await
+                .map_err(|e| command_error(e, inventory_rule))
+        }
+        .await;
+        self.record("restock", started, &r);
+        r
+    }
+
+    /// Places an order at the catalog's current prices.
+    pub async fn place_order(
+        &self,
+        order_id: Uuid,
+        customer_id: &str,
+        lines: &[LineRequest],
+        ctx: CommandContext,
+    ) -> Result<CommandOutcome, ShopError> {
+        let started = std::time::Instant::now();
+        let r = async {
+            let mut priced = Vec::with_capacity(lines.len());
+            for line in lines {
+                let stream = product_stream(&line.sku)?;
+                let (product, version) = self
+                    .products
+                    .load(&stream)
+                    .await
+                    .map_err(|e| command_error(e, product_rule))?;
+                if version == 0 {
+                    return Err(ShopError::NotFound(format!("unknown sku {}", line.sku)));
+                }
+                if product.status() == crate::domain::catalog::ProductStatus::Discontinued {
+                    return Err(ShopError::Rule(format!("{} is discontinued", line.sku)));
+                }
+                priced.push(OrderLine {
+                    sku: line.sku.clone(),
+                    quantity: line.quantity,
+                    unit_price_cents: product.price_cents(),
+                });
+            }
+            self.orders
+                .handle(
+                    order_stream(order_id),
+                    OrderCommand::Place {
+                        order_id,
+                        customer_id: customer_id.to_owned(),
+                        lines: priced,
+                    },
+                    ctx,
+                )
+                .await
+                .map_err(|e| command_error(e, order_rule))
+        }
+        .await;
+        self.record("place_order", started, &r);
+        r
+    }
+
+    /// Charges a confirmed order through the gateway and records the result.
+    pub async fn pay(
+        &self,
+        order_id: Uuid,
+        ctx: CommandContext,
+    ) -> Result<CommandOutcome, ShopError> {
+        let started = std::time::Instant::now();
+        let r = async {
+            let stream = order_stream(order_id);
+            let (order, version) = self
+                .orders
+                .load(&stream)
+                .await
+                .map_err(|e| command_error(e, order_rule))?;
+            if version == 0 {
+                return Err(ShopError::NotFound(format!("unknown order {order_id}")));
+            }
+            if order.status() != OrderStatus::Confirmed {
+                return Err(ShopError::Rule(format!(
+                    "cannot pay an order that is {}",
+                    order.status()
+                )));
+            }
+            let amount = order.total_cents();
+            match self.gateway.charge(order_id, amount).await {
+                Ok(payment_ref) => self
+                    .orders
+                    .handle(
+                        stream,
+                        OrderCommand::Pay {
+                            amount_cents: amount,
+                            payment_ref,
+                        },
+                        ctx,
+                    )
+                    .await
+                    .map_err(|e| command_error(e, order_rule)),
+                Err(declined) => {
+                    let reason = declined.to_string();
+                    let outcome = self
+                        .orders
+                        .handle(
+                            stream,
+                            OrderCommand::FailPayment {
+                                reason: reason.clone(),
+                            },
+                            ctx,
+                        )
+                        .await
+                        .map_err(|e| command_error(e, order_rule))?;
+                    Err(ShopError::PaymentDeclined { reason, outcome })
+                }
+            }
+        }
+        .await;
+        self.record("pay", started, &r);
+        r
+    }
+
+    /// Cancels an order (reservations are released by the process manager).
+    pub async fn cancel(
+        &self,
+        order_id: Uuid,
+        reason: &str,
+        ctx: CommandContext,
+    ) -> Result<CommandOutcome, ShopError> {
+        let started = std::time::Instant::now();
+        let r = async {
+            let stream = order_stream(order_id);
+            let (_, version) = self
+                .orders
+                .load(&stream)
+                .await
+                .map_err(|e| command_error(e, order_rule))?;
+            if version == 0 {
+                return Err(ShopError::NotFound(format!("unknown order {order_id}")));
+            }
+            self.orders
+                .handle(
+                    stream,
+                    OrderCommand::Cancel {
+                        reason: reason.to_owned(),
+                    },
+                    ctx,
+                )
+                .await
+                .map_err(|e| command_error(e, order_rule))
+        }
+        .await;
+        self.record("cancel", started, &r);
+        r
+    }
+}
+
+/// The fulfilment process manager: reserves stock for placed orders,
+/// confirms or rejects them, ships paid ones, releases stock of cancelled
+/// ones (rules in `domain::fulfilment`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fulfilment;
+
+impl ProcessManager for Fulfilment {
+    type Command = FulfilmentCommand;
+
+    fn name(&self) -> &str {
+        "fulfilment"
+    }
+
+    fn filter(&self) -> EventFilter {
+        EventFilter::stream_types([Order::STREAM_TYPE, Inventory::STREAM_TYPE])
+    }
+
+    fn react(&self, e: &EventEnvelope) -> Result<Vec<FulfilmentCommand>, ProjectionError> {
+        let event = if e.stream_type == Order::STREAM_TYPE {
+            ShopEvent::Order(
+                strata::codec::decode(&e.event_type, e.payload.clone()).map_err(|k| {
+                    ProjectionError::new(format!("{} at {}: {k}", e.event_type, e.position))
+                })?,
+            )
+        } else {
+            ShopEvent::Inventory(
+                strata::codec::decode(&e.event_type, e.payload.clone()).map_err(|k| {
+                    ProjectionError::new(format!("{} at {}: {k}", e.event_type, e.position))
+                })?,
+            )
+        };
+        Ok(react(&event))
+    }
+}
+
+impl<S: EventStore> CommandSender<FulfilmentCommand> for Shop<S> {
+    fn send(
+        &self,
+        command: FulfilmentCommand,
+        ctx: CommandContext,
+    ) -> strata::aggregate::BoxFuture<'_, Result<(), SendError>> {
+        Box::pin(async move {
+            let transient = |e: String| SendError::Transient(e);
+            match command {
+                FulfilmentCommand::Inventory { sku, command } => {
+                    let stream =
+                        inventory_stream(&sku).map_err(|e| SendError::Rejected(e.to_string()))?;
+                    match self.inventory.handle(stream, command, ctx).await {
+                        Ok(_) => Ok(()),
+                        Err(CommandError::Domain(e)) => Err(SendError::Rejected(e.to_string())),
+                        Err(e) => Err(transient(e.to_string())),
+                    }
+                }
+                FulfilmentCommand::Order { order_id, command } => {
+                    let late_reservation = match &command {
+                        OrderCommand::RecordReservation { sku } => Some(sku.clone()),
+                        _ => None,
+                    };
+                    match self
+                        .orders
+                        .handle(order_stream(order_id), command, ctx.clone())
+                        .await
+                    {
+                        Ok(_) => Ok(()),
+                        Err(CommandError::Domain(OrderError::InvalidTransition { .. }))
+                            if late_reservation.is_some() =>
+                        {
+                            // The order was rejected or cancelled before this
+                            // reservation landed: give the stock back.
+                            let sku = late_reservation.unwrap_or_default();
+                            let release_ctx = CommandContext::with_command_id(Uuid::new_v5(
+                                &ctx.command_id,
+                                b"release-late-reservation",
+                            ))
+                            .causation_id(ctx.command_id)
+                            .actor("process:fulfilment");
+                            let stream: StreamId = inventory_stream(&sku)
+                                .map_err(|e| SendError::Rejected(e.to_string()))?;
+                            match self
+                                .inventory
+                                .handle(
+                                    stream,
+                                    InventoryCommand::Release { sku, order_id },
+                                    release_ctx,
+                                )
+                                .await
+                            {
+                                Ok(_) => Ok(()),
+                                Err(CommandError::Domain(e)) => {
+                                    Err(SendError::Rejected(e.to_string()))
+                                }
+                                Err(e) => Err(transient(e.to_string())),
+                            }
+                        }
+                        Err(CommandError::Domain(e)) => Err(SendError::Rejected(e.to_string())),
+                        Err(e) => Err(transient(e.to_string())),
+                    }
+                }
+            }
+        })
+    }
+}
