@@ -31,7 +31,7 @@ pub struct DemoOptions {
 
 /// The payment gateway the demo uses: declines charges above 100.00.
 pub fn demo_gateway() -> PaymentGateway {
-    PaymentGateway::new(0.0, Duration::from_millis(20), 7).with_decline_above(100_00)
+    PaymentGateway::new(0.0, Duration::from_millis(20), 7).with_decline_above(10_000)
 }
 
 /// Runs everything over the given backends.
@@ -186,10 +186,10 @@ async fn scenario(commands: &str, queries: &str) -> anyhow::Result<()> {
     };
     println!("\n== Seeding the catalog (POST /products, /inventory/{{sku}}/restock)");
     let products = [
-        ("MUG-01", "Strata mug", 12_50, 20),
-        ("TEE-01", "Event-sourced tee", 24_00, 8),
-        ("CAP-01", "Projection cap", 18_00, 3),
-        ("LAMP-01", "Designer lamp", 180_00, 5),
+        ("MUG-01", "Strata mug", 1_250, 20),
+        ("TEE-01", "Event-sourced tee", 2_400, 8),
+        ("CAP-01", "Projection cap", 1_800, 3),
+        ("LAMP-01", "Designer lamp", 18_000, 5),
     ];
     for (sku, name, price, stock) in products {
         let (s, _) = c

@@ -55,6 +55,7 @@ impl ServerArgs {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::enum_variant_names)]
 enum Command {
     /// Run every process of the shop in this one, play a shopping scenario
     /// through the HTTP API, print a summary, then keep serving. In memory
