@@ -95,7 +95,7 @@ async fn thirty_two_buyers_race_for_the_last_units() {
                         let (order, _) = shop.orders.load(&order_stream(*id)).await.unwrap();
                         match order.status() {
                             OrderStatus::Confirmed | OrderStatus::Rejected => {
-                                now.push((order.status(), *qty))
+                                now.push((order.status(), *qty));
                             }
                             _ => return false,
                         }
