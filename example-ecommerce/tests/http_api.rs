@@ -1,0 +1,355 @@
+//! The HTTP APIs without a socket (tower `oneshot`): bad input gets a clear
+//! JSON error with the right status and changes nothing; responses carry
+//! the position; idempotency keys work; the JSON shapes are pinned.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use example_ecommerce::app::Shop;
+use example_ecommerce::domain::payment::PaymentGateway;
+use example_ecommerce::http::{command_router, query_router, Ops, QueryState, POSITION_HEADER};
+use example_ecommerce::metrics::Metrics;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use strata::{
+    EventStore, InMemoryEventStore, InMemoryViewStore, Position, ReaderConfig, ViewReader,
+};
+use tower::ServiceExt;
+
+fn ops() -> Ops {
+    Ops {
+        metrics: Arc::new(Metrics::default()),
+        health: Arc::new(|| Box::pin(async { vec![("database", true)] })),
+        gauges: Arc::new(Vec::new),
+    }
+}
+
+fn commands(store: &InMemoryEventStore) -> Router {
+    let shop = Shop::new(
+        store.clone(),
+        PaymentGateway::always_accepting(),
+        Arc::new(Metrics::default()),
+    );
+    command_router(shop, ops())
+}
+
+async fn call(router: &Router, req: Request<Body>) -> (StatusCode, Option<String>, Value) {
+    let resp = router.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let position = resp
+        .headers()
+        .get(POSITION_HEADER)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        position,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn post(path: &str, body: &str) -> Request<Body> {
+    Request::post(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+async fn seeded() -> (InMemoryEventStore, Router) {
+    let store = InMemoryEventStore::new();
+    let router = commands(&store);
+    let (s, _, _) = call(
+        &router,
+        post(
+            "/products",
+            r#"{"sku":"MUG-01","name":"Mug","price_cents":1250}"#,
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, _, _) = call(
+        &router,
+        post("/inventory/MUG-01/restock", r#"{"quantity":5}"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    (store, router)
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
+    let (store, router) = seeded().await;
+    let head = store.head().await.unwrap();
+    let big = format!(
+        r#"{{"customer_id":"a","lines":[{{"sku":"MUG-01","quantity":1}}],"pad":"{}"}}"#,
+        "x".repeat(20_000)
+    );
+    let cases: Vec<(&str, Request<Body>, StatusCode, &str)> = vec![
+        (
+            "malformed JSON",
+            post("/orders", "{not json"),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            "missing field",
+            post("/orders", r#"{"lines":[]}"#),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            "unknown field",
+            post(
+                "/orders",
+                r#"{"customer_id":"a","lines":[],"coupon":"FREE"}"#,
+            ),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            "wrong type",
+            post(
+                "/orders",
+                r#"{"customer_id":"a","lines":[{"sku":"MUG-01","quantity":"two"}]}"#,
+            ),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            "not JSON content",
+            Request::post("/orders")
+                .header("content-type", "text/plain")
+                .body(Body::from("hi"))
+                .unwrap(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "oversized body",
+            post("/orders", &big),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            "negative quantity",
+            post(
+                "/orders",
+                r#"{"customer_id":"a","lines":[{"sku":"MUG-01","quantity":-2}]}"#,
+            ),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "zero quantity",
+            post(
+                "/orders",
+                r#"{"customer_id":"a","lines":[{"sku":"MUG-01","quantity":0}]}"#,
+            ),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "unknown sku",
+            post(
+                "/orders",
+                r#"{"customer_id":"a","lines":[{"sku":"NOPE-9","quantity":1}]}"#,
+            ),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "invalid sku",
+            post(
+                "/orders",
+                r#"{"customer_id":"a","lines":[{"sku":"bad sku!","quantity":1}]}"#,
+            ),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "no lines",
+            post("/orders", r#"{"customer_id":"a","lines":[]}"#),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "empty customer",
+            post(
+                "/orders",
+                r#"{"customer_id":"","lines":[{"sku":"MUG-01","quantity":1}]}"#,
+            ),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "invalid order id",
+            post("/orders/not-a-uuid/pay", "{}"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "unknown order",
+            post("/orders/6d0c4a7e-3f8b-4b8e-9d7e-2a1b3c4d5e6f/pay", "{}"),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "invalid idempotency key",
+            Request::post("/orders")
+                .header("content-type", "application/json")
+                .header("idempotency-key", "abc")
+                .body(Body::from(
+                    r#"{"customer_id":"a","lines":[{"sku":"MUG-01","quantity":1}]}"#,
+                ))
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "negative price",
+            post(
+                "/products",
+                r#"{"sku":"NEW-1","name":"New","price_cents":-5}"#,
+            ),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "duplicate product",
+            post(
+                "/products",
+                r#"{"sku":"MUG-01","name":"Mug","price_cents":1250}"#,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "rule_violated",
+        ),
+        (
+            "restock unknown sku",
+            post("/inventory/NOPE-9/restock", r#"{"quantity":5}"#),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "unknown route",
+            post("/nope", "{}"),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+    ];
+    for (what, req, status, code) in cases {
+        let (s, _, body) = call(&router, req).await;
+        assert_eq!(s, status, "{what}: {body}");
+        assert_eq!(body["error"]["code"], json!(code), "{what}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}: a message"
+        );
+        assert_eq!(
+            store.head().await.unwrap(),
+            head,
+            "{what}: the store is untouched"
+        );
+    }
+    insta::assert_json_snapshot!("error_negative_quantity", {
+        let (_, _, body) = call(
+            &router,
+            post(
+                "/orders",
+                r#"{"customer_id":"a","lines":[{"sku":"MUG-01","quantity":-2}]}"#,
+            ),
+        )
+        .await;
+        body
+    });
+}
+
+#[tokio::test]
+async fn commands_answer_with_their_position_and_honour_idempotency_keys() {
+    let (store, router) = seeded().await;
+    let key = "0f6a2a64-2d5e-4a8b-8b8f-6a1a4f0f9e11";
+    let req = || {
+        Request::post("/orders")
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(Body::from(
+                r#"{"customer_id":"ada","lines":[{"sku":"MUG-01","quantity":2}]}"#,
+            ))
+            .unwrap()
+    };
+    let (s, header, first) = call(&router, req()).await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(
+        header.as_deref(),
+        Some(first["position"].to_string().as_str())
+    );
+    insta::assert_json_snapshot!("order_placed_response", first, { ".order_id" => "[uuid]", ".stream_id" => "[stream]" });
+    let (s, _, again) = call(&router, req()).await;
+    assert_eq!(
+        s,
+        StatusCode::OK,
+        "a repeat answers 200 with the first outcome"
+    );
+    assert_eq!(again["duplicate"], json!(true));
+    assert_eq!(again["position"], first["position"]);
+    assert_eq!(again["order_id"], first["order_id"]);
+    assert_eq!(
+        store.head().await.unwrap(),
+        Position(first["position"].as_u64().unwrap())
+    );
+}
+
+#[tokio::test]
+async fn queries_wait_for_a_position_and_say_when_they_cannot() {
+    let views = InMemoryViewStore::new();
+    let reader = ViewReader::new(
+        views,
+        ReaderConfig {
+            max_wait: Duration::from_millis(200),
+            ..Default::default()
+        },
+    );
+    let router = query_router(QueryState { reader }, ops());
+    let (s, _, body) = call(
+        &router,
+        Request::get("/products/MUG-01?min_position=42")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(body["error"]["code"], json!("not_caught_up"));
+    let (s, _, body) = call(
+        &router,
+        Request::get("/products/MUG-01?min_position=minus")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    let (s, _, _) = call(
+        &router,
+        Request::get("/orders/xyz").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _, _) = call(
+        &router,
+        Request::get("/products/MUG-01")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, body) = call(
+        &router,
+        Request::get("/health").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body["ready"], json!(true));
+}
