@@ -626,7 +626,8 @@ pub fn query_router<V: ViewStore>(state: QueryState<V>, ops: Ops) -> Router {
         .route("/customers/{id}/orders", get(get_customer_orders::<V>))
         .route("/low-stock", get(get_low_stock::<V>))
         .route("/dashboard", get(get_dashboard::<V>))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::live::routes(state))
         .merge(ops_router(ops))
         .fallback(not_found)
 }
