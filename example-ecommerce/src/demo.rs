@@ -85,6 +85,7 @@ pub async fn run<S: EventStore, B: EventBus, V: ViewStore>(
             query_router(
                 QueryState {
                     reader: reader.clone(),
+                    feed: feed.clone(),
                 },
                 ops,
             ),

@@ -4,6 +4,7 @@ pub mod app;
 pub mod demo;
 pub mod domain;
 pub mod http;
+pub mod live;
 pub mod metrics;
 pub mod runtime;
 pub mod views;

@@ -260,12 +260,8 @@ async fn main() -> anyhow::Result<()> {
                 PgViewStore::new(store.pool().clone()),
                 ReaderConfig::default(),
             );
-            reader
-                .listen(
-                    &ChangeFeed::nats(client.clone(), s.changes_prefix()),
-                    shutdown.clone(),
-                )
-                .await?;
+            let feed = ChangeFeed::nats(client.clone(), s.changes_prefix());
+            reader.listen(&feed, shutdown.clone()).await?;
             let gauges = {
                 let reader = reader.clone();
                 Arc::new(move || runtime::cache_samples(&reader))
@@ -281,7 +277,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(addr = %listener.local_addr()?, "query API listening");
             http::serve(
                 listener,
-                http::query_router(QueryState { reader }, ops),
+                http::query_router(QueryState { reader, feed }, ops),
                 shutdown,
             )
             .await?;

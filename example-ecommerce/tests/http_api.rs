@@ -313,7 +313,13 @@ async fn queries_wait_for_a_position_and_say_when_they_cannot() {
             ..Default::default()
         },
     );
-    let router = query_router(QueryState { reader }, ops());
+    let router = query_router(
+        QueryState {
+            reader,
+            feed: strata::ChangeFeed::in_process(),
+        },
+        ops(),
+    );
     let (s, _, body) = call(
         &router,
         Request::get("/products/MUG-01?min_position=42")
