@@ -472,12 +472,15 @@ pub fn command_router<S: EventStore>(shop: Shop<S>, ops: Ops) -> Router {
 pub struct QueryState<V> {
     /// Cached views.
     pub reader: ViewReader<V>,
+    /// Change announcements (for live updates).
+    pub feed: strata::ChangeFeed,
 }
 
 impl<V> Clone for QueryState<V> {
     fn clone(&self) -> Self {
         QueryState {
             reader: self.reader.clone(),
+            feed: self.feed.clone(),
         }
     }
 }
