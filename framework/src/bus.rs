@@ -36,6 +36,17 @@ pub enum BusError {
     },
 }
 
+/// Acknowledges a batch: the bus's acks are cumulative, so only the
+/// delivery with the highest position is acknowledged.
+pub async fn ack_batch(batch: Vec<Delivery>) {
+    if let Some(last) = batch.into_iter().max_by_key(|d| d.envelope.position) {
+        if let Err(e) = last.ack().await {
+            // Harmless: the events are redelivered and skipped.
+            tracing::debug!(error = %e, "ack failed");
+        }
+    }
+}
+
 /// Sorts a batch by position, drops what is at or below `after` (already
 /// applied: a redelivery), and checks the rest is contiguous from `after`.
 /// Buses deliver every event (subscribers filter), so positions are dense.
@@ -72,7 +83,8 @@ impl BusError {
     }
 }
 
-/// Acknowledges one delivery once its effect is committed.
+/// Acknowledges deliveries once their effect is committed. Acks are
+/// cumulative: acknowledging one acknowledges every earlier one.
 pub trait Ack: Send + Sync {
     /// Tells the bus the event is done with.
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), BusError>>;

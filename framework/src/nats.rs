@@ -258,10 +258,23 @@ impl<S: EventStore, V: ViewStore> Relay<S, V> {
         });
         let mut follower = Follower::new(self.store.clone(), start).batch_size(self.batch_size);
         let mut lease_checked = Instant::now();
+        // Acks of the previous batch, awaited while the next one is read
+        // and sent: reading the store overlaps publishing.
+        let mut in_flight: Vec<(Position, jetstream::context::PublishAckFuture)> = Vec::new();
         loop {
-            let batch = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                b = follower.next_batch() => b?,
+            let batch = if in_flight.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    b = follower.next_batch() => b?,
+                }
+            } else {
+                match follower.try_next_batch().await? {
+                    Some(b) => b,
+                    None => {
+                        self.settle(&mut in_flight).await?;
+                        continue;
+                    }
+                }
             };
             if lease_checked.elapsed() > Duration::from_secs(2) {
                 if !lease.still_held().await {
@@ -269,26 +282,43 @@ impl<S: EventStore, V: ViewStore> Relay<S, V> {
                 }
                 lease_checked = Instant::now();
             }
-            // Pipelined: send everything, then wait for the acks in order.
-            let mut acks = Vec::with_capacity(batch.len());
+            let mut sent = Vec::with_capacity(batch.len());
             for e in &batch {
                 let ack = self
                     .js
                     .send_publish(self.config.subject(e), publish(e)?)
                     .await
                     .map_err(BusError::unavailable)?;
-                acks.push((e.position, ack));
+                sent.push((e.position, ack));
             }
-            for (position, ack) in acks {
-                ack.await.map_err(BusError::unavailable)?;
-                self.status.send_modify(|s| s.published = position);
+            self.settle(&mut in_flight).await?;
+            in_flight = sent;
+            if shutdown.is_cancelled() {
+                self.settle(&mut in_flight).await?;
+                return Ok(());
             }
-            let head = self.store.head().await.unwrap_or(Position::START);
+        }
+    }
+
+    /// Awaits the acks of a sent batch, in order, and records progress.
+    async fn settle(
+        &self,
+        in_flight: &mut Vec<(Position, jetstream::context::PublishAckFuture)>,
+    ) -> Result<(), RelayError> {
+        let mut last = None;
+        for (position, ack) in in_flight.drain(..) {
+            ack.await.map_err(BusError::unavailable)?;
+            last = Some(position);
+        }
+        if let Some(published) = last {
+            let head = self.store.head().await.unwrap_or(published);
             self.status.send_modify(|s| {
-                s.lag = head.0.saturating_sub(s.published.0);
+                s.published = published;
+                s.lag = head.0.saturating_sub(published.0);
                 s.last_error = None;
             });
         }
+        Ok(())
     }
 }
 
@@ -318,7 +348,9 @@ fn publish(e: &EventEnvelope) -> Result<jetstream::context::Publish, RelayError>
     Ok(p)
 }
 
-/// The JetStream bus: one durable pull consumer per subscriber, explicit acks.
+/// The JetStream bus: one durable pull consumer per subscriber, explicit
+/// cumulative acks (`AckPolicy::All`: acknowledging an event acknowledges
+/// every earlier one, so a subscriber acks once per batch).
 #[derive(Debug, Clone)]
 pub struct JetStreamBus {
     js: jetstream::Context,
@@ -417,7 +449,7 @@ impl EventBus for JetStreamBus {
                     deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                         start_sequence: after.0 + 1,
                     },
-                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_policy: consumer::AckPolicy::All,
                     ack_wait: Duration::from_secs(30),
                     max_ack_pending: 20_000,
                     ..Default::default()

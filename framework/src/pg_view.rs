@@ -65,6 +65,17 @@ impl LeaseHandle for PgLease {
 
 impl PgViewStore {
     async fn checkpoint_row(&self, subscriber: &str) -> Result<sqlx::postgres::PgRow, sqlx::Error> {
+        // Reads are the common case (queries waiting for a position): no
+        // write unless the row is missing.
+        if let Some(row) = sqlx::query(
+            "SELECT position, state, error FROM strata_checkpoints WHERE subscriber = $1",
+        )
+        .bind(subscriber)
+        .fetch_optional(&self.pool)
+        .await?
+        {
+            return Ok(row);
+        }
         sqlx::query(
             "WITH ins AS (INSERT INTO strata_checkpoints (subscriber) VALUES ($1) \
                ON CONFLICT (subscriber) DO NOTHING RETURNING position, state, error) \
@@ -148,6 +159,14 @@ impl ViewStore for PgViewStore {
         to: Position,
     ) -> ViewResult<()> {
         let mut tx = self.pool.begin().await.map_err(be)?;
+        // Views are derived data: a view commit need not wait for its WAL
+        // flush. Documents and checkpoint still commit atomically; a
+        // database crash can lose the last view commits, which the
+        // projector then simply applies again from the event store.
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await
+            .map_err(be)?;
         let moved = sqlx::query(
             "UPDATE strata_checkpoints SET position = $3, updated_at = now() \
              WHERE subscriber = $1 AND position = $2",

@@ -161,8 +161,9 @@ where
                 lease_checked = Instant::now();
             }
             let (batch, stale) = crate::bus::in_order(batch, position)?;
-            for d in stale {
-                let _ = d.ack().await;
+            if batch.is_empty() {
+                crate::bus::ack_batch(stale).await;
+                continue;
             }
             let mut to = position;
             for d in &batch {
@@ -219,9 +220,7 @@ where
                 self.views.commit(&name, None, vec![], position, to).await?;
                 position = to;
             }
-            for d in batch {
-                let _ = d.ack().await;
-            }
+            crate::bus::ack_batch(batch).await;
             let lag = sub.backlog();
             self.status.send_modify(|s| {
                 s.position = position;

@@ -329,8 +329,9 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
         from: Position,
     ) -> Result<BatchEnd, RunError> {
         let (batch, stale) = crate::bus::in_order(batch, from)?;
-        for d in stale {
-            let _ = d.ack().await; // redelivered, already applied
+        if batch.is_empty() {
+            crate::bus::ack_batch(stale).await; // redelivered, already applied
+            return Ok(BatchEnd::Continue(from));
         }
         let filter = self.projection.filter();
         let last = batch.last().map_or(from, |d| d.envelope.position);
@@ -425,12 +426,7 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
         let to = to.max(last);
         self.commit(changes, start, to).await?;
         self.set_status(|s| s.applied += applied);
-        for d in batch {
-            if let Err(e) = d.ack().await {
-                // Harmless: the event will be redelivered and skipped.
-                tracing::debug!(error = %e, "ack failed");
-            }
-        }
+        crate::bus::ack_batch(batch).await;
         Ok(BatchEnd::Continue(to))
     }
 
