@@ -320,6 +320,35 @@ impl<S: EventStore> Shop<S> {
             if version == 0 {
                 return Err(ShopError::NotFound(format!("unknown order {order_id}")));
             }
+            // A retried payment (same Idempotency-Key) answers with what the
+            // first attempt recorded, and never charges again.
+            let first = self
+                .store
+                .events_by_id(&[strata::derived_event_id(ctx.command_id, 0)])
+                .await
+                .map_err(|e| ShopError::Unavailable(e.to_string()))?;
+            if let Some(e) = first.first() {
+                if e.stream_id != stream {
+                    return Err(ShopError::Conflict(
+                        "the Idempotency-Key was used for another request".into(),
+                    ));
+                }
+                let outcome = CommandOutcome {
+                    stream_id: stream.clone(),
+                    stream_version: e.stream_version,
+                    position: e.position,
+                    events: 1,
+                    duplicate: true,
+                };
+                if e.event_type == "PaymentFailed" {
+                    let reason = e.payload["reason"]
+                        .as_str()
+                        .unwrap_or("declined")
+                        .to_owned();
+                    return Err(ShopError::PaymentDeclined { reason, outcome });
+                }
+                return Ok(outcome);
+            }
             if order.status() != OrderStatus::Confirmed {
                 return Err(ShopError::Rule(format!(
                     "cannot pay an order that is {}",
@@ -473,6 +502,10 @@ impl<S: EventStore> CommandSender<FulfilmentCommand> for Shop<S> {
                             ))
                             .causation_id(ctx.command_id)
                             .actor("process:fulfilment");
+                            let release_ctx = match ctx.correlation_id {
+                                Some(c) => release_ctx.correlation_id(c),
+                                None => release_ctx,
+                            };
                             let stream: StreamId = inventory_stream(&sku)
                                 .map_err(|e| SendError::Rejected(e.to_string()))?;
                             match self

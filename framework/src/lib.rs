@@ -26,6 +26,7 @@
 //! - [`changes`]: [`ChangeFeed`], announcements of changed documents.
 //! - [`query`]: [`ViewReader`], cached reads with read-your-writes.
 //! - [`process`]: [`ProcessManager`] and its runner.
+//! - [`rebuild`]: online projection rebuilds into a new view version.
 //! - `postgres` (feature `postgres`, on by default): [`PgEventStore`], with
 //!   gap-safe global order and group commit.
 //! - [`follow`]: [`Follower`], the catch-up-then-wait loop over the global
@@ -75,6 +76,7 @@ pub mod postgres;
 pub mod process;
 pub mod projection;
 pub mod query;
+pub mod rebuild;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -107,6 +109,7 @@ pub use projection::{
     RunState, SubscriberStatus,
 };
 pub use query::{CacheStats, QueryError, ReaderConfig, ViewReader};
+pub use rebuild::{rebuild, RebuildError, RebuildOptions, RebuildProgress, RebuildReport};
 pub use store::{
     AppendOutcome, AppendRequest, EventFilter, EventStore, ExpectedVersion, StoreLimits,
 };

@@ -189,7 +189,11 @@ impl<S: EventStore, V: ViewStore> Relay<S, V> {
             match self.run_active(&shutdown).await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, "relay interrupted; resuming from the stream's last sequence");
+                    if matches!(e, RelayError::Mismatch { .. }) {
+                        tracing::error!(error = %e, "relay cannot run: the stream does not belong to this event store");
+                    } else {
+                        tracing::warn!(error = %e, "relay interrupted; resuming from the stream's last sequence");
+                    }
                     self.status.send_modify(|s| {
                         s.active = false;
                         s.last_error = Some(e.to_string());
@@ -244,7 +248,16 @@ impl<S: EventStore, V: ViewStore> Relay<S, V> {
     }
 
     async fn run_active(&self, shutdown: &CancellationToken) -> Result<(), RelayError> {
-        let lease_name = format!("relay_{}", self.config.stream.to_ascii_lowercase());
+        // Lease names are [a-z][a-z0-9_]{0,39}: map the stream name into that.
+        let sanitized: String = self
+            .config
+            .stream
+            .to_ascii_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .take(34)
+            .collect();
+        let lease_name = format!("relay_{sanitized}");
         let mut lease = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             l = self.leases.acquire(&lease_name) => l?,

@@ -169,7 +169,7 @@ impl ViewStore for PgViewStore {
             .map_err(be)?;
         let moved = sqlx::query(
             "UPDATE strata_checkpoints SET position = $3, updated_at = now() \
-             WHERE subscriber = $1 AND position = $2",
+             WHERE subscriber = $1 AND position = $2 AND state = 'running'",
         )
         .bind(subscriber)
         .bind(from.0 as i64)
@@ -364,6 +364,141 @@ impl ViewStore for PgViewStore {
         .await
         .map_err(be)?;
         Ok(())
+    }
+
+    async fn active_version(&self, name: &str, default: u32) -> ViewResult<u32> {
+        validate_name(name)?;
+        let v: i32 = sqlx::query_scalar(
+            "WITH ins AS (INSERT INTO strata_view_versions (name, active_version) VALUES ($1, $2) \
+               ON CONFLICT (name) DO NOTHING RETURNING active_version) \
+             SELECT active_version FROM ins \
+             UNION ALL SELECT active_version FROM strata_view_versions WHERE name = $1 LIMIT 1",
+        )
+        .bind(name)
+        .bind(default as i32)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(be)?
+        .unwrap_or(default as i32);
+        Ok(v as u32)
+    }
+
+    async fn start_rebuild(&self, name: &str, default: u32) -> ViewResult<u32> {
+        self.active_version(name, default).await?;
+        let v: i32 = sqlx::query_scalar(
+            "UPDATE strata_view_versions SET \
+               rebuilding_version = COALESCE(rebuilding_version, GREATEST(active_version, $2) + 1), \
+               updated_at = now() \
+             WHERE name = $1 RETURNING rebuilding_version",
+        )
+        .bind(name)
+        .bind(default as i32)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(be)?;
+        Ok(v as u32)
+    }
+
+    async fn switch_version(&self, name: &str, to: u32) -> ViewResult<bool> {
+        let mut tx = self.pool.begin().await.map_err(be)?;
+        let active: i32 = sqlx::query_scalar(
+            "SELECT active_version FROM strata_view_versions WHERE name = $1 FOR UPDATE",
+        )
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(be)?;
+        let old = ViewId::new(name, active as u32)?;
+        let new = ViewId::new(name, to)?;
+        // Lock the old checkpoint: its projector cannot commit meanwhile.
+        let old_pos: Option<i64> = sqlx::query_scalar(
+            "SELECT position FROM strata_checkpoints WHERE subscriber = $1 FOR UPDATE",
+        )
+        .bind(old.subscriber())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(be)?;
+        let new_pos: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM strata_checkpoints WHERE subscriber = $1")
+                .bind(new.subscriber())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(be)?;
+        if new_pos.unwrap_or(0) < old_pos.unwrap_or(0) {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE strata_checkpoints SET state = 'retired', updated_at = now() WHERE subscriber = $1")
+            .bind(old.subscriber())
+            .execute(&mut *tx)
+            .await
+            .map_err(be)?;
+        sqlx::query(
+            "UPDATE strata_view_versions SET active_version = $2, rebuilding_version = NULL, \
+               updated_at = now() WHERE name = $1",
+        )
+        .bind(name)
+        .bind(to as i32)
+        .execute(&mut *tx)
+        .await
+        .map_err(be)?;
+        tx.commit().await.map_err(be)?;
+        Ok(true)
+    }
+
+    async fn drop_version(&self, view: &ViewId) -> ViewResult<()> {
+        let mut tx = self.pool.begin().await.map_err(be)?;
+        let ddl = format!("DROP TABLE IF EXISTS {}", view_table(view));
+        sqlx::query(&ddl).execute(&mut *tx).await.map_err(be)?;
+        sqlx::query("DELETE FROM strata_checkpoints WHERE subscriber = $1")
+            .bind(view.subscriber())
+            .execute(&mut *tx)
+            .await
+            .map_err(be)?;
+        tx.commit().await.map_err(be)
+    }
+
+    async fn reset(&self, subscriber: &str, position: Position) -> ViewResult<()> {
+        validate_name(subscriber)?;
+        self.checkpoint(subscriber).await?;
+        sqlx::query(
+            "UPDATE strata_checkpoints SET position = $2, state = 'running', error = NULL, \
+               updated_at = now() WHERE subscriber = $1",
+        )
+        .bind(subscriber)
+        .bind(position.0 as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(be)?;
+        Ok(())
+    }
+
+    async fn resolve_dead_letter(&self, id: i64, skip: bool) -> ViewResult<bool> {
+        let mut tx = self.pool.begin().await.map_err(be)?;
+        let row = sqlx::query(
+            "UPDATE strata_dead_letters SET status = $2, resolved_at = now() \
+             WHERE id = $1 AND status = 'parked' RETURNING subscriber, position",
+        )
+        .bind(id)
+        .bind(if skip { "skipped" } else { "retried" })
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(be)?;
+        let Some(row) = row else { return Ok(false) };
+        let subscriber: String = row.try_get(0).map_err(be)?;
+        let position: i64 = row.try_get(1).map_err(be)?;
+        sqlx::query(
+            "UPDATE strata_checkpoints SET state = 'running', error = NULL, updated_at = now(), \
+               position = CASE WHEN $2 AND position < $3 THEN $3 ELSE position END \
+             WHERE subscriber = $1",
+        )
+        .bind(&subscriber)
+        .bind(skip)
+        .bind(position)
+        .execute(&mut *tx)
+        .await
+        .map_err(be)?;
+        tx.commit().await.map_err(be)?;
+        Ok(true)
     }
 
     async fn acquire(&self, subscriber: &str) -> ViewResult<Lease> {

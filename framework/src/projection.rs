@@ -173,7 +173,10 @@ impl SubscriberStatus {
 /// take-over, batching, retries, dead letters.
 pub struct Projector<P: Projection, B, V> {
     projection: Arc<P>,
-    view: ViewId,
+    /// The view version being written in the current run.
+    view: std::sync::Mutex<ViewId>,
+    /// A fixed version (rebuilds); otherwise the store's active version.
+    fixed_version: Option<u32>,
     bus: B,
     views: V,
     feed: Option<ChangeFeed>,
@@ -197,7 +200,8 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
         let status = watch::Sender::new(SubscriberStatus::new(view.subscriber()));
         Projector {
             projection: Arc::new(projection),
-            view,
+            view: std::sync::Mutex::new(view),
+            fixed_version: None,
             bus,
             views,
             feed: None,
@@ -226,8 +230,20 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
     }
 
     /// The view version this projector writes.
-    pub fn view(&self) -> &ViewId {
-        &self.view
+    pub fn view(&self) -> ViewId {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Writes this version of the view, whatever version is active (used by
+    /// rebuilds). Without it, each run writes the active version, and a
+    /// projector whose version is retired by a rebuild moves to the new one.
+    pub fn with_version(mut self, version: u32) -> Self {
+        self.fixed_version = Some(version);
+        let name = self.projection.name().to_owned();
+        self.view = std::sync::Mutex::new(
+            ViewId::new(&name, version).unwrap_or_else(|e| panic!("projection name: {e}")),
+        );
+        self
     }
 
     /// A live view of the status.
@@ -249,7 +265,7 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
             match self.run_active(&shutdown).await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(view = %self.view, error = %e, "projector interrupted; retrying");
+                    tracing::warn!(view = %self.view(), error = %e, "projector interrupted; retrying");
                     self.set_status(|s| {
                         s.state = RunState::Standby;
                         s.last_error = Some(e.to_string());
@@ -266,14 +282,34 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
     }
 
     async fn run_active(&self, shutdown: &CancellationToken) -> Result<(), RunError> {
-        let subscriber = self.view.subscriber();
-        self.set_status(|s| s.state = RunState::Standby);
+        let version = match self.fixed_version {
+            Some(v) => v,
+            None => {
+                self.views
+                    .active_version(self.projection.name(), self.projection.version())
+                    .await?
+            }
+        };
+        let view = ViewId::new(self.projection.name(), version)?;
+        *self.view.lock().unwrap_or_else(|p| p.into_inner()) = view.clone();
+        let subscriber = view.subscriber();
+        self.set_status(|s| {
+            s.state = RunState::Standby;
+            s.subscriber = subscriber.clone();
+        });
         let mut lease = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             l = self.views.acquire(&subscriber) => l?,
         };
         loop {
-            let cp = self.views.prepare(&self.view).await?;
+            let cp = self.views.prepare(&view).await?;
+            if cp.state == SubscriberState::Retired {
+                // A rebuild replaced this version: start over on the active one.
+                return Err(RunError::View(ViewError::Fenced {
+                    subscriber: subscriber.clone(),
+                    expected: cp.position,
+                }));
+            }
             self.set_status(|s| s.position = cp.position);
             if cp.state == SubscriberState::Halted {
                 self.set_status(|s| {
@@ -337,16 +373,24 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
         let last = batch.last().map_or(from, |d| d.envelope.position);
         let events: Vec<EventEnvelope> = batch.iter().map(|d| d.envelope.clone()).collect();
         let keys: Vec<String> = {
+            // Keys of the events as the projection will see them: upcast.
             let mut keys: Vec<String> = events
                 .iter()
                 .filter(|e| filter.matches(e))
-                .flat_map(|e| self.projection.keys(e))
+                .flat_map(|e| {
+                    let mut e = e.clone();
+                    match self.upcasters.apply(&mut e) {
+                        Ok(()) => self.projection.keys(&e),
+                        Err(_) => Vec::new(),
+                    }
+                })
                 .collect();
             keys.sort();
             keys.dedup();
             keys
         };
-        let mut loaded = self.views.load(&self.view, &keys).await?;
+        let view = self.view();
+        let mut loaded = self.views.load(&view, &keys).await?;
 
         let mut start = from;
         let mut changes: HashMap<String, Option<StoredDoc>> = HashMap::new();
@@ -386,7 +430,7 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
                     start = to;
                     let skip = self.projection.on_failure() == FailurePolicy::Skip;
                     tracing::error!(
-                        view = %self.view, position = %position, event_id = %event.event_id,
+                        view = %view, position = %position, event_id = %event.event_id,
                         event_type = %event.event_type, error = %error, skip,
                         "projection failed on an event; dead-lettered"
                     );
@@ -394,7 +438,7 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
                         .park(
                             DeadLetter {
                                 id: 0,
-                                subscriber: self.view.subscriber(),
+                                subscriber: view.subscriber(),
                                 position,
                                 event_id: event.event_id,
                                 stream_id: event.stream_id.to_string(),
@@ -490,6 +534,7 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
         if to <= from && changes.is_empty() {
             return Ok(());
         }
+        let view = self.view();
         let keys: Vec<String> = changes.keys().cloned().collect();
         let doc_changes: Vec<DocChange> = changes
             .into_iter()
@@ -499,19 +544,13 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
             })
             .collect();
         self.views
-            .commit(
-                &self.view.subscriber(),
-                Some(&self.view),
-                doc_changes,
-                from,
-                to,
-            )
+            .commit(&view.subscriber(), Some(&view), doc_changes, from, to)
             .await?;
         self.set_status(|s| s.position = to);
         if let Some(feed) = &self.feed {
             feed.publish(ViewChange {
-                view: self.view.name().to_owned(),
-                version: self.view.version(),
+                view: view.name().to_owned(),
+                version: view.version(),
                 keys,
                 position: to,
             })

@@ -75,8 +75,14 @@ impl Default for ReaderConfig {
 
 type Key = (ViewId, String);
 
+/// How long a reader trusts the active version it read. A rebuild keeps a
+/// replaced version readable for longer than this before dropping it.
+pub const VERSION_TTL: Duration = Duration::from_secs(1);
+
 struct Inner<V> {
     views: V,
+    /// Active version per view name, briefly cached (rebuilds switch it).
+    versions: moka::future::Cache<String, u32>,
     cache: moka::future::Cache<Key, Arc<ViewRead>>,
     checkpoints: Mutex<HashMap<ViewId, watch::Sender<Position>>>,
     stats: Mutex<CacheStats>,
@@ -103,6 +109,9 @@ impl<V: ViewStore> ViewReader<V> {
         ViewReader {
             inner: Arc::new(Inner {
                 views,
+                versions: moka::future::Cache::builder()
+                    .time_to_live(VERSION_TTL)
+                    .build(),
                 cache: moka::future::Cache::builder()
                     .max_capacity(config.capacity)
                     .time_to_live(config.ttl)
@@ -185,6 +194,23 @@ impl<V: ViewStore> ViewReader<V> {
             }
         });
         Ok(())
+    }
+
+    /// The active version of view `name` (as written by its projector;
+    /// version 1 until a rebuild replaces it).
+    pub async fn active(&self, name: &str) -> Result<ViewId, QueryError> {
+        let views = self.inner.views.clone();
+        let n = name.to_owned();
+        let version = self
+            .inner
+            .versions
+            .try_get_with(
+                name.to_owned(),
+                async move { views.active_version(&n, 1).await },
+            )
+            .await
+            .map_err(|e: Arc<ViewError>| QueryError::View(ViewError::backend(e.to_string())))?;
+        Ok(ViewId::new(name, version)?)
     }
 
     /// Waits until `view` has applied `position`, up to the configured bound.

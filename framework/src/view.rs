@@ -154,6 +154,8 @@ pub enum SubscriberState {
     Running,
     /// Stopped on a failing event (policy `Halt`); see the dead letters.
     Halted,
+    /// Replaced by a rebuilt version; nothing writes it any more.
+    Retired,
 }
 
 impl SubscriberState {
@@ -161,14 +163,15 @@ impl SubscriberState {
         match self {
             SubscriberState::Running => "running",
             SubscriberState::Halted => "halted",
+            SubscriberState::Retired => "retired",
         }
     }
 
     fn parse(s: &str) -> Self {
-        if s == "halted" {
-            SubscriberState::Halted
-        } else {
-            SubscriberState::Running
+        match s {
+            "halted" => SubscriberState::Halted,
+            "retired" => SubscriberState::Retired,
+            _ => SubscriberState::Running,
         }
     }
 }
@@ -298,6 +301,51 @@ pub trait ViewStore: Clone + Send + Sync + 'static {
 
     /// Waits until this instance is the only active one for `subscriber`.
     fn acquire(&self, subscriber: &str) -> impl Future<Output = ViewResult<Lease>> + Send;
+
+    /// The version of view `name` that queries read and projectors write
+    /// (recorded as `default` the first time it is asked).
+    fn active_version(
+        &self,
+        name: &str,
+        default: u32,
+    ) -> impl Future<Output = ViewResult<u32>> + Send;
+
+    /// Starts (or resumes) a rebuild of view `name`: returns the version
+    /// being rebuilt, a new one above every existing version unless a
+    /// rebuild was interrupted, in which case it is that one.
+    fn start_rebuild(
+        &self,
+        name: &str,
+        default: u32,
+    ) -> impl Future<Output = ViewResult<u32>> + Send;
+
+    /// Makes `to` the active version of `name`, atomically, if its
+    /// checkpoint is at or beyond the active one's (so no query goes back
+    /// in position); the old version is retired (its projector's next
+    /// commit fails, and it moves to the new version). Returns false, and
+    /// changes nothing, if `to` is behind.
+    fn switch_version(&self, name: &str, to: u32) -> impl Future<Output = ViewResult<bool>> + Send;
+
+    /// Drops a retired version's documents and checkpoint.
+    fn drop_version(&self, view: &ViewId) -> impl Future<Output = ViewResult<()>> + Send;
+
+    /// Moves a subscriber's checkpoint to `position` (replay from there) and
+    /// marks it running. For views, documents are kept: reset a view to 0
+    /// only with a rebuild.
+    fn reset(
+        &self,
+        subscriber: &str,
+        position: crate::Position,
+    ) -> impl Future<Output = ViewResult<()>> + Send;
+
+    /// Retries (`skip = false`) or skips a parked dead letter: a retry marks
+    /// the subscriber running so it tries the event again; a skip moves the
+    /// checkpoint past it. Returns false when the letter is not parked.
+    fn resolve_dead_letter(
+        &self,
+        id: i64,
+        skip: bool,
+    ) -> impl Future<Output = ViewResult<bool>> + Send;
 }
 
 /// Views in memory: the embedded mode and tests.
@@ -312,6 +360,9 @@ struct MemViews {
     docs: HashMap<ViewId, BTreeMap<String, StoredDoc>>,
     checkpoints: HashMap<String, Checkpoint>,
     dead: Vec<DeadLetter>,
+    /// name -> (active, rebuilding)
+    versions: HashMap<String, (u32, Option<u32>)>,
+    retired: std::collections::HashSet<String>,
 }
 
 impl InMemoryViewStore {
@@ -381,11 +432,12 @@ impl ViewStore for InMemoryViewStore {
         to: Position,
     ) -> ViewResult<()> {
         let mut m = self.lock();
+        let retired = m.retired.contains(subscriber);
         let cp = m
             .checkpoints
             .entry(subscriber.to_owned())
             .or_insert_with(new_checkpoint);
-        if cp.position != from {
+        if cp.position != from || retired {
             return Err(ViewError::Fenced {
                 subscriber: subscriber.to_owned(),
                 expected: from,
@@ -479,6 +531,93 @@ impl ViewStore for InMemoryViewStore {
             cp.error = None;
         }
         Ok(())
+    }
+
+    async fn active_version(&self, name: &str, default: u32) -> ViewResult<u32> {
+        validate_name(name)?;
+        Ok(self
+            .lock()
+            .versions
+            .entry(name.to_owned())
+            .or_insert((default, None))
+            .0)
+    }
+
+    async fn start_rebuild(&self, name: &str, default: u32) -> ViewResult<u32> {
+        validate_name(name)?;
+        let mut m = self.lock();
+        let entry = m.versions.entry(name.to_owned()).or_insert((default, None));
+        if let Some(v) = entry.1 {
+            return Ok(v);
+        }
+        let next = entry.0.max(default) + 1;
+        entry.1 = Some(next);
+        Ok(next)
+    }
+
+    async fn switch_version(&self, name: &str, to: u32) -> ViewResult<bool> {
+        let mut m = self.lock();
+        let Some(&(active, _)) = m.versions.get(name) else {
+            return Ok(false);
+        };
+        let old = ViewId::new(name, active)?;
+        let new = ViewId::new(name, to)?;
+        let pos = |m: &MemViews, v: &ViewId| {
+            m.checkpoints
+                .get(&v.subscriber())
+                .map_or(Position::START, |c| c.position)
+        };
+        if pos(&m, &new) < pos(&m, &old) {
+            return Ok(false);
+        }
+        m.versions.insert(name.to_owned(), (to, None));
+        if let Some(cp) = m.checkpoints.get_mut(&old.subscriber()) {
+            cp.state = SubscriberState::Retired;
+        }
+        m.retired.insert(old.subscriber());
+        Ok(true)
+    }
+
+    async fn drop_version(&self, view: &ViewId) -> ViewResult<()> {
+        let mut m = self.lock();
+        m.docs.remove(view);
+        m.checkpoints.remove(&view.subscriber());
+        Ok(())
+    }
+
+    async fn reset(&self, subscriber: &str, position: Position) -> ViewResult<()> {
+        let mut m = self.lock();
+        let cp = m
+            .checkpoints
+            .entry(subscriber.to_owned())
+            .or_insert_with(new_checkpoint);
+        cp.position = position;
+        cp.state = SubscriberState::Running;
+        cp.error = None;
+        Ok(())
+    }
+
+    async fn resolve_dead_letter(&self, id: i64, skip: bool) -> ViewResult<bool> {
+        let mut m = self.lock();
+        let Some(idx) = m
+            .dead
+            .iter()
+            .position(|d| d.id == id && d.status == "parked")
+        else {
+            return Ok(false);
+        };
+        let (subscriber, position) = (m.dead[idx].subscriber.clone(), m.dead[idx].position);
+        m.dead[idx].status = if skip { "skipped" } else { "retried" }.into();
+        let cp = m
+            .checkpoints
+            .entry(subscriber)
+            .or_insert_with(new_checkpoint);
+        if skip && cp.position < position {
+            cp.position = position;
+        }
+        cp.state = SubscriberState::Running;
+        cp.error = None;
+        Ok(true)
     }
 
     async fn acquire(&self, subscriber: &str) -> ViewResult<Lease> {
