@@ -225,25 +225,36 @@ async fn an_interrupted_rebuild_resumes() {
     }
     let head = store.head().await.unwrap();
     let interrupt = CancellationToken::new();
-    let trigger = interrupt.clone();
+    // Interrupt as soon as the new version has some events in it.
+    let watcher = {
+        let (views, interrupt) = (views.clone(), interrupt.clone());
+        tokio::spawn(async move {
+            loop {
+                let cp = views.checkpoint("totals_v2").await.unwrap();
+                if cp.position > Position::START {
+                    interrupt.cancel();
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
     let err = strata::rebuild(
         Totals,
         store.clone(),
         views.clone(),
         None,
+        // Small batches keep it slow enough to stop partway.
         RebuildOptions {
-            batch_size: 200,
+            batch_size: 5,
             ..Default::default()
         },
-        move |p| {
-            if p.position.0 * 3 > head.0 {
-                trigger.cancel();
-            }
-        },
+        |_| {},
         interrupt,
     )
     .await
     .unwrap_err();
+    watcher.await.unwrap();
     let (version, stopped_at) = match err {
         RebuildError::Interrupted {
             version, position, ..
