@@ -110,6 +110,14 @@ enum Command {
     },
     /// Run the fulfilment process manager.
     ProcessManager(ServerArgs),
+    /// Operate the store, the views and the relay: events, export/import,
+    /// replay, projections (status, rebuild), dead letters, verify.
+    Admin {
+        #[command(flatten)]
+        servers: ServerArgs,
+        #[command(flatten)]
+        admin: strata::admin::AdminArgs,
+    },
 }
 
 fn init_tracing() {
@@ -318,6 +326,27 @@ async fn main() -> anyhow::Result<()> {
             shutdown.cancelled().await;
             runtime::join_all(tasks, http::SHUTDOWN_GRACE).await;
             Ok(())
+        }
+        Command::Admin { servers, admin } => {
+            let s = servers.servers();
+            let store = pg(&s).await?;
+            let views = PgViewStore::new(store.pool().clone());
+            let mut ctx = strata::admin::AdminContext::new(store, views)
+                .projection(|| example_ecommerce::views::CatalogView)
+                .projection(|| example_ecommerce::views::OrderDetailsView)
+                .projection(|| example_ecommerce::views::CustomerOrdersView)
+                .projection(|| example_ecommerce::views::LowStockView)
+                .projection(|| example_ecommerce::views::SalesDashboardView)
+                .process_manager("fulfilment");
+            if let Ok(Ok(client)) = tokio::time::timeout(
+                Duration::from_secs(3),
+                async_nats::ConnectOptions::new().connect(&s.nats_url),
+            )
+            .await
+            {
+                ctx = ctx.nats(client, s.stream.clone());
+            }
+            std::process::exit(strata::admin::run(admin, ctx).await);
         }
         Command::ProcessManager(args) => {
             let s = args.servers();

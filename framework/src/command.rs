@@ -635,6 +635,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                                     event_type: ty,
                                     payload,
                                     metadata: metadata.clone(),
+                                    recorded_at: None,
                                 }),
                                 Err(kind) => {
                                     let err = unstored_decode_error(stream_id, "?", kind);

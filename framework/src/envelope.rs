@@ -205,6 +205,10 @@ pub struct NewEvent {
     pub payload: serde_json::Value,
     /// Metadata recorded with the event.
     pub metadata: Metadata,
+    /// When the event happened, for imports that keep the original time;
+    /// `None` (the normal case): the store's clock at commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded_at: Option<DateTime<Utc>>,
 }
 
 impl NewEvent {
@@ -216,6 +220,7 @@ impl NewEvent {
             schema_version: 1,
             payload,
             metadata: Metadata::default(),
+            recorded_at: None,
         }
     }
 

@@ -57,6 +57,8 @@
 //! # });
 //! ```
 
+#[cfg(feature = "admin")]
+pub mod admin;
 pub mod aggregate;
 pub mod bus;
 pub mod changes;

@@ -132,7 +132,7 @@ impl EventStore for InMemoryEventStore {
                             schema_version: e.schema_version,
                             payload: e.payload,
                             metadata: e.metadata,
-                            recorded_at,
+                            recorded_at: e.recorded_at.unwrap_or(recorded_at),
                         });
                     }
                     AppendOutcome {

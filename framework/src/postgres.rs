@@ -693,6 +693,7 @@ impl Writer {
                         cols.schema_versions.push(e.schema_version as i32);
                         cols.payloads.push(&job.append.payloads[i]);
                         cols.metadata.push(&job.append.metadata[i]);
+                        cols.recorded_at.push(e.recorded_at);
                         existing.insert(
                             e.event_id,
                             StoredId {
@@ -733,10 +734,10 @@ impl Writer {
                 "WITH new_events AS ( \
                    INSERT INTO strata_events (position, event_id, stream_id, stream_type, \
                      stream_version, event_type, schema_version, payload, metadata, recorded_at) \
-                   SELECT p, e, s, st, v, et, sv, pl::jsonb, md::jsonb, clock_timestamp() \
+                   SELECT p, e, s, st, v, et, sv, pl::jsonb, md::jsonb, COALESCE(ra, clock_timestamp()) \
                    FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], \
-                               $6::text[], $7::int[], $8::text[], $9::text[]) \
-                     AS t(p, e, s, st, v, et, sv, pl, md) \
+                               $6::text[], $7::int[], $8::text[], $9::text[], $15::timestamptz[]) \
+                     AS t(p, e, s, st, v, et, sv, pl, md, ra) \
                    RETURNING 1), \
                  streams AS ( \
                    INSERT INTO strata_streams (stream_id, stream_type, version) \
@@ -760,6 +761,7 @@ impl Writer {
             .bind(&s_versions)
             .bind(next as i64)
             .bind(NOTIFY_CHANNEL)
+            .bind(&cols.recorded_at)
             .execute(&mut *tx)
             .await?;
         }
@@ -788,6 +790,7 @@ struct Columns<'a> {
     schema_versions: Vec<i32>,
     payloads: Vec<&'a str>,
     metadata: Vec<&'a str>,
+    recorded_at: Vec<Option<DateTime<Utc>>>,
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
