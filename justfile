@@ -31,3 +31,21 @@ doc:
 bench:
     STRATA_BENCH_WRITE=1 cargo bench -p strata --bench store
     STRATA_BENCH_WRITE=1 cargo bench -p strata --bench propagation
+    STRATA_BENCH_WRITE=1 cargo bench -p strata --bench rebuild
+
+# The shop as separate processes against the local Postgres and NATS
+# (Ctrl-C stops them all). Command API :8080, query API :8081.
+up:
+    cargo build -p example-ecommerce
+    ./target/debug/ecommerce migrate
+    trap 'kill 0' INT TERM; \
+    ./target/debug/ecommerce relay & \
+    ./target/debug/ecommerce projector & \
+    ./target/debug/ecommerce process-manager & \
+    ./target/debug/ecommerce command-api --listen 127.0.0.1:8080 & \
+    ./target/debug/ecommerce query-api --listen 127.0.0.1:8081 & \
+    wait
+
+# The admin command line, e.g. `just admin projections status`.
+admin *ARGS:
+    cargo run -q -p example-ecommerce -- admin {{ARGS}}

@@ -280,7 +280,8 @@ async fn metrics(State(ops): State<Ops>) -> Response {
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 
-fn ops_router(ops: Ops) -> Router {
+/// `/health` and `/metrics` alone (for the relay, projector and process manager).
+pub fn ops_router(ops: Ops) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))

@@ -99,7 +99,13 @@ enum Command {
         listen: String,
     },
     /// Carry events from the store into JetStream (one active, others stand by).
-    Relay(ServerArgs),
+    Relay {
+        #[command(flatten)]
+        servers: ServerArgs,
+        /// Serve /health and /metrics here.
+        #[arg(long)]
+        ops_listen: Option<String>,
+    },
     /// Run projectors (all views, or those named with --view).
     Projector {
         #[command(flatten)]
@@ -107,9 +113,18 @@ enum Command {
         /// A view to run (repeatable): catalog, order_details, customer_orders, low_stock, sales_dashboard.
         #[arg(long = "view")]
         views: Vec<String>,
+        /// Serve /health and /metrics here.
+        #[arg(long)]
+        ops_listen: Option<String>,
     },
     /// Run the fulfilment process manager.
-    ProcessManager(ServerArgs),
+    ProcessManager {
+        #[command(flatten)]
+        servers: ServerArgs,
+        /// Serve /health and /metrics here.
+        #[arg(long)]
+        ops_listen: Option<String>,
+    },
     /// Operate the store, the views and the relay: events, export/import,
     /// replay, projections (status, rebuild), dead letters, verify.
     Admin {
@@ -161,6 +176,63 @@ fn health<S: EventStore>(store: S, client: Option<async_nats::Client>) -> Health
             checks
         })
     })
+}
+
+/// Serves /health and /metrics (with this process's statuses) if asked.
+async fn serve_ops(
+    listen: Option<String>,
+    store: &PgEventStore,
+    client: async_nats::Client,
+    statuses: &Statuses,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let Some(listen) = listen else { return Ok(()) };
+    let gauges = {
+        let (statuses, store) = (statuses.clone(), store.clone());
+        Arc::new(move || {
+            let mut s = statuses.samples();
+            s.extend(store_samples(&store));
+            s
+        })
+    };
+    let ops = Ops {
+        metrics: Arc::new(Metrics::default()),
+        health: health(store.clone(), Some(client)),
+        gauges,
+    };
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "ops endpoint listening");
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = http::serve(listener, http::ops_router(ops), shutdown).await;
+    });
+    Ok(())
+}
+
+/// The store's write-path counters as gauges.
+fn store_samples(store: &PgEventStore) -> Vec<example_ecommerce::metrics::Sample> {
+    let st = store.stats();
+    vec![
+        ("strata_store_appends_total", vec![], st.appends as f64),
+        (
+            "strata_store_group_commits_total",
+            vec![],
+            st.batches as f64,
+        ),
+        ("strata_store_conflicts_total", vec![], st.conflicts as f64),
+        (
+            "strata_store_slow_lock_waits",
+            vec![],
+            st.slow_lock_waits as f64,
+        ),
+        (
+            "strata_store_max_lock_wait_seconds",
+            vec![],
+            st.max_lock_wait_us as f64 / 1e6,
+        ),
+    ]
 }
 
 #[tokio::main]
@@ -248,10 +320,14 @@ async fn main() -> anyhow::Result<()> {
             let client = nats(&s).await?;
             let metrics = Arc::new(Metrics::default());
             let shop = Shop::new(store.clone(), demo::demo_gateway(), Arc::clone(&metrics));
+            let gauges = {
+                let store = store.clone();
+                Arc::new(move || store_samples(&store))
+            };
             let ops = Ops {
                 metrics,
                 health: health(store, Some(client)),
-                gauges: Arc::new(Vec::new),
+                gauges,
             };
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
@@ -291,20 +367,26 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             Ok(())
         }
-        Command::Relay(args) => {
-            let s = args.servers();
+        Command::Relay {
+            servers,
+            ops_listen,
+        } => {
+            let s = servers.servers();
             let store = pg(&s).await?;
             let client = nats(&s).await?;
             let views = PgViewStore::new(store.pool().clone());
             tracing::info!(stream = %s.stream.stream, "relay starting (stands by while another is active)");
-            Relay::new(store, views, client, s.stream)
-                .run(shutdown)
-                .await;
+            let relay = Relay::new(store.clone(), views, client.clone(), s.stream);
+            let statuses = Statuses::default();
+            statuses.set_relay(relay.status());
+            serve_ops(ops_listen, &store, client, &statuses, &shutdown).await?;
+            relay.run(shutdown).await;
             Ok(())
         }
         Command::Projector {
             servers,
             views: only,
+            ops_listen,
         } => {
             for v in &only {
                 if !runtime::VIEWS.contains(&v.as_str()) {
@@ -319,9 +401,10 @@ async fn main() -> anyhow::Result<()> {
             let client = nats(&s).await?;
             let views = PgViewStore::new(store.pool().clone());
             let bus = JetStreamBus::new(client.clone(), s.stream.clone());
-            let feed = ChangeFeed::nats(client, s.changes_prefix());
+            let feed = ChangeFeed::nats(client.clone(), s.changes_prefix());
             let statuses = Statuses::default();
             let tasks = runtime::spawn_projectors(&only, &bus, &views, &feed, &statuses, &shutdown);
+            serve_ops(ops_listen, &store, client, &statuses, &shutdown).await?;
             tracing::info!(count = tasks.len(), "projectors running");
             shutdown.cancelled().await;
             runtime::join_all(tasks, http::SHUTDOWN_GRACE).await;
@@ -348,14 +431,18 @@ async fn main() -> anyhow::Result<()> {
             }
             std::process::exit(strata::admin::run(admin, ctx).await);
         }
-        Command::ProcessManager(args) => {
-            let s = args.servers();
+        Command::ProcessManager {
+            servers,
+            ops_listen,
+        } => {
+            let s = servers.servers();
             let store = pg(&s).await?;
             let client = nats(&s).await?;
             let views = PgViewStore::new(store.pool().clone());
-            let bus = JetStreamBus::new(client, s.stream.clone());
-            let shop = Shop::new(store, demo::demo_gateway(), Arc::new(Metrics::default()));
+            let bus = JetStreamBus::new(client.clone(), s.stream.clone());
             let statuses = Statuses::default();
+            serve_ops(ops_listen, &store, client, &statuses, &shutdown).await?;
+            let shop = Shop::new(store, demo::demo_gateway(), Arc::new(Metrics::default()));
             let task = runtime::spawn_fulfilment(&shop, &bus, &views, &statuses, &shutdown);
             tracing::info!("fulfilment process manager running");
             shutdown.cancelled().await;
