@@ -1,12 +1,850 @@
 //! Live updates (Server-Sent Events) and the demo's web page.
+//!
+//! - `GET /live/{view}/{key}`: one document. On connect the current state
+//!   (if the document exists), then a new state whenever the change feed
+//!   announces the key.
+//! - `GET /live/{view}`: every document of a view (at most
+//!   [`LiveConfig::snapshot_limit`] on connect, oldest change first), then
+//!   every change.
+//!
+//! Each state is `event: state`, `id: <position>`, data
+//! `{"view","key","doc","position"}` (`doc` is `null` once a document is
+//! deleted). A client resumes with `Last-Event-ID` (browsers send it when
+//! they reconnect) or `?after=<position>`: it gets every document whose
+//! position is beyond that at once, so it misses nothing. A stream the
+//! server ends says why first: `event: close`, data `{"reason": ...}`.
+//!
+//! Fan-out: one change-feed subscription per [`Live`] (the hub task),
+//! which reads each announced document once (through the cached
+//! [`ViewReader`](strata::ViewReader), with read-your-writes on the
+//! announced position) and hands it to every subscriber of the key and of
+//! the view through a bounded queue. A subscriber whose queue is full is
+//! dropped ("slow consumer"). The number of open streams is capped.
+//!
+//! Also here: the web page (`GET /`) and a same-origin proxy to the command
+//! API (`POST /api/orders`, `POST /api/orders/{id}/pay`) for it.
 
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::Router;
-use strata::ViewStore;
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use strata::{ChangeNotice, Position, QueryError, ViewChange, ViewId, ViewReader, ViewStore};
+use tokio::sync::mpsc;
+use uuid::Uuid;
 
-use crate::http::QueryState;
+use crate::http::{ApiError, QueryState, IDEMPOTENCY_HEADER, MAX_BODY_BYTES};
+use crate::views::VIEW_NAMES;
 
-/// Routes for live updates and the web page (none yet).
+/// The env var naming the command API the page's proxy forwards to.
+pub const COMMAND_URL_ENV: &str = "ECOMMERCE_COMMAND_URL";
+/// The command API's default URL.
+pub const DEFAULT_COMMAND_URL: &str = "http://127.0.0.1:8080";
+/// The header a reconnecting `EventSource` sends.
+pub const LAST_EVENT_ID_HEADER: &str = "last-event-id";
+
+/// The shop's web page.
+const INDEX_HTML: &str = include_str!("../static/index.html");
+
+/// The version of the views the query API serves.
+const VIEW_VERSION: u32 = 1;
+
+/// Why a stream ended (sent as `event: close`).
+const OPEN: u8 = 0;
+const SLOW: u8 = 1;
+const SHUTDOWN: u8 = 2;
+
+fn close_reason(code: u8) -> &'static str {
+    match code {
+        SLOW => "slow consumer",
+        SHUTDOWN => "shutdown",
+        _ => "unavailable",
+    }
+}
+
+/// Limits of live updates.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveConfig {
+    /// Updates queued per subscriber before it is dropped as a slow
+    /// consumer (default 64).
+    pub buffer: usize,
+    /// Most open streams; beyond, 503 (default 20,000).
+    pub max_subscribers: usize,
+    /// Interval of keep-alive comments (default 15 s).
+    pub keep_alive: Duration,
+    /// Most documents sent on connect to a whole-view stream (default 1,000).
+    pub snapshot_limit: usize,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            buffer: 64,
+            max_subscribers: 20_000,
+            keep_alive: Duration::from_secs(15),
+            snapshot_limit: 1_000,
+        }
+    }
+}
+
+/// A document's new state, read once and shared by every subscriber.
+struct Update {
+    key: String,
+    /// The position of the announcement that carried it.
+    change: Position,
+    /// The document's position (the announcement's for a deletion).
+    position: Position,
+    /// `{"view","key","doc","position"}`.
+    data: String,
+}
+
+#[derive(Clone)]
+enum Msg {
+    /// New states of one announcement: one message per announcement, so a
+    /// batch of many keys costs a whole-view subscriber one queue slot.
+    States(Arc<Vec<Arc<Update>>>),
+    /// Announcements may have been missed: read again.
+    Reset,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+struct Topic {
+    view: &'static str,
+    key: Option<String>,
+}
+
+struct Sub {
+    tx: mpsc::Sender<Msg>,
+    reason: Arc<AtomicU8>,
+}
+
+#[derive(Default)]
+struct Topics {
+    subs: HashMap<Topic, HashMap<u64, Sub>>,
+    /// The latest announced position of each view.
+    latest: HashMap<&'static str, Position>,
+}
+
+#[derive(Default)]
+struct Hub {
+    topics: Mutex<Topics>,
+    /// Subscribers receiving updates.
+    subscribers: AtomicUsize,
+    /// Open streams (capped).
+    connections: AtomicUsize,
+    next_id: AtomicU64,
+    /// Set once the feed has ended: no more updates.
+    ended: std::sync::atomic::AtomicBool,
+    started: tokio::sync::OnceCell<()>,
+}
+
+impl Hub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Topics> {
+        self.topics.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a subscriber; returns its id, queue and the view's latest
+    /// announced position (a read after this sees at least that).
+    fn subscribe(
+        &self,
+        topic: &Topic,
+        buffer: usize,
+    ) -> (u64, mpsc::Receiver<Msg>, Arc<AtomicU8>, Position) {
+        let (tx, rx) = mpsc::channel(buffer.max(1));
+        let reason = Arc::new(AtomicU8::new(OPEN));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut t = self.lock();
+        let floor = t.latest.get(topic.view).copied().unwrap_or(Position::START);
+        if self.ended.load(Ordering::Acquire) {
+            reason.store(SHUTDOWN, Ordering::Release);
+            // `tx` drops here: the stream closes at once.
+        } else {
+            t.subs.entry(topic.clone()).or_default().insert(
+                id,
+                Sub {
+                    tx,
+                    reason: Arc::clone(&reason),
+                },
+            );
+            self.subscribers.fetch_add(1, Ordering::Relaxed);
+        }
+        (id, rx, reason, floor)
+    }
+
+    fn unsubscribe(&self, topic: &Topic, id: u64) {
+        let mut t = self.lock();
+        if let Some(subs) = t.subs.get_mut(topic) {
+            if subs.remove(&id).is_some() {
+                self.subscribers.fetch_sub(1, Ordering::Relaxed);
+            }
+            if subs.is_empty() {
+                t.subs.remove(topic);
+            }
+        }
+    }
+
+    fn latest(&self, view: &str) -> Position {
+        self.lock()
+            .latest
+            .get(view)
+            .copied()
+            .unwrap_or(Position::START)
+    }
+
+    /// Notes an announcement; returns the changed keys somebody follows.
+    fn wanted(&self, view: &'static str, change: &ViewChange) -> Vec<String> {
+        let mut t = self.lock();
+        let latest = t.latest.entry(view).or_insert(Position::START);
+        *latest = (*latest).max(change.position);
+        let whole = t.subs.contains_key(&Topic { view, key: None });
+        change
+            .keys
+            .iter()
+            .filter(|k| {
+                whole
+                    || t.subs.contains_key(&Topic {
+                        view,
+                        key: Some((*k).clone()),
+                    })
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Hands `msg` to every subscriber of `topic`, dropping full ones.
+    fn deliver(&self, t: &mut Topics, topic: &Topic, msg: &Msg) {
+        let Some(subs) = t.subs.get_mut(topic) else {
+            return;
+        };
+        let before = subs.len();
+        subs.retain(|_, s| match s.tx.try_send(msg.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                s.reason.store(SLOW, Ordering::Release);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        self.subscribers
+            .fetch_sub(before - subs.len(), Ordering::Relaxed);
+        if subs.is_empty() {
+            t.subs.remove(topic);
+        }
+    }
+
+    fn fan_out(&self, view: &'static str, reads: Vec<Result<Arc<Update>, String>>) {
+        let mut t = self.lock();
+        let mut all = Vec::with_capacity(reads.len());
+        let mut failed = false;
+        for read in reads {
+            match read {
+                Ok(u) => {
+                    let one = Topic {
+                        view,
+                        key: Some(u.key.clone()),
+                    };
+                    self.deliver(&mut t, &one, &Msg::States(Arc::new(vec![Arc::clone(&u)])));
+                    all.push(u);
+                }
+                Err(key) => {
+                    failed = true;
+                    let one = Topic {
+                        view,
+                        key: Some(key),
+                    };
+                    self.deliver(&mut t, &one, &Msg::Reset);
+                }
+            }
+        }
+        let whole = Topic { view, key: None };
+        if !all.is_empty() {
+            self.deliver(&mut t, &whole, &Msg::States(Arc::new(all)));
+        }
+        if failed {
+            self.deliver(&mut t, &whole, &Msg::Reset);
+        }
+    }
+
+    fn reset_all(&self) {
+        let mut t = self.lock();
+        let topics: Vec<Topic> = t.subs.keys().cloned().collect();
+        for topic in topics {
+            self.deliver(&mut t, &topic, &Msg::Reset);
+        }
+    }
+
+    /// The feed is gone: end every stream.
+    fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        let mut t = self.lock();
+        for (_, subs) in t.subs.drain() {
+            for (_, s) in subs {
+                s.reason.store(SHUTDOWN, Ordering::Release);
+                self.subscribers.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The name of a known view, as a `'static` str.
+fn known_view(name: &str) -> Option<&'static str> {
+    VIEW_NAMES.iter().copied().find(|v| *v == name)
+}
+
+fn view_id(view: &'static str) -> ViewId {
+    ViewId::new(view, VIEW_VERSION).expect("the shop's view names are valid")
+}
+
+fn state_data(view: &str, key: &str, doc: Option<&Value>, position: Position) -> String {
+    json!({ "view": view, "key": key, "doc": doc, "position": position.0 }).to_string()
+}
+
+fn state_event(id: Position, data: &str) -> Event {
+    Event::default()
+        .event("state")
+        .id(id.0.to_string())
+        .data(data)
+}
+
+fn close_event(reason: &str) -> Event {
+    Event::default()
+        .event("close")
+        .data(json!({ "reason": reason }).to_string())
+}
+
+/// Live updates over a query API's state. Cheap to clone.
+pub struct Live<V> {
+    reader: ViewReader<V>,
+    feed: strata::ChangeFeed,
+    hub: Arc<Hub>,
+    config: LiveConfig,
+    http: reqwest::Client,
+}
+
+impl<V> Clone for Live<V> {
+    fn clone(&self) -> Self {
+        Live {
+            reader: self.reader.clone(),
+            feed: self.feed.clone(),
+            hub: Arc::clone(&self.hub),
+            config: self.config,
+            http: self.http.clone(),
+        }
+    }
+}
+
+impl<V: ViewStore> Live<V> {
+    /// Live updates over `state` (the hub starts with the first stream).
+    pub fn new(state: QueryState<V>, config: LiveConfig) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .unwrap_or_default();
+        Live {
+            reader: state.reader,
+            feed: state.feed,
+            hub: Arc::new(Hub::default()),
+            config,
+            http,
+        }
+    }
+
+    /// Subscribers currently receiving updates.
+    pub fn subscribers(&self) -> usize {
+        self.hub.subscribers.load(Ordering::Relaxed)
+    }
+
+    /// Open streams (a dropped slow consumer counts until its connection
+    /// closes).
+    pub fn connections(&self) -> usize {
+        self.hub.connections.load(Ordering::Relaxed)
+    }
+
+    /// The routes: `/`, `/live/{view}`, `/live/{view}/{key}`, `/api/...`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/", get(index))
+            .route("/live/{view}", get(live_view::<V>))
+            .route("/live/{view}/{key}", get(live_key::<V>))
+            .route("/api/orders", post(proxy_order::<V>))
+            .route("/api/orders/{id}/pay", post(proxy_pay::<V>))
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .with_state(self.clone())
+    }
+
+    /// Subscribes to the change feed once and starts the hub task.
+    async fn start(&self) -> Result<(), ApiError> {
+        self.hub
+            .started
+            .get_or_try_init(|| async {
+                let sub = self.feed.subscribe().await.map_err(|e| {
+                    tracing::error!(error = %e, "live updates: cannot follow the change feed");
+                    unavailable("live updates are unavailable")
+                })?;
+                let (hub, reader) = (Arc::clone(&self.hub), self.reader.clone());
+                tokio::spawn(async move {
+                    let notices = futures::stream::unfold(sub, |mut sub| async move {
+                        sub.recv().await.map(|n| (n, sub))
+                    });
+                    // Reads run concurrently, fan-out stays in feed order.
+                    let mut resolved = notices
+                        .map(|n| resolve(Arc::clone(&hub), reader.clone(), n))
+                        .buffered(16)
+                        .boxed();
+                    while let Some(step) = resolved.next().await {
+                        match step {
+                            Step::Deliver(view, reads) => hub.fan_out(view, reads),
+                            Step::Reset => hub.reset_all(),
+                            Step::Skip => {}
+                        }
+                    }
+                    hub.end();
+                });
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Opens a stream: registers, reads the current state, then follows.
+    async fn open(
+        &self,
+        view: &'static str,
+        key: Option<String>,
+        after: Position,
+    ) -> Result<Response, ApiError> {
+        let open = self.hub.connections.fetch_add(1, Ordering::AcqRel);
+        let guard = Connection {
+            hub: Arc::clone(&self.hub),
+            topic: Topic {
+                view,
+                key: key.clone(),
+            },
+            id: None,
+        };
+        if open >= self.config.max_subscribers {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_subscribers",
+                format!(
+                    "at most {} live subscribers; retry later",
+                    self.config.max_subscribers
+                ),
+            ));
+        }
+        self.start().await?;
+        let mut guard = guard;
+        let (id, rx, reason, floor) = self.hub.subscribe(&guard.topic, self.config.buffer);
+        guard.id = Some(id);
+        let mut stream = LiveStream {
+            reader: self.reader.clone(),
+            hub: Arc::clone(&self.hub),
+            view,
+            key,
+            rx,
+            reason,
+            pending: VecDeque::new(),
+            last: after,
+            snapshot_limit: self.config.snapshot_limit,
+            done: false,
+            _guard: guard,
+        };
+        stream.catch_up(floor).await?;
+        stream.pending.push_front(
+            Event::default()
+                .retry(Duration::from_secs(2))
+                .comment("subscribed"),
+        );
+        let events = futures::stream::unfold(stream, |mut s| async move {
+            s.next_event()
+                .await
+                .map(|e| (Ok::<Event, Infallible>(e), s))
+        });
+        let mut resp = Sse::new(events)
+            .keep_alive(KeepAlive::new().interval(self.config.keep_alive))
+            .into_response();
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp.headers_mut().insert(
+            "x-accel-buffering",
+            HeaderValue::from_static("no"), // no proxy buffering
+        );
+        Ok(resp)
+    }
+}
+
+/// Routes for live updates and the web page, with the default limits.
 pub fn routes<V: ViewStore>(state: QueryState<V>) -> Router {
-    let _ = state;
-    Router::new()
+    Live::new(state, LiveConfig::default()).router()
+}
+
+enum Step {
+    /// The new states, or the keys that could not be read.
+    Deliver(&'static str, Vec<Result<Arc<Update>, String>>),
+    Reset,
+    Skip,
+}
+
+/// Reads the announced documents somebody follows.
+async fn resolve<V: ViewStore>(hub: Arc<Hub>, reader: ViewReader<V>, notice: ChangeNotice) -> Step {
+    let change = match notice {
+        ChangeNotice::Change(c) => c,
+        ChangeNotice::Reset => return Step::Reset,
+    };
+    let Some(view) = known_view(&change.view) else {
+        return Step::Skip;
+    };
+    if change.version != VIEW_VERSION {
+        return Step::Skip;
+    }
+    let keys = hub.wanted(view, &change);
+    if keys.is_empty() {
+        return Step::Skip;
+    }
+    let vid = view_id(view);
+    let reads = futures::future::join_all(keys.into_iter().map(|key| {
+        let (reader, vid) = (&reader, &vid);
+        async move {
+            match reader.get(vid, &key, Some(change.position)).await {
+                Ok(read) => {
+                    let (doc, position) = match &read.doc {
+                        Some(d) => (Some(&d.doc), d.position),
+                        None => (None, change.position),
+                    };
+                    Ok(Arc::new(Update {
+                        data: state_data(view, &key, doc, position),
+                        change: change.position,
+                        position,
+                        key,
+                    }))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, view, key, "live updates: read failed");
+                    Err(key)
+                }
+            }
+        }
+    }))
+    .await;
+    Step::Deliver(view, reads)
+}
+
+/// Counts an open stream and unregisters it when it ends.
+struct Connection {
+    hub: Arc<Hub>,
+    topic: Topic,
+    id: Option<u64>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.hub.unsubscribe(&self.topic, id);
+        }
+        self.hub.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One subscriber's stream of events.
+struct LiveStream<V> {
+    reader: ViewReader<V>,
+    hub: Arc<Hub>,
+    view: &'static str,
+    /// `None`: the whole view.
+    key: Option<String>,
+    rx: mpsc::Receiver<Msg>,
+    reason: Arc<AtomicU8>,
+    pending: VecDeque<Event>,
+    /// One key: the position of the last state sent. A whole view: every
+    /// change up to here has been sent.
+    last: Position,
+    snapshot_limit: usize,
+    done: bool,
+    _guard: Connection,
+}
+
+impl<V: ViewStore> LiveStream<V> {
+    /// Queues what changed beyond `last`, reading at least at `floor`.
+    async fn catch_up(&mut self, floor: Position) -> Result<(), QueryError> {
+        let vid = view_id(self.view);
+        let min = (floor > Position::START).then_some(floor);
+        match &self.key {
+            Some(key) => {
+                let read = self.reader.get(&vid, key, min).await?;
+                match read.doc {
+                    Some(d) if d.position > self.last => {
+                        let data = state_data(self.view, key, Some(&d.doc), d.position);
+                        self.pending.push_back(state_event(d.position, &data));
+                        self.last = d.position;
+                    }
+                    // Deleted since the client's last state.
+                    None if self.last > Position::START && read.checkpoint > self.last => {
+                        let data = state_data(self.view, key, None, read.checkpoint);
+                        self.pending.push_back(state_event(read.checkpoint, &data));
+                        self.last = read.checkpoint;
+                    }
+                    _ => {}
+                }
+            }
+            None => {
+                let mut docs = self
+                    .reader
+                    .list(&vid, None, self.snapshot_limit, min)
+                    .await?;
+                docs.retain(|d| d.position > self.last);
+                // Oldest first: a client that drops mid-way resumes from
+                // the last id it got and misses nothing.
+                docs.sort_by_key(|d| d.position);
+                for d in docs {
+                    let data = state_data(self.view, &d.key, Some(&d.doc), d.position);
+                    self.pending.push_back(state_event(d.position, &data));
+                    self.last = self.last.max(d.position);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The event for an update, if this subscriber has not seen it.
+    fn accept(&mut self, u: &Update) -> Option<Event> {
+        match &self.key {
+            Some(key) if *key == u.key => {
+                if u.position <= self.last {
+                    return None;
+                }
+                self.last = u.position;
+                Some(state_event(u.position, &u.data))
+            }
+            Some(_) => None,
+            None => {
+                // The change's position: everything up to it is sent.
+                self.last = self.last.max(u.change);
+                Some(state_event(u.change, &u.data))
+            }
+        }
+    }
+
+    async fn next_event(&mut self) -> Option<Event> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Some(e);
+            }
+            if self.done {
+                return None;
+            }
+            match self.rx.recv().await {
+                Some(Msg::States(updates)) => {
+                    for u in updates.iter() {
+                        if let Some(e) = self.accept(u) {
+                            self.pending.push_back(e);
+                        }
+                    }
+                }
+                Some(Msg::Reset) => {
+                    let floor = self.hub.latest(self.view);
+                    if let Err(e) = self.catch_up(floor).await {
+                        tracing::warn!(error = %e, view = self.view, "live updates: catch-up failed");
+                        self.done = true;
+                        return Some(close_event("unavailable"));
+                    }
+                }
+                None => {
+                    self.done = true;
+                    return Some(close_event(close_reason(
+                        self.reason.load(Ordering::Acquire),
+                    )));
+                }
+            }
+        }
+    }
+}
+
+fn unavailable(message: &str) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+fn view_name(name: &str) -> Result<&'static str, ApiError> {
+    known_view(name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_view",
+            format!(
+                "no view {:?}; known views: {}",
+                name.chars().take(40).collect::<String>(),
+                VIEW_NAMES.join(", ")
+            ),
+        )
+    })
+}
+
+/// Checks a key the way the view keys its documents; returns it normalised.
+fn view_key(view: &str, key: &str) -> Result<String, ApiError> {
+    let sku = |s: &str| {
+        crate::domain::validate_sku(s)
+            .map(|()| s.to_owned())
+            .map_err(|e| bad_request(e.to_string()))
+    };
+    match view {
+        "catalog" | "low_stock" => sku(key),
+        "order_details" => Uuid::parse_str(key)
+            .map(|u| u.to_string())
+            .map_err(|_| bad_request("an order id must be a UUID")),
+        "customer_orders" if !key.is_empty() && key.len() <= 64 => Ok(key.to_owned()),
+        "customer_orders" => Err(bad_request("a customer id is 1 to 64 characters")),
+        "sales_dashboard" => {
+            let (day, s) = key
+                .split_once(':')
+                .ok_or_else(|| bad_request("a dashboard key is <YYYY-MM-DD>:<sku>"))?;
+            chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
+                .map_err(|_| bad_request("a dashboard key is <YYYY-MM-DD>:<sku>"))?;
+            sku(s)?;
+            Ok(key.to_owned())
+        }
+        _ => Err(bad_request("unknown view")),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct After {
+    after: Option<String>,
+}
+
+/// The position the client has seen: the larger of `?after=` and
+/// `Last-Event-ID` (a reconnecting browser repeats the URL's `after`).
+fn after(q: &After, headers: &HeaderMap) -> Result<Position, ApiError> {
+    let parse = |what: &str, s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .map(Position)
+            .map_err(|_| bad_request(format!("{what} must be a non-negative integer")))
+    };
+    let mut p = Position::START;
+    if let Some(a) = &q.after {
+        p = p.max(parse("after", a)?);
+    }
+    if let Some(h) = headers.get(LAST_EVENT_ID_HEADER) {
+        let s = h
+            .to_str()
+            .map_err(|_| bad_request("Last-Event-ID must be a position"))?;
+        if !s.trim().is_empty() {
+            p = p.max(parse("Last-Event-ID", s)?);
+        }
+    }
+    Ok(p)
+}
+
+async fn live_view<V: ViewStore>(
+    State(live): State<Live<V>>,
+    Path(view): Path<String>,
+    Query(q): Query<After>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let view = view_name(&view)?;
+    let after = after(&q, &headers)?;
+    live.open(view, None, after).await
+}
+
+async fn live_key<V: ViewStore>(
+    State(live): State<Live<V>>,
+    Path((view, key)): Path<(String, String)>,
+    Query(q): Query<After>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let view = view_name(&view)?;
+    let key = view_key(view, &key)?;
+    let after = after(&q, &headers)?;
+    live.open(view, Some(key), after).await
+}
+
+async fn index() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        INDEX_HTML,
+    )
+        .into_response()
+}
+
+/// The command API's URL, read at each request.
+fn command_url() -> String {
+    std::env::var(COMMAND_URL_ENV)
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_COMMAND_URL.to_owned())
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+/// Forwards a POST to the command API and answers what it answered.
+async fn forward<V>(
+    live: &Live<V>,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let mut req = live
+        .http
+        .post(format!("{}{path}", command_url()))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body);
+    if let Some(v) = headers.get(IDEMPOTENCY_HEADER) {
+        req = req.header(IDEMPOTENCY_HEADER, v.clone());
+    }
+    let resp = req.send().await.map_err(|e| {
+        tracing::warn!(error = %e, "the command API is unreachable");
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "bad_gateway",
+            "the command API is unreachable",
+        )
+    })?;
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_owned();
+    let body = resp.bytes().await.map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "bad_gateway",
+            "the command API's answer was cut off",
+        )
+    })?;
+    Ok((status, [(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+async fn proxy_order<V: ViewStore>(
+    State(live): State<Live<V>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    forward(&live, "/orders", &headers, body).await
+}
+
+async fn proxy_pay<V: ViewStore>(
+    State(live): State<Live<V>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = Uuid::parse_str(&id).map_err(|_| bad_request("an order id must be a UUID"))?;
+    forward(&live, &format!("/orders/{id}/pay"), &headers, Bytes::new()).await
 }

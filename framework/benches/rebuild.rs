@@ -36,7 +36,12 @@ impl Projection for Totals {
     fn keys(&self, e: &EventEnvelope) -> Vec<String> {
         vec![e.stream_id.to_string()]
     }
-    fn apply(&self, _: &str, doc: Option<Total>, e: &EventEnvelope) -> Result<Option<Total>, ProjectionError> {
+    fn apply(
+        &self,
+        _: &str,
+        doc: Option<Total>,
+        e: &EventEnvelope,
+    ) -> Result<Option<Total>, ProjectionError> {
         let mut t = doc.unwrap_or_default();
         t.events += 1;
         t.value += e.payload["by"].as_u64().unwrap_or(0);
@@ -50,7 +55,10 @@ mod strata_bench_report {
 
 #[tokio::main]
 async fn main() {
-    let n: u64 = std::env::var("STRATA_BENCH_EVENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let n: u64 = std::env::var("STRATA_BENCH_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
     let db = test_database().await;
     let store = PgEventStore::new(db.pool.clone());
     let views = PgViewStore::new(db.pool.clone());
@@ -66,9 +74,25 @@ async fn main() {
                 let mut round = 0u64;
                 while done < per_task {
                     let k = (per_task - done).min(1_000);
-                    let stream = StreamId::new(format!("gen-{}", (t * 1_000_003 + round) % 1_000)).unwrap();
-                    let events = (0..k).map(|i| NewEvent::new("Incremented", json!({ "by": (i % 5) + 1, "note": "generated" }))).collect();
-                    store.append(AppendRequest::new(stream, "counter", ExpectedVersion::Any, events)).await.unwrap();
+                    let stream =
+                        StreamId::new(format!("gen-{}", (t * 1_000_003 + round) % 1_000)).unwrap();
+                    let events = (0..k)
+                        .map(|i| {
+                            NewEvent::new(
+                                "Incremented",
+                                json!({ "by": (i % 5) + 1, "note": "generated" }),
+                            )
+                        })
+                        .collect();
+                    store
+                        .append(AppendRequest::new(
+                            stream,
+                            "counter",
+                            ExpectedVersion::Any,
+                            events,
+                        ))
+                        .await
+                        .unwrap();
                     done += k;
                     round += 1;
                 }
@@ -79,7 +103,11 @@ async fn main() {
         t.await.unwrap();
     }
     let head = store.head().await.unwrap();
-    println!("generated {} events in {:.1} s", head.0, started.elapsed().as_secs_f64());
+    println!(
+        "generated {} events in {:.1} s",
+        head.0,
+        started.elapsed().as_secs_f64()
+    );
 
     // Baseline: a plain SQL scan of the same rows, payloads decoded.
     let started = Instant::now();
@@ -95,11 +123,27 @@ async fn main() {
     let scan_rate = count as f64 / scan_secs;
     println!("plain scan: {count} events in {scan_secs:.2} s = {scan_rate:.0}/s");
 
-    let report = strata::rebuild(Totals, store.clone(), views, None, RebuildOptions { grace: Duration::from_millis(10), ..Default::default() }, |_| {}, CancellationToken::new())
-        .await
-        .unwrap();
+    let report = strata::rebuild(
+        Totals,
+        store.clone(),
+        views,
+        None,
+        RebuildOptions {
+            grace: Duration::from_millis(10),
+            ..Default::default()
+        },
+        |_| {},
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     let rebuild_rate = report.events as f64 / report.seconds;
-    println!("rebuild: {} events in {:.2} s = {rebuild_rate:.0}/s ({:.2}× the scan)", report.events, report.seconds, rebuild_rate / scan_rate);
+    println!(
+        "rebuild: {} events in {:.2} s = {rebuild_rate:.0}/s ({:.2}× the scan)",
+        report.events,
+        report.seconds,
+        rebuild_rate / scan_rate
+    );
 
     let table = format!(
         "| case | events | seconds | events/s |\n|---|---:|---:|---:|\n\
