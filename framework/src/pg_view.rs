@@ -445,6 +445,20 @@ impl ViewStore for PgViewStore {
         Ok(true)
     }
 
+    async fn retire_active(&self, name: &str) -> ViewResult<Position> {
+        let active = self.active_version(name, 1).await?;
+        let old = ViewId::new(name, active)?;
+        let position: Option<i64> = sqlx::query_scalar(
+            "UPDATE strata_checkpoints SET state = 'retired', updated_at = now() \
+             WHERE subscriber = $1 RETURNING position",
+        )
+        .bind(old.subscriber())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(be)?;
+        Ok(Position(position.unwrap_or(0) as u64))
+    }
+
     async fn drop_version(&self, view: &ViewId) -> ViewResult<()> {
         let mut tx = self.pool.begin().await.map_err(be)?;
         let ddl = format!("DROP TABLE IF EXISTS {}", view_table(view));

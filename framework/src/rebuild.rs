@@ -140,11 +140,22 @@ where
         let _ = task.await;
     };
 
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    // Two steps, so the switch happens even while writes never stop: once
+    // the new version is close to the head, the active version is frozen
+    // (retired: its projector's commits fail); as soon as the new version
+    // has passed the frozen checkpoint, it becomes active. Queries never go
+    // back in position, and wait at most that short freeze.
+    let mut frozen: Option<Position> = None;
+    let old_subscriber = ViewId::new(&name, from_version)?.subscriber();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
                 finish(stop, task).await;
+                if frozen.is_some() {
+                    // Not switched: let the active version move again.
+                    views.resume(&old_subscriber).await?;
+                }
                 let position = views.checkpoint(&target_view.subscriber()).await?.position;
                 return Err(RebuildError::Interrupted { view: name, version: target, position });
             }
@@ -163,8 +174,16 @@ where
                 error: st.last_error.unwrap_or_default(),
             });
         }
-        if st.position >= head && views.switch_version(&name, target).await? {
-            break;
+        match frozen {
+            None if head.0.saturating_sub(st.position.0) <= options.batch_size as u64 => {
+                frozen = Some(views.retire_active(&name).await?);
+            }
+            Some(f) if st.position >= f => {
+                if views.switch_version(&name, target).await? {
+                    break;
+                }
+            }
+            _ => {}
         }
     }
     // Hand over: the live projector (if any) takes the new version's lease.

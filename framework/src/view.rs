@@ -326,6 +326,11 @@ pub trait ViewStore: Clone + Send + Sync + 'static {
     /// changes nothing, if `to` is behind.
     fn switch_version(&self, name: &str, to: u32) -> impl Future<Output = ViewResult<bool>> + Send;
 
+    /// Freezes the active version of `name` before a switch: its
+    /// checkpoint is marked retired (its projector's commits fail from now
+    /// on) and returned. Queries still read it until the switch.
+    fn retire_active(&self, name: &str) -> impl Future<Output = ViewResult<Position>> + Send;
+
     /// Drops a retired version's documents and checkpoint.
     fn drop_version(&self, view: &ViewId) -> impl Future<Output = ViewResult<()>> + Send;
 
@@ -526,6 +531,7 @@ impl ViewStore for InMemoryViewStore {
 
     async fn resume(&self, subscriber: &str) -> ViewResult<()> {
         let mut m = self.lock();
+        m.retired.remove(subscriber);
         if let Some(cp) = m.checkpoints.get_mut(subscriber) {
             cp.state = SubscriberState::Running;
             cp.error = None;
@@ -576,6 +582,16 @@ impl ViewStore for InMemoryViewStore {
         }
         m.retired.insert(old.subscriber());
         Ok(true)
+    }
+
+    async fn retire_active(&self, name: &str) -> ViewResult<Position> {
+        let mut m = self.lock();
+        let active = m.versions.get(name).map_or(1, |v| v.0);
+        let old = ViewId::new(name, active)?.subscriber();
+        m.retired.insert(old.clone());
+        let cp = m.checkpoints.entry(old).or_insert_with(new_checkpoint);
+        cp.state = SubscriberState::Retired;
+        Ok(cp.position)
     }
 
     async fn drop_version(&self, view: &ViewId) -> ViewResult<()> {

@@ -105,7 +105,12 @@ async fn rebuild_online_while_writes_and_queries_go_on() {
     wait_until(
         Duration::from_secs(30),
         "the live projector to catch up",
-        || async { live_status.borrow().position >= store.head().await.unwrap() },
+        || async {
+            // Copy out of the watch before awaiting: a borrow held across an
+            // await blocks the projector's status updates.
+            let position = live_status.borrow().position;
+            position >= store.head().await.unwrap()
+        },
     )
     .await;
 
