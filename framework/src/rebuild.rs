@@ -178,11 +178,7 @@ where
             None if head.0.saturating_sub(st.position.0) <= options.batch_size as u64 => {
                 frozen = Some(views.retire_active(&name).await?);
             }
-            Some(f) if st.position >= f => {
-                if views.switch_version(&name, target).await? {
-                    break;
-                }
-            }
+            Some(f) if st.position >= f && views.switch_version(&name, target).await? => break,
             _ => {}
         }
     }
