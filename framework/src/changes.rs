@@ -60,7 +60,8 @@ impl ChangeFeed {
         }
     }
 
-    /// A feed on NATS subjects `<prefix>.<view>` (also delivered locally).
+    /// A feed on NATS subjects `<prefix>.<view>`; subscribers in this
+    /// process receive it through NATS too.
     #[cfg(feature = "nats")]
     pub fn nats(client: async_nats::Client, prefix: impl Into<String>) -> Self {
         ChangeFeed {

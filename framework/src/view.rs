@@ -367,7 +367,6 @@ struct MemViews {
     dead: Vec<DeadLetter>,
     /// name -> (active, rebuilding)
     versions: HashMap<String, (u32, Option<u32>)>,
-    retired: std::collections::HashSet<String>,
 }
 
 impl InMemoryViewStore {
@@ -437,12 +436,11 @@ impl ViewStore for InMemoryViewStore {
         to: Position,
     ) -> ViewResult<()> {
         let mut m = self.lock();
-        let retired = m.retired.contains(subscriber);
         let cp = m
             .checkpoints
             .entry(subscriber.to_owned())
             .or_insert_with(new_checkpoint);
-        if cp.position != from || retired {
+        if cp.position != from || cp.state != SubscriberState::Running {
             return Err(ViewError::Fenced {
                 subscriber: subscriber.to_owned(),
                 expected: from,
@@ -531,7 +529,6 @@ impl ViewStore for InMemoryViewStore {
 
     async fn resume(&self, subscriber: &str) -> ViewResult<()> {
         let mut m = self.lock();
-        m.retired.remove(subscriber);
         if let Some(cp) = m.checkpoints.get_mut(subscriber) {
             cp.state = SubscriberState::Running;
             cp.error = None;
@@ -580,7 +577,6 @@ impl ViewStore for InMemoryViewStore {
         if let Some(cp) = m.checkpoints.get_mut(&old.subscriber()) {
             cp.state = SubscriberState::Retired;
         }
-        m.retired.insert(old.subscriber());
         Ok(true)
     }
 
@@ -588,7 +584,6 @@ impl ViewStore for InMemoryViewStore {
         let mut m = self.lock();
         let active = m.versions.get(name).map_or(1, |v| v.0);
         let old = ViewId::new(name, active)?.subscriber();
-        m.retired.insert(old.clone());
         let cp = m.checkpoints.entry(old).or_insert_with(new_checkpoint);
         cp.state = SubscriberState::Retired;
         Ok(cp.position)
