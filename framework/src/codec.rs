@@ -11,6 +11,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::envelope::{EventEnvelope, Position, StreamId};
+use crate::store::StreamEvent;
 
 /// A domain event type: usually an enum with one variant per event type.
 ///
@@ -141,14 +142,32 @@ pub fn decode<E: DomainEvent>(event_type: &str, payload: Value) -> Result<E, Dec
     if !payload.is_null() {
         map.insert("data".into(), payload);
     }
-    serde_json::from_value(Value::Object(map)).map_err(|e| {
-        let msg = e.to_string();
-        if msg.starts_with("unknown variant") {
-            DecodeErrorKind::UnknownEventType
-        } else {
-            DecodeErrorKind::InvalidPayload(msg)
-        }
-    })
+    serde_json::from_value(Value::Object(map)).map_err(classify)
+}
+
+/// Decodes a payload already at the current schema version from its JSON
+/// text, without building a `serde_json::Value` first (the aggregate load
+/// path).
+pub fn decode_json<E: DomainEvent>(event_type: &str, payload: &str) -> Result<E, DecodeErrorKind> {
+    let mut doc = Vec::with_capacity(payload.len() + event_type.len() + 20);
+    doc.extend_from_slice(b"{\"type\":");
+    serde_json::to_writer(&mut doc, event_type)
+        .map_err(|e| DecodeErrorKind::InvalidPayload(e.to_string()))?;
+    if payload.trim() != "null" {
+        doc.extend_from_slice(b",\"data\":");
+        doc.extend_from_slice(payload.as_bytes());
+    }
+    doc.push(b'}');
+    serde_json::from_slice(&doc).map_err(classify)
+}
+
+fn classify(e: serde_json::Error) -> DecodeErrorKind {
+    let msg = e.to_string();
+    if msg.starts_with("unknown variant") {
+        DecodeErrorKind::UnknownEventType
+    } else {
+        DecodeErrorKind::InvalidPayload(msg)
+    }
 }
 
 type UpcastFn = dyn Fn(Value) -> Result<Value, String> + Send + Sync;
@@ -287,6 +306,61 @@ impl Upcasters {
         }
         decode(&envelope.event_type, payload).map_err(|kind| decode_error(envelope, kind))
     }
+
+    /// Decodes an event read by [`EventStore::read_stream_raw`]: straight
+    /// from the JSON text when no upcaster applies, through the upcaster
+    /// chain otherwise. The same rules and errors as
+    /// [`decode_owned`](Self::decode_owned).
+    ///
+    /// [`EventStore::read_stream_raw`]: crate::EventStore::read_stream_raw
+    pub fn decode_raw<E: DomainEvent>(
+        &self,
+        stream_id: &StreamId,
+        event: StreamEvent,
+    ) -> Result<E, DecodeError> {
+        let upcast = !self.map.is_empty()
+            && self
+                .map
+                .contains_key(&(event.event_type.clone(), event.schema_version));
+        let error = |event: &StreamEvent, kind| DecodeError {
+            event_id: event.event_id,
+            stream_id: stream_id.to_string(),
+            position: event.position,
+            event_type: event.event_type.clone(),
+            schema_version: event.schema_version,
+            kind,
+        };
+        if upcast {
+            let payload: Value = serde_json::from_str(&event.payload)
+                .map_err(|e| error(&event, DecodeErrorKind::InvalidPayload(e.to_string())))?;
+            let envelope = EventEnvelope {
+                position: event.position,
+                event_id: event.event_id,
+                stream_id: stream_id.clone(),
+                stream_type: String::new(),
+                stream_version: event.stream_version,
+                event_type: event.event_type,
+                schema_version: event.schema_version,
+                payload,
+                metadata: Default::default(),
+                recorded_at: Default::default(),
+            };
+            return self.decode_owned(envelope);
+        }
+        let current = E::schema_version(&event.event_type);
+        if event.schema_version < current {
+            return Err(error(
+                &event,
+                DecodeErrorKind::MissingUpcaster {
+                    from_version: event.schema_version,
+                },
+            ));
+        }
+        if event.schema_version > current {
+            return Err(error(&event, DecodeErrorKind::NewerSchema { known: current }));
+        }
+        decode_json(&event.event_type, &event.payload).map_err(|kind| error(&event, kind))
+    }
 }
 
 fn decode_error(envelope: &EventEnvelope, kind: DecodeErrorKind) -> DecodeError {
@@ -313,5 +387,109 @@ pub(crate) fn unstored_decode_error(
         event_type: event_type.to_owned(),
         schema_version: 0,
         kind,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+    use serde_json::json;
+
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(tag = "type", content = "data")]
+    enum Ev {
+        #[serde(rename = "Added")]
+        Added { sku: String, qty: u32 },
+        #[serde(rename = "Cleared")]
+        Cleared,
+        #[serde(rename = "Odd \"name\"")]
+        Odd(u8),
+    }
+
+    impl DomainEvent for Ev {
+        fn schema_version(event_type: &str) -> u32 {
+            if event_type == "Added" {
+                2
+            } else {
+                1
+            }
+        }
+    }
+
+    fn raw(event_type: &str, schema_version: u32, payload: Value) -> StreamEvent {
+        StreamEvent {
+            event_id: Uuid::nil(),
+            stream_version: 1,
+            position: Position(7),
+            event_type: event_type.into(),
+            schema_version,
+            payload: payload.to_string(),
+        }
+    }
+
+    #[test]
+    fn decoding_json_text_matches_decoding_values() {
+        for event in [
+            Ev::Added {
+                sku: "A-1".into(),
+                qty: 2,
+            },
+            Ev::Cleared,
+            Ev::Odd(9),
+        ] {
+            let (ty, payload) = encode(&event).unwrap();
+            let from_value: Ev = decode(&ty, payload.clone()).unwrap();
+            let from_text: Ev = decode_json(&ty, &payload.to_string()).unwrap();
+            assert_eq!(from_value, event);
+            assert_eq!(from_text, event);
+        }
+        assert_eq!(
+            decode_json::<Ev>("Nope", "{}").unwrap_err(),
+            DecodeErrorKind::UnknownEventType
+        );
+        assert!(matches!(
+            decode_json::<Ev>("Added", r#"{"sku": 5}"#).unwrap_err(),
+            DecodeErrorKind::InvalidPayload(_)
+        ));
+    }
+
+    #[test]
+    fn raw_decoding_keeps_the_version_rules_and_upcasts() {
+        let stream = StreamId::new("s-1").unwrap();
+        let none = Upcasters::new();
+        let current = raw("Added", 2, json!({ "sku": "A", "qty": 1 }));
+        assert_eq!(
+            none.decode_raw::<Ev>(&stream, current).unwrap(),
+            Ev::Added {
+                sku: "A".into(),
+                qty: 1
+            }
+        );
+        let old = raw("Added", 1, json!({ "sku": "A", "count": 4 }));
+        let err = none.decode_raw::<Ev>(&stream, old.clone()).unwrap_err();
+        assert_eq!(err.kind, DecodeErrorKind::MissingUpcaster { from_version: 1 });
+        assert_eq!((err.position, err.stream_id.as_str()), (Position(7), "s-1"));
+        let newer = raw("Added", 3, json!({}));
+        assert_eq!(
+            none.decode_raw::<Ev>(&stream, newer).unwrap_err().kind,
+            DecodeErrorKind::NewerSchema { known: 2 }
+        );
+        let up = Upcasters::new().register("Added", 1, |mut p| {
+            Ok(json!({ "sku": p["sku"].take(), "qty": p["count"].take() }))
+        });
+        assert_eq!(
+            up.decode_raw::<Ev>(&stream, old).unwrap(),
+            Ev::Added {
+                sku: "A".into(),
+                qty: 4
+            }
+        );
+        let failing = Upcasters::new().register("Added", 1, |_| Err("no".to_string()));
+        let err = failing
+            .decode_raw::<Ev>(&stream, raw("Added", 1, json!({})))
+            .unwrap_err();
+        assert!(matches!(err.kind, DecodeErrorKind::UpcastFailed { from_version: 1, .. }));
     }
 }

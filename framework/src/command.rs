@@ -482,13 +482,13 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
             let events = self
                 .inner
                 .store
-                .read_stream(stream_id, loaded.version + 1, PAGE)
+                .read_stream_raw(stream_id, loaded.version + 1, PAGE)
                 .await?;
             let n = events.len();
-            for envelope in events {
-                loaded.version = envelope.stream_version;
-                loaded.position = envelope.position;
-                let event: A::Event = self.inner.upcasters.decode_owned(envelope)?;
+            for raw in events {
+                loaded.version = raw.stream_version;
+                loaded.position = raw.position;
+                let event: A::Event = self.inner.upcasters.decode_raw(stream_id, raw)?;
                 loaded.state.evolve(&event);
             }
             if n < PAGE {

@@ -114,6 +114,7 @@ pub use query::{CacheStats, QueryError, ReaderConfig, ViewReader};
 pub use rebuild::{rebuild, RebuildError, RebuildOptions, RebuildProgress, RebuildReport};
 pub use store::{
     AppendOutcome, AppendRequest, EventFilter, EventStore, ExpectedVersion, StoreLimits,
+    StreamEvent,
 };
 pub use tokio_util::sync::CancellationToken;
 pub use view::{

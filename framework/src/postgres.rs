@@ -36,8 +36,9 @@ use uuid::Uuid;
 use crate::envelope::{EventEnvelope, Metadata, Position, StreamId};
 use crate::error::{Result, StoreError};
 use crate::store::{
-    decide, validate, AppendOutcome, AppendRequest, Decision, EventFilter, EventStore, StoreLimits,
-    StoredId, ValidAppend,
+    decide, validate, AppendOutcome, AppendRequest, Decision, EventFilter, EventStore,
+    ExpectedVersion, StoreLimits,
+    StoredId, StreamEvent, ValidAppend,
 };
 
 /// The channel followers `LISTEN` on; the payload is the new head position.
@@ -56,6 +57,11 @@ pub struct PgStoreConfig {
     pub limits: StoreLimits,
     /// Most events the writer puts in one group-commit transaction (default 4,000).
     pub max_batch_events: usize,
+    /// Writer tasks, each with its own connection (default 2). They take
+    /// turns at the append lock; a second one gathers and sends its group
+    /// while the first holds the lock, so Postgres parses one group's
+    /// payloads while it writes another's.
+    pub writers: usize,
     /// How long an append waits for the append lock before failing (default 10 s).
     pub lock_timeout: Duration,
     /// A lock wait longer than this logs the sessions holding it (default 1 s).
@@ -69,6 +75,7 @@ impl Default for PgStoreConfig {
         PgStoreConfig {
             limits: StoreLimits::default(),
             max_batch_events: 4_000,
+            writers: 2,
             lock_timeout: Duration::from_secs(10),
             slow_lock_warning: Duration::from_secs(1),
             poll_interval: Duration::from_secs(1),
@@ -86,6 +93,12 @@ impl PgStoreConfig {
     /// Sets the group-commit cap.
     pub fn max_batch_events(mut self, n: usize) -> Self {
         self.max_batch_events = n.max(1);
+        self
+    }
+
+    /// Sets the number of writer tasks (at least 1).
+    pub fn writers(mut self, n: usize) -> Self {
+        self.writers = n.max(1);
         self
     }
 
@@ -125,6 +138,9 @@ pub struct StoreStats {
     pub slow_lock_waits: u64,
     /// The longest wait for the append lock, in microseconds.
     pub max_lock_wait_us: u64,
+    /// Groups the one-round-trip append handed to the locked transaction
+    /// (a stream was not at the expected version, or an id was stored).
+    pub fallbacks: u64,
 }
 
 #[derive(Default)]
@@ -136,6 +152,7 @@ struct Counters {
     duplicates: AtomicU64,
     slow_lock_waits: AtomicU64,
     max_lock_wait_us: AtomicU64,
+    fallbacks: AtomicU64,
 }
 
 struct Shared {
@@ -202,13 +219,16 @@ impl PgEventStore {
             counters: Counters::default(),
             listener_started: AtomicBool::new(false),
         });
-        let writer = Writer {
-            pool: pool.clone(),
-            shared: Arc::clone(&shared),
-            config: config.clone(),
-            conn: None,
-        };
-        tokio::spawn(writer.run(rx));
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..config.writers {
+            let writer = Writer {
+                pool: pool.clone(),
+                shared: Arc::clone(&shared),
+                config: config.clone(),
+                conn: None,
+            };
+            tokio::spawn(writer.run(Arc::clone(&rx)));
+        }
         PgEventStore {
             inner: Arc::new(PgInner {
                 pool,
@@ -235,6 +255,7 @@ impl PgEventStore {
             duplicates: c.duplicates.load(Ordering::Relaxed),
             slow_lock_waits: c.slow_lock_waits.load(Ordering::Relaxed),
             max_lock_wait_us: c.max_lock_wait_us.load(Ordering::Relaxed),
+            fallbacks: c.fallbacks.load(Ordering::Relaxed),
         }
     }
 
@@ -321,6 +342,42 @@ impl EventStore for PgEventStore {
             .await
             .map_err(StoreError::backend)?;
         rows.iter().map(decode_envelope).collect()
+    }
+
+    async fn read_stream_raw(
+        &self,
+        stream_id: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<StreamEvent>> {
+        let rows = sqlx::query(
+            "SELECT event_id, stream_version, position, event_type, schema_version, payload::text \
+               FROM strata_events WHERE stream_id = $1 AND stream_version >= $2 \
+              ORDER BY stream_version LIMIT $3",
+        )
+        .bind(stream_id.as_str())
+        .bind(from_version.min(i64::MAX as u64) as i64)
+        .bind(clamp_limit(limit))
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(StoreError::backend)?;
+        rows.iter()
+            .map(|row| {
+                let position: i64 = row.try_get(2).map_err(StoreError::backend)?;
+                let corrupt = |e: sqlx::Error| StoreError::Corrupt {
+                    position: position as u64,
+                    reason: e.to_string(),
+                };
+                Ok(StreamEvent {
+                    event_id: row.try_get(0).map_err(corrupt)?,
+                    stream_version: row.try_get::<i64, _>(1).map_err(corrupt)? as u64,
+                    position: Position(position as u64),
+                    event_type: row.try_get(3).map_err(corrupt)?,
+                    schema_version: row.try_get::<i32, _>(4).map_err(corrupt)? as u32,
+                    payload: row.try_get(5).map_err(corrupt)?,
+                })
+            })
+            .collect()
     }
 
     async fn read_all(
@@ -474,19 +531,27 @@ struct Writer {
 type BatchResult = std::result::Result<Vec<Result<AppendOutcome>>, sqlx::Error>;
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        while let Some(first) = rx.recv().await {
-            let mut events = first.append.request.events.len();
-            let mut batch = vec![first];
-            while events < self.config.max_batch_events {
-                match rx.try_recv() {
-                    Ok(job) => {
-                        events += job.append.request.events.len();
-                        batch.push(job);
+    /// Takes whatever appends are waiting (up to the group cap) and writes
+    /// them as one group. Writers share the queue: while one holds the
+    /// append lock, the next gathers its group and has its arguments parsed.
+    async fn run(mut self, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
+        loop {
+            let batch = {
+                let mut rx = rx.lock().await;
+                let Some(first) = rx.recv().await else { return };
+                let mut events = first.append.request.events.len();
+                let mut batch = vec![first];
+                while events < self.config.max_batch_events {
+                    match rx.try_recv() {
+                        Ok(job) => {
+                            events += job.append.request.events.len();
+                            batch.push(job);
+                        }
+                        Err(_) => break,
                     }
-                    Err(_) => break,
                 }
-            }
+                batch
+            };
             self.handle(batch).await;
         }
     }
@@ -574,7 +639,123 @@ impl Writer {
         Ok(self.conn.as_mut().expect("connection set above"))
     }
 
+    /// Writes a group: in one round trip when every append names the
+    /// version it expects (the usual case), else, or when that finds the
+    /// streams moved or an id already stored, in the locked transaction.
     async fn write(&mut self, batch: &[Job]) -> BatchResult {
+        let expectations_known = batch
+            .iter()
+            .all(|j| !matches!(j.append.request.expected, ExpectedVersion::Any));
+        if expectations_known {
+            match self.write_fast(batch).await {
+                Ok(Some(results)) => return Ok(results),
+                Ok(None) => {}
+                Err(e) if is_unique_violation(&e) => {}
+                Err(e) => return Err(e),
+            }
+            self.shared
+                .counters
+                .fallbacks
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.write_locked(batch).await
+    }
+
+    /// Runs `call` and, if it waits longer than the slow-lock threshold,
+    /// logs who holds the append lock.
+    async fn watch_lock<T>(
+        shared: &Shared,
+        pool: &PgPool,
+        pid: i32,
+        slow: Duration,
+        call: impl std::future::Future<Output = T>,
+    ) -> T {
+        tokio::pin!(call);
+        tokio::select! {
+            r = &mut call => r,
+            _ = tokio::time::sleep(slow) => {
+                shared.counters.slow_lock_waits.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(report_lock_holders(pool.clone(), pid));
+                call.await
+            }
+        }
+    }
+
+    /// The one-round-trip append: decide assuming each stream is at the
+    /// version its first append expects, then let `strata_append` take the
+    /// lock, check the assumption and write, in one autocommit call.
+    /// `Ok(None)` when the assumption was wrong (nothing written).
+    async fn write_fast(
+        &mut self,
+        batch: &[Job],
+    ) -> std::result::Result<Option<Vec<Result<AppendOutcome>>>, sqlx::Error> {
+        let mut assumed: HashMap<String, u64> = HashMap::new();
+        for job in batch {
+            let r = &job.append.request;
+            let v = match r.expected {
+                ExpectedVersion::Exact(v) => v,
+                ExpectedVersion::NoStream | ExpectedVersion::Any => 0,
+            };
+            assumed.entry(r.stream_id.to_string()).or_insert(v);
+        }
+        let (check_ids, check_versions): (Vec<&str>, Vec<i64>) = assumed
+            .iter()
+            .map(|(s, v)| (s.as_str(), *v as i64))
+            .unzip();
+        let plan = plan(batch, assumed.clone(), HashMap::new(), 0);
+        let (s_ids, s_types, s_versions) = plan.stream_columns();
+        let slow = self.config.slow_lock_warning;
+        let pool = self.pool.clone();
+        let shared = Arc::clone(&self.shared);
+        let (conn, pid) = self.connection().await?;
+        let pid = *pid;
+        let c = &plan.cols;
+        let call = sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT strata_append($1, $2, $3, $4, $5, $6, $7::text[]::jsonb[], \
+                    $8::text[]::jsonb[], $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(&c.event_ids)
+        .bind(&c.stream_ids)
+        .bind(&c.stream_types)
+        .bind(&c.versions)
+        .bind(&c.event_types)
+        .bind(&c.schema_versions)
+        .bind(&c.payloads)
+        .bind(&c.metadata)
+        .bind(&c.recorded_at)
+        .bind(&check_ids)
+        .bind(&check_versions)
+        .bind(&s_ids)
+        .bind(&s_types)
+        .bind(&s_versions)
+        .bind(NOTIFY_CHANNEL)
+        .fetch_one(&mut *conn);
+        let started = Instant::now();
+        let base = Self::watch_lock(&shared, &pool, pid, slow, call).await?;
+        shared
+            .counters
+            .max_lock_wait_us
+            .fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let Some(base) = base else { return Ok(None) };
+        let base = base as u64;
+        let results = plan
+            .results
+            .into_iter()
+            .map(|r| {
+                r.map(|mut o| {
+                    o.first_position = Position(o.first_position.0 + base);
+                    o.position = Position(o.position.0 + base);
+                    o
+                })
+            })
+            .collect();
+        shared.committed(&plan.tally, base);
+        Ok(Some(results))
+    }
+
+    /// The locked transaction: lock, read the streams' versions and any
+    /// stored ids, decide, write, commit (four round trips).
+    async fn write_locked(&mut self, batch: &[Job]) -> BatchResult {
         let slow = self.config.slow_lock_warning;
         let pool = self.pool.clone();
         let shared = Arc::clone(&self.shared);
@@ -583,23 +764,12 @@ impl Writer {
         // 1. `BEGIN` and the append lock, in one round trip (a simple-query
         //    batch). The lock is held until commit.
         let started = Instant::now();
-        let mut tx = {
-            let begin = conn.begin_with("BEGIN; SELECT 1 FROM strata_head WHERE id = 1 FOR UPDATE");
-            tokio::pin!(begin);
-            tokio::select! {
-                r = &mut begin => r?,
-                _ = tokio::time::sleep(slow) => {
-                    shared.counters.slow_lock_waits.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(report_lock_holders(pool, pid));
-                    begin.await?
-                }
-            }
-        };
-        let waited = started.elapsed().as_micros() as u64;
+        let begin = conn.begin_with("BEGIN; SELECT 1 FROM strata_head WHERE id = 1 FOR UPDATE");
+        let mut tx = Self::watch_lock(&shared, &pool, pid, slow, begin).await?;
         shared
             .counters
             .max_lock_wait_us
-            .fetch_max(waited, Ordering::Relaxed);
+            .fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
 
         let stream_ids: Vec<&str> = batch
             .iter()
@@ -656,80 +826,14 @@ impl Writer {
         }
 
         // 3. Decide each append in order, as if they ran one after another.
-        let mut cols = Columns::default();
-        let mut streams: HashMap<&str, (&str, u64)> = HashMap::new();
-        let head = head.ok_or_else(|| sqlx::Error::RowNotFound)?;
-        let mut next = head as u64;
-        let mut results = Vec::with_capacity(batch.len());
-        let mut written = (0u64, 0u64);
-        for job in batch {
-            let request = &job.append.request;
-            let current = versions
-                .get(request.stream_id.as_str())
-                .copied()
-                .unwrap_or(0);
-            let result = match decide(request, current, &existing) {
-                Ok(Decision::Duplicate(outcome)) => {
-                    shared.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                    Ok(outcome)
-                }
-                Err(e) => {
-                    if matches!(e, StoreError::Conflict { .. }) {
-                        shared.counters.conflicts.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e)
-                }
-                Ok(Decision::Write { current }) => {
-                    let first_position = Position(next + 1);
-                    for (i, e) in request.events.iter().enumerate() {
-                        next += 1;
-                        let version = current + 1 + i as u64;
-                        cols.positions.push(next as i64);
-                        cols.event_ids.push(e.event_id);
-                        cols.stream_ids.push(request.stream_id.as_str());
-                        cols.stream_types.push(&request.stream_type);
-                        cols.versions.push(version as i64);
-                        cols.event_types.push(&e.event_type);
-                        cols.schema_versions.push(e.schema_version as i32);
-                        cols.payloads.push(&job.append.payloads[i]);
-                        cols.metadata.push(&job.append.metadata[i]);
-                        cols.recorded_at.push(e.recorded_at);
-                        existing.insert(
-                            e.event_id,
-                            StoredId {
-                                stream_id: request.stream_id.clone(),
-                                stream_version: version,
-                                position: Position(next),
-                            },
-                        );
-                    }
-                    let count = request.events.len() as u64;
-                    versions.insert(request.stream_id.to_string(), current + count);
-                    streams.insert(
-                        request.stream_id.as_str(),
-                        (request.stream_type.as_str(), current + count),
-                    );
-                    written.0 += 1;
-                    written.1 += count;
-                    Ok(AppendOutcome {
-                        stream_id: request.stream_id.clone(),
-                        first_version: current + 1,
-                        stream_version: current + count,
-                        first_position,
-                        position: Position(next),
-                        duplicate: false,
-                    })
-                }
-            };
-            results.push(result);
-        }
+        let head = head.ok_or_else(|| sqlx::Error::RowNotFound)? as u64;
+        let plan = plan(batch, versions, existing, head);
 
         // 4. One statement writes everything.
-        if !cols.positions.is_empty() {
-            let (s_ids, (s_types, s_versions)): (Vec<&str>, (Vec<&str>, Vec<i64>)) = streams
-                .iter()
-                .map(|(id, (ty, v))| (*id, (*ty, *v as i64)))
-                .unzip();
+        if !plan.cols.positions.is_empty() {
+            let (s_ids, s_types, s_versions) = plan.stream_columns();
+            let c = &plan.cols;
+            let next = head + c.positions.len() as u64;
             sqlx::query(
                 "WITH new_events AS ( \
                    INSERT INTO strata_events (position, event_id, stream_id, stream_type, \
@@ -747,35 +851,161 @@ impl Writer {
                  head AS (UPDATE strata_head SET position = $13 WHERE id = 1 RETURNING 1) \
                  SELECT pg_notify($14, $13::text)",
             )
-            .bind(&cols.positions)
-            .bind(&cols.event_ids)
-            .bind(&cols.stream_ids)
-            .bind(&cols.stream_types)
-            .bind(&cols.versions)
-            .bind(&cols.event_types)
-            .bind(&cols.schema_versions)
-            .bind(&cols.payloads)
-            .bind(&cols.metadata)
+            .bind(&c.positions)
+            .bind(&c.event_ids)
+            .bind(&c.stream_ids)
+            .bind(&c.stream_types)
+            .bind(&c.versions)
+            .bind(&c.event_types)
+            .bind(&c.schema_versions)
+            .bind(&c.payloads)
+            .bind(&c.metadata)
             .bind(&s_ids)
             .bind(&s_types)
             .bind(&s_versions)
             .bind(next as i64)
             .bind(NOTIFY_CHANNEL)
-            .bind(&cols.recorded_at)
+            .bind(&c.recorded_at)
             .execute(&mut *tx)
             .await?;
         }
 
         // 5. Commit, which releases the lock.
         tx.commit().await?;
-        let c = &shared.counters;
+        shared.committed(&plan.tally, 0);
+        Ok(plan.results)
+    }
+}
+
+/// What a group's decisions add up to, counted once the group commits.
+#[derive(Debug, Default)]
+struct Tally {
+    appends: u64,
+    events: u64,
+    conflicts: u64,
+    duplicates: u64,
+    /// The last position written, before adding the base.
+    last: u64,
+}
+
+impl Shared {
+    /// Counts a committed group and moves the head watch.
+    fn committed(&self, t: &Tally, base: u64) {
+        let c = &self.counters;
         c.batches.fetch_add(1, Ordering::Relaxed);
-        c.appends.fetch_add(written.0, Ordering::Relaxed);
-        c.events.fetch_add(written.1, Ordering::Relaxed);
-        if written.1 > 0 {
-            shared.advance_head(Position(next));
+        c.appends.fetch_add(t.appends, Ordering::Relaxed);
+        c.events.fetch_add(t.events, Ordering::Relaxed);
+        c.conflicts.fetch_add(t.conflicts, Ordering::Relaxed);
+        c.duplicates.fetch_add(t.duplicates, Ordering::Relaxed);
+        if t.events > 0 {
+            self.advance_head(Position(base + t.last));
         }
-        Ok(results)
+    }
+}
+
+/// A group's decisions and the columns to write.
+struct Plan<'a> {
+    cols: Columns<'a>,
+    /// Written streams: id → (type, version after the group).
+    streams: HashMap<&'a str, (&'a str, u64)>,
+    results: Vec<Result<AppendOutcome>>,
+    tally: Tally,
+}
+
+impl Plan<'_> {
+    fn stream_columns(&self) -> (Vec<&str>, Vec<&str>, Vec<i64>) {
+        let mut ids = Vec::with_capacity(self.streams.len());
+        let mut types = Vec::with_capacity(self.streams.len());
+        let mut versions = Vec::with_capacity(self.streams.len());
+        for (id, (ty, v)) in &self.streams {
+            ids.push(*id);
+            types.push(*ty);
+            versions.push(*v as i64);
+        }
+        (ids, types, versions)
+    }
+}
+
+/// Decides each append of a group in order, as if they ran one after
+/// another from `versions` and `existing`; positions start after `head`.
+fn plan<'a>(
+    batch: &'a [Job],
+    mut versions: HashMap<String, u64>,
+    mut existing: HashMap<Uuid, StoredId>,
+    head: u64,
+) -> Plan<'a> {
+    let mut cols = Columns::default();
+    let mut streams: HashMap<&str, (&str, u64)> = HashMap::new();
+    let mut next = head;
+    let mut results = Vec::with_capacity(batch.len());
+    let mut tally = Tally::default();
+    for job in batch {
+        let request = &job.append.request;
+        let current = versions
+            .get(request.stream_id.as_str())
+            .copied()
+            .unwrap_or(0);
+        let result = match decide(request, current, &existing) {
+            Ok(Decision::Duplicate(outcome)) => {
+                tally.duplicates += 1;
+                Ok(outcome)
+            }
+            Err(e) => {
+                if matches!(e, StoreError::Conflict { .. }) {
+                    tally.conflicts += 1;
+                }
+                Err(e)
+            }
+            Ok(Decision::Write { current }) => {
+                let first_position = Position(next + 1);
+                for (i, e) in request.events.iter().enumerate() {
+                    next += 1;
+                    let version = current + 1 + i as u64;
+                    cols.positions.push(next as i64);
+                    cols.event_ids.push(e.event_id);
+                    cols.stream_ids.push(request.stream_id.as_str());
+                    cols.stream_types.push(&request.stream_type);
+                    cols.versions.push(version as i64);
+                    cols.event_types.push(&e.event_type);
+                    cols.schema_versions.push(e.schema_version as i32);
+                    cols.payloads.push(&job.append.payloads[i]);
+                    cols.metadata.push(&job.append.metadata[i]);
+                    cols.recorded_at.push(e.recorded_at);
+                    existing.insert(
+                        e.event_id,
+                        StoredId {
+                            stream_id: request.stream_id.clone(),
+                            stream_version: version,
+                            position: Position(next),
+                        },
+                    );
+                }
+                let count = request.events.len() as u64;
+                versions.insert(request.stream_id.to_string(), current + count);
+                streams.insert(
+                    request.stream_id.as_str(),
+                    (request.stream_type.as_str(), current + count),
+                );
+                tally.appends += 1;
+                tally.events += count;
+                Ok(AppendOutcome {
+                    stream_id: request.stream_id.clone(),
+                    first_version: current + 1,
+                    stream_version: current + count,
+                    first_position,
+                    position: Position(next),
+                    duplicate: false,
+                })
+            }
+        };
+        results.push(result);
+    }
+    tally.last = next;
+    Plan {
+        cols,
+        streams,
+        results,
+        tally,
     }
 }
 

@@ -187,6 +187,37 @@ pub trait EventStore: Clone + Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<EventEnvelope>>> + Send;
 
+    /// Reads a stream's events like [`read_stream`](EventStore::read_stream),
+    /// but only what loading an aggregate needs, with each payload left as
+    /// JSON text so it decodes straight into the typed event (no
+    /// intermediate `serde_json::Value`, no metadata).
+    ///
+    /// The default implementation derives it from `read_stream`; stores
+    /// override it when they can do better.
+    fn read_stream_raw(
+        &self,
+        stream_id: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<StreamEvent>>> + Send {
+        async move {
+            let events = self.read_stream(stream_id, from_version, limit).await?;
+            events
+                .into_iter()
+                .map(|e| {
+                    Ok(StreamEvent {
+                        payload: serde_json::to_string(&e.payload).map_err(StoreError::backend)?,
+                        event_id: e.event_id,
+                        stream_version: e.stream_version,
+                        position: e.position,
+                        event_type: e.event_type,
+                        schema_version: e.schema_version,
+                    })
+                })
+                .collect()
+        }
+    }
+
     /// Reads events with `position > after` in global order, at most `limit`,
     /// keeping only those the filter matches.
     fn read_all(
@@ -214,6 +245,24 @@ pub trait EventStore: Clone + Send + Sync + 'static {
 
     /// The stream's current version (0 when it does not exist).
     fn stream_version(&self, stream_id: &StreamId) -> impl Future<Output = Result<u64>> + Send;
+}
+
+/// A stored event as an aggregate load reads it (see
+/// [`EventStore::read_stream_raw`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEvent {
+    /// The event's id.
+    pub event_id: Uuid,
+    /// Its version within the stream.
+    pub stream_version: u64,
+    /// Its global position.
+    pub position: Position,
+    /// Its type name.
+    pub event_type: String,
+    /// The schema version its payload was written with.
+    pub schema_version: u32,
+    /// The payload as JSON text (always valid JSON: the store wrote it).
+    pub payload: String,
 }
 
 /// An append that passed validation, with payloads serialised once.

@@ -93,11 +93,17 @@ async fn reader_never_skips_a_late_committing_append() {
     .await
     .unwrap();
 
-    // Others append while it is open.
+    // Others append while it is open: some through the one-round-trip
+    // append (a known expected version), some through the locked
+    // transaction (`ExpectedVersion::Any`).
     let writers: Vec<_> = (0..5)
         .map(|i| {
             let store = store.clone();
-            tokio::spawn(async move { store.append(append(&format!("fast-{i}"), 2)).await })
+            let mut request = append(&format!("fast-{i}"), 2);
+            if i % 2 == 0 {
+                request.expected = ExpectedVersion::NoStream;
+            }
+            tokio::spawn(async move { store.append(request).await })
         })
         .collect();
     wait_for_blocked_writer(&db.pool).await;
