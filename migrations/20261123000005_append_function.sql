@@ -28,7 +28,12 @@ CREATE FUNCTION strata_append(
     s_versions      bigint[],
     channel         text
 ) RETURNS bigint
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE
+-- Plan each statement once per session: the writer's connection forces
+-- custom plans for its other queries, which would re-plan all of these on
+-- every call.
+SET plan_cache_mode = force_generic_plan
+AS $$
 DECLARE
     n    bigint := coalesce(cardinality(event_ids), 0);
     base bigint;

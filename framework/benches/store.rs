@@ -114,12 +114,23 @@ async fn main() {
     .execute(&db.pool)
     .await
     .expect("baseline table");
-    let store = PgEventStore::new(db.pool.clone());
+    let writers_cfg: usize = std::env::var("STRATA_BENCH_WRITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let store = PgEventStore::with_config(
+        db.pool.clone(),
+        strata::PgStoreConfig::default().writers(writers_cfg),
+    );
     let meta = serde_json::to_string(&Metadata::new().with_actor("bench")).unwrap();
     let mut rows = Vec::new();
     let run_id = Uuid::new_v4().simple().to_string()[..8].to_owned();
 
+    let only_batch = std::env::var("STRATA_BENCH_ONLY_BATCH").is_ok();
     for writers in [1usize, 8, 32] {
+        if only_batch {
+            break;
+        }
         let pool = raw_pool(&db.url, writers as u32).await;
         let m = meta.clone();
         let tag = format!("{run_id}-r{writers}");
@@ -193,6 +204,10 @@ async fn main() {
         strata,
     });
 
+    if only_batch {
+        println!("{:?}", store.stats());
+        return;
+    }
     // The command path.
     let mut cmd_rows = Vec::new();
     for (i, writers) in [1usize, 8, 32].into_iter().enumerate() {

@@ -357,7 +357,10 @@ impl Upcasters {
             ));
         }
         if event.schema_version > current {
-            return Err(error(&event, DecodeErrorKind::NewerSchema { known: current }));
+            return Err(error(
+                &event,
+                DecodeErrorKind::NewerSchema { known: current },
+            ));
         }
         decode_json(&event.event_type, &event.payload).map_err(|kind| error(&event, kind))
     }
@@ -469,7 +472,10 @@ mod tests {
         );
         let old = raw("Added", 1, json!({ "sku": "A", "count": 4 }));
         let err = none.decode_raw::<Ev>(&stream, old.clone()).unwrap_err();
-        assert_eq!(err.kind, DecodeErrorKind::MissingUpcaster { from_version: 1 });
+        assert_eq!(
+            err.kind,
+            DecodeErrorKind::MissingUpcaster { from_version: 1 }
+        );
         assert_eq!((err.position, err.stream_id.as_str()), (Position(7), "s-1"));
         let newer = raw("Added", 3, json!({}));
         assert_eq!(
@@ -490,6 +496,12 @@ mod tests {
         let err = failing
             .decode_raw::<Ev>(&stream, raw("Added", 1, json!({})))
             .unwrap_err();
-        assert!(matches!(err.kind, DecodeErrorKind::UpcastFailed { from_version: 1, .. }));
+        assert!(matches!(
+            err.kind,
+            DecodeErrorKind::UpcastFailed {
+                from_version: 1,
+                ..
+            }
+        ));
     }
 }

@@ -37,8 +37,7 @@ use crate::envelope::{EventEnvelope, Metadata, Position, StreamId};
 use crate::error::{Result, StoreError};
 use crate::store::{
     decide, validate, AppendOutcome, AppendRequest, Decision, EventFilter, EventStore,
-    ExpectedVersion, StoreLimits,
-    StoredId, StreamEvent, ValidAppend,
+    ExpectedVersion, StoreLimits, StoredId, StreamEvent, ValidAppend,
 };
 
 /// The channel followers `LISTEN` on; the payload is the new head position.
@@ -698,10 +697,8 @@ impl Writer {
             };
             assumed.entry(r.stream_id.to_string()).or_insert(v);
         }
-        let (check_ids, check_versions): (Vec<&str>, Vec<i64>) = assumed
-            .iter()
-            .map(|(s, v)| (s.as_str(), *v as i64))
-            .unzip();
+        let (check_ids, check_versions): (Vec<&str>, Vec<i64>) =
+            assumed.iter().map(|(s, v)| (s.as_str(), *v as i64)).unzip();
         let plan = plan(batch, assumed.clone(), HashMap::new(), 0);
         let (s_ids, s_types, s_versions) = plan.stream_columns();
         let slow = self.config.slow_lock_warning;

@@ -4,8 +4,8 @@
 use serde_json::json;
 use strata::testing::test_database;
 use strata::{
-    AppendRequest, EventFilter, EventStore, ExpectedVersion, NewEvent, PgEventStore,
-    PgStoreConfig, Position, StoreError, StreamId,
+    AppendRequest, EventFilter, EventStore, ExpectedVersion, NewEvent, PgEventStore, PgStoreConfig,
+    Position, StoreError, StreamId,
 };
 
 fn request(stream: &str, expected: ExpectedVersion, n: usize) -> AppendRequest {
@@ -57,7 +57,10 @@ async fn known_expectations_take_one_round_trip_and_surprises_fall_back() {
     // constraint and rolls back, and the locked path returns the original.
     let again = store.append(first).await.unwrap();
     assert!(again.duplicate);
-    assert_eq!((again.first_position, again.position), (Position(1), Position(3)));
+    assert_eq!(
+        (again.first_position, again.position),
+        (Position(1), Position(3))
+    );
     assert_eq!(store.stats().fallbacks, 3);
 
     // Another process moves the stream; this one's next append finds out.
@@ -84,5 +87,11 @@ async fn known_expectations_take_one_round_trip_and_surprises_fall_back() {
     assert_eq!(positions, (1..=5).collect::<Vec<_>>());
     assert_eq!(versions, (1..=5).collect::<Vec<_>>());
     assert_eq!(store.head().await.unwrap(), Position(5));
-    assert_eq!(store.stream_version(&StreamId::new("s-1").unwrap()).await.unwrap(), 5);
+    assert_eq!(
+        store
+            .stream_version(&StreamId::new("s-1").unwrap())
+            .await
+            .unwrap(),
+        5
+    );
 }
