@@ -158,72 +158,81 @@ impl ViewStore for PgViewStore {
         from: Position,
         to: Position,
     ) -> ViewResult<()> {
-        let mut tx = self.pool.begin().await.map_err(be)?;
-        // Views are derived data: a view commit need not wait for its WAL
-        // flush. Documents and checkpoint still commit atomically; a
-        // database crash can lose the last view commits, which the
-        // projector then simply applies again from the event store.
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await
-            .map_err(be)?;
-        let moved = sqlx::query(
-            "UPDATE strata_checkpoints SET position = $3, updated_at = now() \
-             WHERE subscriber = $1 AND position = $2 AND state = 'running'",
-        )
-        .bind(subscriber)
-        .bind(from.0 as i64)
-        .bind(to.0 as i64)
-        .execute(&mut *tx)
-        .await
-        .map_err(be)?;
-        if moved.rows_affected() != 1 {
+        let (mut keys, mut docs, mut positions) = (Vec::new(), Vec::new(), Vec::new());
+        let mut deleted = Vec::new();
+        // Last change per key wins (the runtime already folds a batch).
+        let mut last: HashMap<String, DocChange> = HashMap::new();
+        for c in changes {
+            last.insert(c.key().to_owned(), c);
+        }
+        for (_, c) in last {
+            match c {
+                DocChange::Put(d) => {
+                    keys.push(d.key);
+                    docs.push(d.doc.to_string());
+                    positions.push(d.position.0 as i64);
+                }
+                DocChange::Delete { key } => deleted.push(key),
+            }
+        }
+        // One statement in its own transaction, so one round trip: the
+        // checkpoint moves by compare-and-set, and the documents are written
+        // only if it moved (the fence; data-modifying WITH parts always run,
+        // so each checks `moved` itself). Views are derived data, so the
+        // commit need not wait for its WAL flush (`synchronous_commit` off
+        // for this transaction only): documents and checkpoint still commit
+        // atomically, and a database crash can lose only the last view
+        // commits, which the projector then applies again from the store.
+        const CHECKPOINT: &str = "WITH relaxed AS ( \
+               SELECT set_config('synchronous_commit', 'off', true)), \
+             moved AS ( \
+               UPDATE strata_checkpoints SET position = $3, updated_at = now() \
+                WHERE subscriber = $1 AND position = $2 AND state = 'running' \
+                  AND EXISTS (SELECT 1 FROM relaxed) \
+               RETURNING 1)";
+        let moved: i64 = match view {
+            Some(view) if !keys.is_empty() || !deleted.is_empty() => {
+                let table = view_table(view);
+                sqlx::query_scalar(&format!(
+                    "{CHECKPOINT}, \
+                     put AS ( \
+                       INSERT INTO {table} (key, doc, position) \
+                       SELECT k, d::jsonb, p \
+                         FROM UNNEST($4::text[], $5::text[], $6::bigint[]) AS t(k, d, p) \
+                        WHERE EXISTS (SELECT 1 FROM moved) \
+                       ON CONFLICT (key) DO UPDATE \
+                         SET doc = EXCLUDED.doc, position = EXCLUDED.position), \
+                     gone AS ( \
+                       DELETE FROM {table} \
+                        WHERE key = ANY($7) AND EXISTS (SELECT 1 FROM moved)) \
+                     SELECT count(*) FROM moved"
+                ))
+                .bind(subscriber)
+                .bind(from.0 as i64)
+                .bind(to.0 as i64)
+                .bind(&keys)
+                .bind(&docs)
+                .bind(&positions)
+                .bind(&deleted)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(be)?
+            }
+            _ => sqlx::query_scalar(&format!("{CHECKPOINT} SELECT count(*) FROM moved"))
+                .bind(subscriber)
+                .bind(from.0 as i64)
+                .bind(to.0 as i64)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(be)?,
+        };
+        if moved != 1 {
             return Err(ViewError::Fenced {
                 subscriber: subscriber.to_owned(),
                 expected: from,
             });
         }
-        if let Some(view) = view {
-            let table = view_table(view);
-            let (mut keys, mut docs, mut positions) = (Vec::new(), Vec::new(), Vec::new());
-            let mut deleted = Vec::new();
-            // Last change per key wins (the runtime already folds a batch).
-            let mut last: HashMap<String, DocChange> = HashMap::new();
-            for c in changes {
-                last.insert(c.key().to_owned(), c);
-            }
-            for (_, c) in last {
-                match c {
-                    DocChange::Put(d) => {
-                        keys.push(d.key);
-                        docs.push(d.doc.to_string());
-                        positions.push(d.position.0 as i64);
-                    }
-                    DocChange::Delete { key } => deleted.push(key),
-                }
-            }
-            if !keys.is_empty() {
-                sqlx::query(&format!(
-                    "INSERT INTO {table} (key, doc, position) \
-                     SELECT k, d::jsonb, p FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS t(k, d, p) \
-                     ON CONFLICT (key) DO UPDATE SET doc = EXCLUDED.doc, position = EXCLUDED.position"
-                ))
-                .bind(&keys)
-                .bind(&docs)
-                .bind(&positions)
-                .execute(&mut *tx)
-                .await
-                .map_err(be)?;
-            }
-            if !deleted.is_empty() {
-                sqlx::query(&format!("DELETE FROM {table} WHERE key = ANY($1)"))
-                    .bind(&deleted)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(be)?;
-            }
-        }
-        tx.commit().await.map_err(be)
+        Ok(())
     }
 
     async fn get(&self, view: &ViewId, key: &str) -> ViewResult<ViewRead> {

@@ -158,6 +158,9 @@ struct Shared {
     head: watch::Sender<Position>,
     counters: Counters,
     listener_started: AtomicBool,
+    /// The listener is LISTENing and has polled since: the head watch is
+    /// current, so waiters need not ask the database.
+    listening: AtomicBool,
 }
 
 impl Shared {
@@ -217,6 +220,7 @@ impl PgEventStore {
             head: watch::Sender::new(Position::START),
             counters: Counters::default(),
             listener_started: AtomicBool::new(false),
+            listening: AtomicBool::new(false),
         });
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         for _ in 0..config.writers {
@@ -415,8 +419,10 @@ impl EventStore for PgEventStore {
     async fn wait_for_head(&self, after: Position, max_wait: Duration) -> Result<Position> {
         self.ensure_listener();
         let mut rx = self.inner.shared.head.subscribe();
-        if *rx.borrow_and_update() <= after {
-            // The watch may lag the database (listener just started).
+        let current = self.inner.shared.listening.load(Ordering::Acquire);
+        if !current && *rx.borrow_and_update() <= after {
+            // The watch may lag the database (the listener is starting or
+            // reconnecting).
             let head = self.head().await?;
             if head > after {
                 return Ok(head);
@@ -490,6 +496,7 @@ async fn run_listener(shared: Weak<Shared>, pool: PgPool, poll_interval: Duratio
         loop {
             let Some(s) = shared.upgrade() else { return };
             poll(&s, pool.clone()).await;
+            s.listening.store(listener.is_some(), Ordering::Release);
             drop(s);
             let Some(l) = listener.as_mut() else {
                 tokio::time::sleep(poll_interval).await;
@@ -508,8 +515,19 @@ async fn run_listener(shared: Weak<Shared>, pool: PgPool, poll_interval: Duratio
                         }
                         // The connection dropped and was re-established:
                         // notifications may have been lost, so poll.
-                        Ok(None) => break,
-                        Err(_) => { listener = None; break; }
+                        Ok(None) => {
+                            if let Some(s) = shared.upgrade() {
+                                s.listening.store(false, Ordering::Release);
+                            }
+                            break;
+                        }
+                        Err(_) => {
+                            if let Some(s) = shared.upgrade() {
+                                s.listening.store(false, Ordering::Release);
+                            }
+                            listener = None;
+                            break;
+                        }
                     },
                     _ = &mut deadline => break,
                 }

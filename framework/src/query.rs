@@ -10,6 +10,7 @@
 //! and a read-your-writes query never.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -87,6 +88,9 @@ struct Inner<V> {
     checkpoints: Mutex<HashMap<ViewId, watch::Sender<Position>>>,
     stats: Mutex<CacheStats>,
     config: ReaderConfig,
+    /// A change feed is being followed: announcements move the checkpoint
+    /// watches, so waits ask the store only as a safety net.
+    listening: std::sync::atomic::AtomicBool,
 }
 
 /// Reads views through a cache. Cheap to clone.
@@ -119,6 +123,7 @@ impl<V: ViewStore> ViewReader<V> {
                 checkpoints: Mutex::new(HashMap::new()),
                 stats: Mutex::new(CacheStats::default()),
                 config,
+                listening: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -147,6 +152,12 @@ impl<V: ViewStore> ViewReader<V> {
             .clone()
     }
 
+    fn set_listening(&self, on: bool) {
+        self.inner
+            .listening
+            .store(on, Ordering::Release);
+    }
+
     fn note_checkpoint(&self, view: &ViewId, position: Position) {
         self.checkpoint_tx(view).send_if_modified(|p| {
             if position > *p {
@@ -167,7 +178,18 @@ impl<V: ViewStore> ViewReader<V> {
     ) -> Result<(), crate::bus::BusError> {
         let mut sub = feed.subscribe().await?;
         let reader = self.clone();
+        self.set_listening(true);
         tokio::spawn(async move {
+            struct Stop<V>(ViewReader<V>);
+            impl<V> Drop for Stop<V> {
+                fn drop(&mut self) {
+                    self.0
+                        .inner
+                        .listening
+                        .store(false, Ordering::Release);
+                }
+            }
+            let _stop = Stop(reader.clone());
             loop {
                 let notice = tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -225,31 +247,38 @@ impl<V: ViewStore> ViewReader<V> {
         }
         let mut rx = tx.subscribe();
         let deadline = tokio::time::Instant::now() + self.inner.config.max_wait;
+        // With a change feed, announcements are the fast path and the store
+        // is asked only when none has come for a poll interval (so a lost
+        // announcement costs one interval). Without one, the store is asked
+        // every interval.
+        let mut ask_store = !self.inner.listening.load(Ordering::Acquire);
         loop {
-            // Announcements are the fast path; the store is asked too, so a
-            // lost announcement costs at most one poll interval.
-            let cp = self
-                .inner
-                .views
-                .checkpoint(&view.subscriber())
-                .await?
-                .position;
-            self.note_checkpoint(view, cp);
-            if cp >= position {
-                return Ok(cp);
+            if ask_store {
+                let cp = self
+                    .inner
+                    .views
+                    .checkpoint(&view.subscriber())
+                    .await?
+                    .position;
+                self.note_checkpoint(view, cp);
+                if cp >= position {
+                    return Ok(cp);
+                }
             }
+            ask_store = true;
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 return Err(QueryError::NotCaughtUp {
                     view: view.to_string(),
                     requested: position,
-                    current: cp,
+                    current: *rx.borrow(),
                 });
             }
             let poll = (deadline - now).min(Duration::from_millis(200));
             let _ = tokio::time::timeout(poll, rx.wait_for(|p| *p >= position)).await;
-            if *rx.borrow() >= position {
-                return Ok(*rx.borrow());
+            let seen = *rx.borrow();
+            if seen >= position {
+                return Ok(seen);
             }
         }
     }
