@@ -521,7 +521,10 @@ async fn main() {
     .iter()
     .map(|v| percentile(v, 0.99))
     .collect();
-    println!("stage p99: command {:.2} ms, relay {:.2} ms, projector {:.2} ms", stage_p99[0], stage_p99[1], stage_p99[2]);
+    println!(
+        "stage p99: command {:.2} ms, relay {:.2} ms, projector {:.2} ms",
+        stage_p99[0], stage_p99[1], stage_p99[2]
+    );
     assert!(!ms.is_empty(), "every command failed");
     let (p50, p99, max) = (
         percentile(&ms, 0.5),

@@ -72,7 +72,13 @@ impl<S: EventStore> Follower<S> {
     /// Returns the next batch, or `None` when caught up with the head.
     pub async fn try_next_batch(&mut self) -> Result<Option<Vec<EventEnvelope>>> {
         loop {
-            let head = self.store.head().await?;
+            // The head as the store last heard it (no database round trip
+            // while its listener is current): never ahead of what is visible,
+            // and a new event always moves it.
+            let head = self
+                .store
+                .wait_for_head(self.position, Duration::ZERO)
+                .await?;
             if head <= self.position {
                 return Ok(None);
             }

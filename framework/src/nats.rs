@@ -324,7 +324,11 @@ impl<S: EventStore, V: ViewStore> Relay<S, V> {
             last = Some(position);
         }
         if let Some(published) = last {
-            let head = self.store.head().await.unwrap_or(published);
+            let head = self
+                .store
+                .wait_for_head(published, Duration::ZERO)
+                .await
+                .unwrap_or(published);
             self.status.send_modify(|s| {
                 s.published = published;
                 s.lag = head.0.saturating_sub(published.0);

@@ -153,9 +153,7 @@ impl<V: ViewStore> ViewReader<V> {
     }
 
     fn set_listening(&self, on: bool) {
-        self.inner
-            .listening
-            .store(on, Ordering::Release);
+        self.inner.listening.store(on, Ordering::Release);
     }
 
     fn note_checkpoint(&self, view: &ViewId, position: Position) {
@@ -183,10 +181,7 @@ impl<V: ViewStore> ViewReader<V> {
             struct Stop<V>(ViewReader<V>);
             impl<V> Drop for Stop<V> {
                 fn drop(&mut self) {
-                    self.0
-                        .inner
-                        .listening
-                        .store(false, Ordering::Release);
+                    self.0.inner.listening.store(false, Ordering::Release);
                 }
             }
             let _stop = Stop(reader.clone());

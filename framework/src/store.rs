@@ -232,6 +232,11 @@ pub trait EventStore: Clone + Send + Sync + 'static {
 
     /// Waits until the head is beyond `after`, or `max_wait` passes, and
     /// returns the head. Wakes on new events without busy polling.
+    ///
+    /// With a zero `max_wait` it returns at once with the head as the store
+    /// last heard of it: never beyond what readers can see, and cheaper than
+    /// [`head`](EventStore::head) (the Postgres store answers from its
+    /// LISTEN/NOTIFY watch while that is current).
     fn wait_for_head(
         &self,
         after: Position,
