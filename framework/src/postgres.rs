@@ -2,19 +2,24 @@
 //!
 //! # How appends work
 //!
-//! Every append in a process goes to one writer task that owns a dedicated
-//! connection. The writer takes whatever appends are waiting (group commit)
-//! and writes them in one transaction:
+//! Every append in a process goes to a writer task (two by default, each
+//! owning a dedicated connection). A writer takes whatever appends are
+//! waiting (group commit) and writes them in one transaction, in one of two
+//! ways (ADR 0006):
 //!
-//! 1. `SELECT position FROM strata_head ... FOR UPDATE`: the global append
-//!    lock. Whoever holds it assigns the next positions.
-//! 2. one query for the streams' current versions and for any of the event
-//!    ids that already exist;
-//! 3. the shared append rules ([`crate::store`]) decide, per append: write,
-//!    duplicate (return the original outcome) or conflict;
-//! 4. one statement inserts the events, moves the streams' versions and the
-//!    head, and `NOTIFY`s followers;
-//! 5. `COMMIT`, which releases the lock.
+//! - **One call** when every append names its expected version: the shared
+//!   append rules ([`crate::store`]) decide each append assuming its stream
+//!   is at that version, and one autocommit call of `strata_append` takes
+//!   the append lock (`SELECT position FROM strata_head ... FOR UPDATE`),
+//!   checks the assumption, inserts the events at the next positions, moves
+//!   the streams and the head, and `NOTIFY`s followers. If a stream was
+//!   elsewhere it writes nothing, and so does a stored event id (a retried
+//!   request, caught by the unique constraint); either way the writer falls
+//!   back to:
+//! - **The locked transaction**: `BEGIN` and the lock, one query for the
+//!   streams' current versions and any stored ids, the shared rules decide
+//!   (write, duplicate with the original outcome, or conflict), one
+//!   statement writes, `COMMIT` releases the lock.
 //!
 //! Because positions are assigned under a lock that is held until commit, a
 //! position becomes visible only after all lower positions are visible: a
