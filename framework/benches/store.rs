@@ -22,10 +22,47 @@ fn payload(i: u64) -> serde_json::Value {
     json!({ "sku": format!("SKU-{:05}", i % 10_000), "quantity": i % 7 + 1, "unit_price_cents": 1999, "note": "benchmark event payload" })
 }
 
+/// Turns of baseline and Strata per case.
+const ROUNDS: usize = 3;
+
 struct Row {
     case: String,
     raw: f64,
     strata: f64,
+    /// Median of the per-round ratios (equal to strata / raw for one round).
+    ratio: f64,
+    /// Lowest and highest per-round ratio.
+    spread: (f64, f64),
+}
+
+impl Row {
+    fn single(case: String, raw: f64, strata: f64) -> Row {
+        Row::from_rounds(case, &[(raw, strata)])
+    }
+
+    fn from_rounds(case: String, pairs: &[(f64, f64)]) -> Row {
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            v[v.len() / 2]
+        };
+        let ratios: Vec<f64> = pairs.iter().map(|(r, s)| s / r).collect();
+        let lo = ratios.iter().cloned().fold(f64::INFINITY, f64::min);
+        let hi = ratios.iter().cloned().fold(0.0, f64::max);
+        Row {
+            case,
+            raw: median(pairs.iter().map(|p| p.0).collect()),
+            strata: median(pairs.iter().map(|p| p.1).collect()),
+            ratio: median(ratios),
+            spread: (lo, hi),
+        }
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{}: raw {:.0}/s, strata {:.0}/s, ratio {:.2} (rounds {:.2}..{:.2})",
+            self.case, self.raw, self.strata, self.ratio, self.spread.0, self.spread.1
+        )
+    }
 }
 
 async fn run_for<F, Fut>(workers: usize, secs: u64, per_op: u64, f: F) -> f64
@@ -127,82 +164,56 @@ async fn main() {
     let run_id = Uuid::new_v4().simple().to_string()[..8].to_owned();
 
     let only_batch = std::env::var("STRATA_BENCH_ONLY_BATCH").is_ok();
-    for writers in [1usize, 8, 32] {
-        if only_batch {
-            break;
-        }
+    let cases: &[(usize, u64)] = if only_batch {
+        &[(8, 100)]
+    } else {
+        &[(1, 1), (8, 1), (32, 1), (8, 100)]
+    };
+    for &(writers, per_append) in cases {
         let pool = raw_pool(&db.url, writers as u32).await;
-        let m = meta.clone();
-        let tag = format!("{run_id}-r{writers}");
-        let raw = run_for(writers, secs, 1, move |w, i| {
-            let pool = pool.clone();
-            let m = m.clone();
-            let stream = format!("{tag}-{w}");
-            async move { raw_insert(&pool, &stream, i + 1, 1, &m).await }
-        })
-        .await;
-        let s = store.clone();
-        let tag = format!("{run_id}-s{writers}");
-        let strata = run_for(writers, secs, 1, move |w, i| {
-            let s = s.clone();
-            let stream = StreamId::new(format!("{tag}-{w}")).unwrap();
-            async move {
-                s.append(AppendRequest::new(
-                    stream,
-                    "bench",
-                    ExpectedVersion::Exact(i),
-                    events(i, 1),
-                ))
-                .await
-                .expect("append");
-            }
-        })
-        .await;
-        println!("single-event appends, {writers} writers: raw {raw:.0}/s, strata {strata:.0}/s, ratio {:.2}", strata / raw);
-        rows.push(Row {
-            case: format!("single-event appends, {writers} concurrent writers"),
-            raw,
-            strata,
-        });
-    }
-
-    let writers = 8usize;
-    let pool = raw_pool(&db.url, writers as u32).await;
-    let m = meta.clone();
-    let tag = format!("{run_id}-rb");
-    let raw = run_for(writers, secs, 100, move |w, i| {
-        let pool = pool.clone();
-        let m = m.clone();
-        let stream = format!("{tag}-{w}");
-        async move { raw_insert(&pool, &stream, i * 100 + 1, 100, &m).await }
-    })
-    .await;
-    let s = store.clone();
-    let tag = format!("{run_id}-sb");
-    let strata = run_for(writers, secs, 100, move |w, i| {
-        let s = s.clone();
-        let stream = StreamId::new(format!("{tag}-{w}")).unwrap();
-        async move {
-            s.append(AppendRequest::new(
-                stream,
-                "bench",
-                ExpectedVersion::Exact(i * 100),
-                events(i * 100, 100),
-            ))
-            .await
-            .expect("append");
+        // Baseline and Strata take turns, ROUNDS times, so that a
+        // checkpoint or a noisy neighbour hits both alike; the medians are
+        // reported.
+        let mut pairs = Vec::with_capacity(ROUNDS);
+        for round in 0..ROUNDS {
+            let (p, m) = (pool.clone(), meta.clone());
+            let tag = format!("{run_id}-r{writers}x{per_append}-{round}");
+            let raw = run_for(writers, secs, per_append, move |w, i| {
+                let (pool, m) = (p.clone(), m.clone());
+                let stream = format!("{tag}-{w}");
+                async move { raw_insert(&pool, &stream, i * per_append + 1, per_append, &m).await }
+            })
+            .await;
+            let s = store.clone();
+            let tag = format!("{run_id}-s{writers}x{per_append}-{round}");
+            let strata = run_for(writers, secs, per_append, move |w, i| {
+                let s = s.clone();
+                let stream = StreamId::new(format!("{tag}-{w}")).unwrap();
+                async move {
+                    s.append(AppendRequest::new(
+                        stream,
+                        "bench",
+                        ExpectedVersion::Exact(i * per_append),
+                        events(i * per_append, per_append),
+                    ))
+                    .await
+                    .expect("append");
+                }
+            })
+            .await;
+            pairs.push((raw, strata));
         }
-    })
-    .await;
-    println!(
-        "100-event batches, {writers} writers: raw {raw:.0}/s, strata {strata:.0}/s, ratio {:.2}",
-        strata / raw
-    );
-    rows.push(Row {
-        case: format!("100-event appends, {writers} concurrent writers"),
-        raw,
-        strata,
-    });
+        let row = Row::from_rounds(
+            if per_append == 1 {
+                format!("single-event appends, {writers} concurrent writers")
+            } else {
+                format!("{per_append}-event appends, {writers} concurrent writers")
+            },
+            &pairs,
+        );
+        println!("{}", row.line());
+        rows.push(row);
+    }
 
     if only_batch {
         println!("{:?}", store.stats());
@@ -223,34 +234,34 @@ async fn main() {
             "commands on distinct aggregates, {writers} tasks: {cmds:.0}/s (raw {:.0})",
             rows[i].raw
         );
-        cmd_rows.push(Row {
-            case: format!("single-event commands, {writers} tasks, distinct aggregates"),
-            raw: rows[i].raw,
-            strata: cmds,
-        });
+        cmd_rows.push(Row::single(
+            format!("single-event commands, {writers} tasks, distinct aggregates"),
+            rows[i].raw,
+            cmds,
+        ));
     }
     let hot = commands::throughput(&store, 32, secs, true, &format!("{run_id}-hot")).await;
     println!("commands on one hot aggregate, 32 tasks: {hot:.0}/s");
-    cmd_rows.push(Row {
-        case: "single-event commands, 32 tasks, one hot aggregate".into(),
-        raw: rows[2].raw,
-        strata: hot,
-    });
+    cmd_rows.push(Row::single(
+        "single-event commands, 32 tasks, one hot aggregate".into(),
+        rows[2].raw,
+        hot,
+    ));
     let (plain, narrow, without, with) = commands::load_times(&store, 10_000).await;
     println!("10k-event load: plain fetch {plain:.2} ms (load's columns only {narrow:.2} ms), without snapshot {without:.2} ms, with snapshot {with:.2} ms");
 
     let stats = store.stats();
     println!("store stats: {stats:?}");
-    let mut table = String::from(
-        "| case | raw SQL baseline (events/s) | Strata (events/s) | ratio |\n|---|---:|---:|---:|\n",
+    let mut table = format!(
+        "Each case: {ROUNDS} rounds of baseline then Strata, {secs} s each; medians, and the \
+         lowest and highest round's ratio.\n\n\
+         | case | raw SQL baseline (events/s) | Strata (events/s) | ratio (median) | ratio per round |\n\
+         |---|---:|---:|---:|---:|\n",
     );
     for r in &rows {
         table.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.2}× |\n",
-            r.case,
-            r.raw,
-            r.strata,
-            r.strata / r.raw
+            "| {} | {:.0} | {:.0} | {:.2}× | {:.2}–{:.2}× |\n",
+            r.case, r.raw, r.strata, r.ratio, r.spread.0, r.spread.1
         ));
     }
     table.push_str(&format!(
@@ -268,10 +279,7 @@ async fn main() {
     for r in &cmd_rows {
         table.push_str(&format!(
             "| {} | {:.0} | {:.0} | {:.2}× |\n",
-            r.case,
-            r.raw,
-            r.strata,
-            r.strata / r.raw
+            r.case, r.raw, r.strata, r.ratio
         ));
     }
     table.push_str(&format!(
