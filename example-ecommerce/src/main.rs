@@ -223,6 +223,11 @@ fn store_samples(store: &PgEventStore) -> Vec<example_ecommerce::metrics::Sample
         ),
         ("strata_store_conflicts_total", vec![], st.conflicts as f64),
         (
+            "strata_store_append_fallbacks_total",
+            vec![],
+            st.fallbacks as f64,
+        ),
+        (
             "strata_store_slow_lock_waits",
             vec![],
             st.slow_lock_waits as f64,
