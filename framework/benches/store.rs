@@ -387,6 +387,28 @@ mod commands {
         times[runs / 2]
     }
 
+    /// Median time of a plain sqlx fetch of the stream, decoding the payload
+    /// (and the metadata, if asked) as JSON values.
+    async fn fetch_ms(pool: &sqlx::PgPool, stream: &StreamId, sql: &str, metadata: bool) -> f64 {
+        median_ms(9, || async move {
+            let rows = sqlx::query(sql)
+                .bind(stream.as_str())
+                .fetch_all(pool)
+                .await
+                .unwrap();
+            let mut total = 0i64;
+            for r in &rows {
+                let _: sqlx::types::Json<serde_json::Value> = r.get("payload");
+                if metadata {
+                    let _: sqlx::types::Json<serde_json::Value> = r.get("metadata");
+                }
+                total += r.get::<i64, _>("position");
+            }
+            assert!(total > 0);
+        })
+        .await
+    }
+
     /// (plain fetch, plain fetch of the load's columns, load without
     /// snapshot, load with snapshot), ms.
     pub async fn load_times(store: &PgEventStore, n: usize) -> (f64, f64, f64, f64) {
@@ -417,50 +439,23 @@ mod commands {
             version += 100;
         }
         let pool = store.pool().clone();
-        let plain = median_ms(9, || {
-            let pool = pool.clone();
-            let stream = stream.clone();
-            async move {
-                let rows = sqlx::query(
-                    "SELECT position, event_id, stream_id, stream_type, stream_version, event_type, \
-                     schema_version, payload, metadata, recorded_at FROM strata_events \
-                     WHERE stream_id = $1 ORDER BY stream_version",
-                )
-                .bind(stream.as_str())
-                .fetch_all(&pool)
-                .await
-                .unwrap();
-                let mut total = 0i64;
-                for r in &rows {
-                    let _: sqlx::types::Json<serde_json::Value> = r.get("payload");
-                    let _: sqlx::types::Json<serde_json::Value> = r.get("metadata");
-                    total += r.get::<i64, _>("position");
-                }
-                assert!(total > 0);
-            }
-        })
+        let plain = fetch_ms(
+            &pool,
+            &stream,
+            "SELECT position, event_id, stream_id, stream_type, stream_version, event_type, \
+             schema_version, payload, metadata, recorded_at FROM strata_events \
+             WHERE stream_id = $1 ORDER BY stream_version",
+            true,
+        )
         .await;
         // The same, fetching only what a load needs (no metadata).
-        let narrow = median_ms(9, || {
-            let pool = pool.clone();
-            let stream = stream.clone();
-            async move {
-                let rows = sqlx::query(
-                    "SELECT event_id, stream_version, position, event_type, schema_version, payload \
-                     FROM strata_events WHERE stream_id = $1 ORDER BY stream_version",
-                )
-                .bind(stream.as_str())
-                .fetch_all(&pool)
-                .await
-                .unwrap();
-                let mut total = 0i64;
-                for r in &rows {
-                    let _: sqlx::types::Json<serde_json::Value> = r.get("payload");
-                    total += r.get::<i64, _>("position");
-                }
-                assert!(total > 0);
-            }
-        })
+        let narrow = fetch_ms(
+            &pool,
+            &stream,
+            "SELECT event_id, stream_version, position, event_type, schema_version, payload \
+             FROM strata_events WHERE stream_id = $1 ORDER BY stream_version",
+            false,
+        )
         .await;
         let without = median_ms(9, || {
             let h = handler.clone();

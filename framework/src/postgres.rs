@@ -45,6 +45,23 @@ use crate::store::{
     ExpectedVersion, StoreLimits, StoredId, StreamEvent, ValidAppend,
 };
 
+/// Binds a group's event columns as parameters `$1` to `$9`, the order both
+/// write paths use.
+macro_rules! bind_events {
+    ($query:expr, $c:expr) => {
+        $query
+            .bind(&$c.event_ids)
+            .bind(&$c.stream_ids)
+            .bind(&$c.stream_types)
+            .bind(&$c.versions)
+            .bind(&$c.event_types)
+            .bind(&$c.schema_versions)
+            .bind(&$c.payloads)
+            .bind(&$c.metadata)
+            .bind(&$c.recorded_at)
+    };
+}
+
 /// The channel followers `LISTEN` on; the payload is the new head position.
 pub const NOTIFY_CHANNEL: &str = "strata_events";
 
@@ -283,6 +300,25 @@ impl PgEventStore {
     }
 }
 
+impl PgEventStore {
+    /// Runs a stream query taking (stream id, from version, limit).
+    async fn stream_rows(
+        &self,
+        sql: &str,
+        stream_id: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<PgRow>> {
+        sqlx::query(sql)
+            .bind(stream_id.as_str())
+            .bind(from_version.min(i64::MAX as u64) as i64)
+            .bind(clamp_limit(limit))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(StoreError::backend)
+    }
+}
+
 const SELECT_ENVELOPE: &str = "SELECT position, event_id, stream_id, stream_type, stream_version, \
      event_type, schema_version, payload, metadata, recorded_at FROM strata_events";
 
@@ -342,13 +378,9 @@ impl EventStore for PgEventStore {
             "{SELECT_ENVELOPE} WHERE stream_id = $1 AND stream_version >= $2 \
              ORDER BY stream_version LIMIT $3"
         );
-        let rows = sqlx::query(&sql)
-            .bind(stream_id.as_str())
-            .bind(from_version.min(i64::MAX as u64) as i64)
-            .bind(clamp_limit(limit))
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(StoreError::backend)?;
+        let rows = self
+            .stream_rows(&sql, stream_id, from_version, limit)
+            .await?;
         rows.iter().map(decode_envelope).collect()
     }
 
@@ -358,17 +390,12 @@ impl EventStore for PgEventStore {
         from_version: u64,
         limit: usize,
     ) -> Result<Vec<StreamEvent>> {
-        let rows = sqlx::query(
-            "SELECT event_id, stream_version, position, event_type, schema_version, payload::text \
-               FROM strata_events WHERE stream_id = $1 AND stream_version >= $2 \
-              ORDER BY stream_version LIMIT $3",
-        )
-        .bind(stream_id.as_str())
-        .bind(from_version.min(i64::MAX as u64) as i64)
-        .bind(clamp_limit(limit))
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(StoreError::backend)?;
+        let sql = "SELECT event_id, stream_version, position, event_type, schema_version, \
+                   payload::text FROM strata_events WHERE stream_id = $1 AND stream_version >= $2 \
+                   ORDER BY stream_version LIMIT $3";
+        let rows = self
+            .stream_rows(sql, stream_id, from_version, limit)
+            .await?;
         rows.iter()
             .map(|row| {
                 let position: i64 = row.try_get(2).map_err(StoreError::backend)?;
@@ -733,23 +760,15 @@ impl Writer {
         let call = sqlx::query_scalar::<_, Option<i64>>(
             "SELECT strata_append($1, $2, $3, $4, $5, $6, $7::text[]::jsonb[], \
                     $8::text[]::jsonb[], $9, $10, $11, $12, $13, $14, $15)",
-        )
-        .bind(&c.event_ids)
-        .bind(&c.stream_ids)
-        .bind(&c.stream_types)
-        .bind(&c.versions)
-        .bind(&c.event_types)
-        .bind(&c.schema_versions)
-        .bind(&c.payloads)
-        .bind(&c.metadata)
-        .bind(&c.recorded_at)
-        .bind(&check_ids)
-        .bind(&check_versions)
-        .bind(&s_ids)
-        .bind(&s_types)
-        .bind(&s_versions)
-        .bind(NOTIFY_CHANNEL)
-        .fetch_one(&mut *conn);
+        );
+        let call = bind_events!(call, c)
+            .bind(&check_ids)
+            .bind(&check_versions)
+            .bind(&s_ids)
+            .bind(&s_types)
+            .bind(&s_versions)
+            .bind(NOTIFY_CHANNEL)
+            .fetch_one(&mut *conn);
         let started = Instant::now();
         let base = Self::watch_lock(&shared, &pool, pid, slow, call).await?;
         shared
@@ -854,40 +873,32 @@ impl Writer {
             let (s_ids, s_types, s_versions) = plan.stream_columns();
             let c = &plan.cols;
             let next = head + c.positions.len() as u64;
-            sqlx::query(
+            let insert = sqlx::query(
                 "WITH new_events AS ( \
                    INSERT INTO strata_events (position, event_id, stream_id, stream_type, \
                      stream_version, event_type, schema_version, payload, metadata, recorded_at) \
                    SELECT p, e, s, st, v, et, sv, pl::jsonb, md::jsonb, COALESCE(ra, clock_timestamp()) \
-                   FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], \
-                               $6::text[], $7::int[], $8::text[], $9::text[], $15::timestamptz[]) \
+                   FROM UNNEST($10::bigint[], $1::uuid[], $2::text[], $3::text[], $4::bigint[], \
+                               $5::text[], $6::int[], $7::text[], $8::text[], $9::timestamptz[]) \
                      AS t(p, e, s, st, v, et, sv, pl, md, ra) \
                    RETURNING 1), \
                  streams AS ( \
                    INSERT INTO strata_streams (stream_id, stream_type, version) \
-                   SELECT * FROM UNNEST($10::text[], $11::text[], $12::bigint[]) \
+                   SELECT * FROM UNNEST($11::text[], $12::text[], $13::bigint[]) \
                    ON CONFLICT (stream_id) DO UPDATE SET version = EXCLUDED.version \
                    RETURNING 1), \
-                 head AS (UPDATE strata_head SET position = $13 WHERE id = 1 RETURNING 1) \
-                 SELECT pg_notify($14, $13::text)",
-            )
-            .bind(&c.positions)
-            .bind(&c.event_ids)
-            .bind(&c.stream_ids)
-            .bind(&c.stream_types)
-            .bind(&c.versions)
-            .bind(&c.event_types)
-            .bind(&c.schema_versions)
-            .bind(&c.payloads)
-            .bind(&c.metadata)
-            .bind(&s_ids)
-            .bind(&s_types)
-            .bind(&s_versions)
-            .bind(next as i64)
-            .bind(NOTIFY_CHANNEL)
-            .bind(&c.recorded_at)
-            .execute(&mut *tx)
-            .await?;
+                 head AS (UPDATE strata_head SET position = $14 WHERE id = 1 RETURNING 1) \
+                 SELECT pg_notify($15, $14::text)",
+            );
+            bind_events!(insert, c)
+                .bind(&c.positions)
+                .bind(&s_ids)
+                .bind(&s_types)
+                .bind(&s_versions)
+                .bind(next as i64)
+                .bind(NOTIFY_CHANNEL)
+                .execute(&mut *tx)
+                .await?;
         }
 
         // 5. Commit, which releases the lock.
