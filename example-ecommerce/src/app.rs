@@ -144,8 +144,15 @@ impl<S: EventStore> Shop<S> {
         }
     }
 
-    fn record<T>(&self, kind: &str, started: std::time::Instant, r: &Result<T, ShopError>) {
-        let outcome = match r {
+    /// Runs one command, counting its outcome and duration in the metrics.
+    async fn timed<T>(
+        &self,
+        kind: &str,
+        command: impl std::future::Future<Output = Result<T, ShopError>>,
+    ) -> Result<T, ShopError> {
+        let started = std::time::Instant::now();
+        let r = command.await;
+        let outcome = match &r {
             Ok(_) => "ok",
             Err(ShopError::BadRequest(_)) | Err(ShopError::NotFound(_)) => "invalid",
             Err(ShopError::Rule(_)) | Err(ShopError::PaymentDeclined { .. }) => "rejected",
@@ -153,6 +160,7 @@ impl<S: EventStore> Shop<S> {
             Err(ShopError::Unavailable(_)) => "error",
         };
         self.metrics.command(kind, outcome, started.elapsed());
+        r
     }
 
     /// Registers a product.
@@ -163,8 +171,7 @@ impl<S: EventStore> Shop<S> {
         price_cents: i64,
         ctx: CommandContext,
     ) -> Result<CommandOutcome, ShopError> {
-        let started = std::time::Instant::now();
-        let r = async {
+        self.timed("register_product", async {
             let stream = product_stream(sku)?;
             let command = ProductCommand::Register {
                 sku: sku.to_owned(),
@@ -175,10 +182,8 @@ impl<S: EventStore> Shop<S> {
                 .handle(stream, command, ctx)
                 .await
                 .map_err(|e| command_error(e, product_rule))
-        }
-        .await;
-        self.record("register_product", started, &r);
-        r
+        })
+        .await
     }
 
     /// Changes a product's price.
@@ -188,17 +193,14 @@ impl<S: EventStore> Shop<S> {
         price_cents: i64,
         ctx: CommandContext,
     ) -> Result<CommandOutcome, ShopError> {
-        let started = std::time::Instant::now();
-        let r = async {
+        self.timed("change_price", async {
             let stream = product_stream(sku)?;
             self.products
                 .handle(stream, ProductCommand::ChangePrice { price_cents }, ctx)
                 .await
                 .map_err(|e| command_error(e, product_rule))
-        }
-        .await;
-        self.record("change_price", started, &r);
-        r
+        })
+        .await
     }
 
     /// Discontinues a product.
@@ -207,17 +209,14 @@ impl<S: EventStore> Shop<S> {
         sku: &str,
         ctx: CommandContext,
     ) -> Result<CommandOutcome, ShopError> {
-        let started = std::time::Instant::now();
-        let r = async {
+        self.timed("discontinue", async {
             let stream = product_stream(sku)?;
             self.products
                 .handle(stream, ProductCommand::Discontinue, ctx)
                 .await
                 .map_err(|e| command_error(e, product_rule))
-        }
-        .await;
-        self.record("discontinue", started, &r);
-        r
+        })
+        .await
     }
 
     /// Adds stock of a registered product.
@@ -227,8 +226,7 @@ impl<S: EventStore> Shop<S> {
         quantity: u32,
         ctx: CommandContext,
     ) -> Result<CommandOutcome, ShopError> {
-        let started = std::time::Instant::now();
-        let r = async {
+        self.timed("restock", async {
             let (product, version) = self
                 .products
                 .load(&product_stream(sku)?)
@@ -249,10 +247,8 @@ impl<S: EventStore> Shop<S> {
                 )
                 .await
                 .map_err(|e| command_error(e, inventory_rule))
-        }
-        .await;
-        self.record("restock", started, &r);
-        r
+        })
+        .await
     }
 
     /// Places an order at the catalog's current prices.
@@ -263,8 +259,7 @@ impl<S: EventStore> Shop<S> {
         lines: &[LineRequest],
         ctx: CommandContext,
     ) -> Result<CommandOutcome, ShopError> {
-        let started = std::time::Instant::now();
-        let r = async {
+        self.timed("place_order", async {
             let mut priced = Vec::with_capacity(lines.len());
             for line in lines {
                 let stream = product_stream(&line.sku)?;
@@ -297,10 +292,8 @@ impl<S: EventStore> Shop<S> {
                 )
                 .await
                 .map_err(|e| command_error(e, order_rule))
-        }
-        .await;
-        self.record("place_order", started, &r);
-        r
+        })
+        .await
     }
 
     /// Charges a confirmed order through the gateway and records the result.
@@ -309,8 +302,7 @@ impl<S: EventStore> Shop<S> {
         order_id: Uuid,
         ctx: CommandContext,
     ) -> Result<CommandOutcome, ShopError> {
-        let started = std::time::Instant::now();
-        let r = async {
+        self.timed("pay", async {
             let stream = order_stream(order_id);
             let (order, version) = self
                 .orders
@@ -385,10 +377,8 @@ impl<S: EventStore> Shop<S> {
                     Err(ShopError::PaymentDeclined { reason, outcome })
                 }
             }
-        }
-        .await;
-        self.record("pay", started, &r);
-        r
+        })
+        .await
     }
 
     /// Cancels an order (reservations are released by the process manager).
@@ -398,8 +388,7 @@ impl<S: EventStore> Shop<S> {
         reason: &str,
         ctx: CommandContext,
     ) -> Result<CommandOutcome, ShopError> {
-        let started = std::time::Instant::now();
-        let r = async {
+        self.timed("cancel", async {
             let stream = order_stream(order_id);
             let (_, version) = self
                 .orders
@@ -419,10 +408,8 @@ impl<S: EventStore> Shop<S> {
                 )
                 .await
                 .map_err(|e| command_error(e, order_rule))
-        }
-        .await;
-        self.record("cancel", started, &r);
-        r
+        })
+        .await
     }
 }
 

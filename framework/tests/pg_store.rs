@@ -1,5 +1,6 @@
-//! The Postgres store's two write paths: the one-round-trip append
-//! (`strata_append`) and the locked transaction it falls back to.
+//! The Postgres write paths: the store's one-round-trip append
+//! (`strata_append`) and the locked transaction it falls back to, and the
+//! view store's one-statement, fenced commit.
 
 use serde_json::json;
 use strata::testing::test_database;
@@ -94,4 +95,65 @@ async fn known_expectations_take_one_round_trip_and_surprises_fall_back() {
             .unwrap(),
         5
     );
+}
+
+/// The view commit is one statement: the checkpoint moves by compare-and-set
+/// and the documents are written only if it moved. A commit from a stale
+/// checkpoint (a fenced-off instance) changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_view_commit_writes_nothing() {
+    use strata::{DocChange, PgViewStore, StoredDoc, ViewError, ViewId, ViewStore};
+    let db = test_database().await;
+    let views = PgViewStore::new(db.pool.clone());
+    let view = ViewId::new("fence", 1).unwrap();
+    views.prepare(&view).await.unwrap();
+    let sub = view.subscriber();
+    let put = |key: &str, p: u64| {
+        DocChange::Put(StoredDoc {
+            key: key.into(),
+            doc: json!({ "n": p }),
+            position: Position(p),
+        })
+    };
+    views
+        .commit(
+            &sub,
+            Some(&view),
+            vec![put("a", 1)],
+            Position(0),
+            Position(1),
+        )
+        .await
+        .unwrap();
+
+    for changes in [
+        vec![put("a", 2), put("b", 2)],
+        vec![DocChange::Delete { key: "a".into() }],
+    ] {
+        let err = views
+            .commit(&sub, Some(&view), changes, Position(0), Position(2))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ViewError::Fenced { .. }), "{err:?}");
+    }
+    assert_eq!(views.checkpoint(&sub).await.unwrap().position, Position(1));
+    let a = views.get(&view, "a").await.unwrap();
+    assert_eq!(a.doc.map(|d| d.doc), Some(json!({ "n": 1 })));
+    assert_eq!(a.checkpoint, Position(1));
+    assert!(views.get(&view, "b").await.unwrap().doc.is_none());
+
+    // From the right checkpoint, documents and deletes land with it.
+    views
+        .commit(
+            &sub,
+            Some(&view),
+            vec![put("b", 2), DocChange::Delete { key: "a".into() }],
+            Position(1),
+            Position(2),
+        )
+        .await
+        .unwrap();
+    assert!(views.get(&view, "a").await.unwrap().doc.is_none());
+    let b = views.get(&view, "b").await.unwrap();
+    assert_eq!((b.doc.is_some(), b.checkpoint), (true, Position(2)));
 }

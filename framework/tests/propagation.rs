@@ -7,9 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use common::{Counter, CounterCommand, CounterEvent};
+use common::{Counter, CounterCommand, CounterEvent, Total, Totals};
 use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use strata::nats::{headers, StreamConfig};
 use strata::testing::{nats_client, test_database, unique_stream, wait_until};
@@ -17,61 +16,14 @@ use strata::{
     AppendRequest, CancellationToken, ChangeFeed, CommandContext, CommandHandler, EventBus,
     EventEnvelope, EventFilter, EventStore, ExpectedVersion, FailurePolicy, InMemoryEventStore,
     InMemoryViewStore, InProcessBus, JetStreamBus, NewEvent, PgEventStore, PgViewStore, Position,
-    Projection, ProjectionError, ProjectionTest, Projector, ReaderConfig, Relay, RunState,
-    StreamId, SubscriberState, ViewId, ViewReader, ViewStore,
+    ProjectionError, ProjectionTest, Projector, ReaderConfig, Relay, RunState, StreamId,
+    SubscriberState, ViewId, ViewReader, ViewStore,
 };
 
 // ---- a projection: totals per counter -----------------------------------------
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct Total {
-    value: u64,
-    events: u64,
-}
-
-struct Totals {
-    policy: FailurePolicy,
-}
-
-impl Projection for Totals {
-    type Doc = Total;
-    fn name(&self) -> &str {
-        "counter_totals"
-    }
-    fn filter(&self) -> EventFilter {
-        EventFilter::stream_types(["counter"])
-    }
-    fn keys(&self, e: &EventEnvelope) -> Vec<String> {
-        vec![e.stream_id.to_string()]
-    }
-    fn apply(
-        &self,
-        _key: &str,
-        doc: Option<Total>,
-        e: &EventEnvelope,
-    ) -> Result<Option<Total>, ProjectionError> {
-        if e.payload.get("poison").is_some() {
-            return Err(ProjectionError::new("poison payload"));
-        }
-        let event: CounterEvent = strata::codec::decode(&e.event_type, e.payload.clone())
-            .map_err(|k| ProjectionError::new(k.to_string()))?;
-        let mut t = doc.unwrap_or_default();
-        t.events += 1;
-        match event {
-            CounterEvent::Incremented { by } => t.value += by,
-            CounterEvent::Reset => t.value = 0,
-        }
-        Ok(Some(t))
-    }
-    fn on_failure(&self) -> FailurePolicy {
-        self.policy
-    }
-}
-
 fn totals() -> Totals {
-    Totals {
-        policy: FailurePolicy::Halt,
-    }
+    Totals::named("counter_totals")
 }
 
 /// The view a fresh fold of the store gives.
@@ -516,7 +468,10 @@ async fn poison_events_are_dead_lettered_and_halt_or_skip() {
             .unwrap();
         let after = store.append(inc("counter-1", 10)).await.unwrap();
         let projector = Projector::new(
-            Totals { policy },
+            Totals {
+                name: "counter_totals",
+                policy,
+            },
             InProcessBus::new(store.clone()),
             views.clone(),
         );

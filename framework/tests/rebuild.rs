@@ -7,50 +7,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::CounterEvent;
-use serde::{Deserialize, Serialize};
+use common::{CounterEvent, Totals};
 use strata::testing::{test_database, wait_until};
 use strata::{
-    AppendRequest, CancellationToken, EventEnvelope, EventFilter, EventStore, ExpectedVersion,
-    InProcessBus, NewEvent, PgEventStore, PgViewStore, Position, Projection, ProjectionError,
-    ProjectionTest, Projector, ReaderConfig, RebuildError, RebuildOptions, StreamId, ViewId,
-    ViewReader, ViewStore,
+    AppendRequest, CancellationToken, EventFilter, EventStore, ExpectedVersion, InProcessBus,
+    NewEvent, PgEventStore, PgViewStore, Position, ProjectionTest, Projector, ReaderConfig,
+    RebuildError, RebuildOptions, StreamId, ViewId, ViewReader, ViewStore,
 };
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct Total {
-    value: u64,
-    events: u64,
-}
-
-struct Totals;
-
-impl Projection for Totals {
-    type Doc = Total;
-    fn name(&self) -> &str {
-        "totals"
-    }
-    fn filter(&self) -> EventFilter {
-        EventFilter::stream_types(["counter"])
-    }
-    fn keys(&self, e: &EventEnvelope) -> Vec<String> {
-        vec![e.stream_id.to_string()]
-    }
-    fn apply(
-        &self,
-        _: &str,
-        doc: Option<Total>,
-        e: &EventEnvelope,
-    ) -> Result<Option<Total>, ProjectionError> {
-        let event: CounterEvent = strata::codec::decode(&e.event_type, e.payload.clone())
-            .map_err(|k| ProjectionError::new(k.to_string()))?;
-        let mut t = doc.unwrap_or_default();
-        t.events += 1;
-        if let CounterEvent::Incremented { by } = event {
-            t.value += by;
-        }
-        Ok(Some(t))
-    }
+fn totals() -> Totals {
+    Totals::named("totals")
 }
 
 fn inc(stream: &str, by: u64) -> AppendRequest {
@@ -74,7 +40,7 @@ async fn fold<S: EventStore>(store: &S) -> BTreeMap<String, serde_json::Value> {
         .read_all(Position::START, 10_000_000, &EventFilter::all())
         .await
         .unwrap();
-    ProjectionTest::new(Totals).given(events).json().clone()
+    ProjectionTest::new(totals()).given(events).json().clone()
 }
 
 async fn docs(views: &PgViewStore, view: &ViewId) -> BTreeMap<String, serde_json::Value> {
@@ -99,7 +65,7 @@ async fn rebuild_online_while_writes_and_queries_go_on() {
         store.append(r).await.unwrap();
     }
     let stop = CancellationToken::new();
-    let live = Projector::new(Totals, InProcessBus::new(store.clone()), views.clone());
+    let live = Projector::new(totals(), InProcessBus::new(store.clone()), views.clone());
     let live_status = live.status();
     let live_task = tokio::spawn(live.run(stop.clone()));
     wait_until(
@@ -165,7 +131,7 @@ async fn rebuild_online_while_writes_and_queries_go_on() {
     };
 
     let report = strata::rebuild(
-        Totals,
+        totals(),
         store.clone(),
         views.clone(),
         None,
@@ -245,7 +211,7 @@ async fn an_interrupted_rebuild_resumes() {
         })
     };
     let err = strata::rebuild(
-        Totals,
+        totals(),
         store.clone(),
         views.clone(),
         None,
@@ -277,7 +243,7 @@ async fn an_interrupted_rebuild_resumes() {
     );
 
     let report = strata::rebuild(
-        Totals,
+        totals(),
         store.clone(),
         views.clone(),
         None,

@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 use serde::{Deserialize, Serialize};
-use strata::{Aggregate, DomainEvent};
+use strata::{
+    Aggregate, DomainEvent, EventEnvelope, EventFilter, FailurePolicy, Projection, ProjectionError,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
@@ -71,5 +73,63 @@ impl Aggregate for Counter {
             }
             CounterEvent::Reset => self.value = 0,
         }
+    }
+}
+
+/// A counter's total, as the `Totals` projection keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Total {
+    pub value: u64,
+    pub events: u64,
+}
+
+/// Totals per counter stream. A payload with a `poison` field fails.
+pub struct Totals {
+    pub name: &'static str,
+    pub policy: FailurePolicy,
+}
+
+impl Totals {
+    /// The projection named `name`, halting on a failing event.
+    pub fn named(name: &'static str) -> Totals {
+        Totals {
+            name,
+            policy: FailurePolicy::Halt,
+        }
+    }
+}
+
+impl Projection for Totals {
+    type Doc = Total;
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn filter(&self) -> EventFilter {
+        EventFilter::stream_types(["counter"])
+    }
+    fn keys(&self, e: &EventEnvelope) -> Vec<String> {
+        vec![e.stream_id.to_string()]
+    }
+    fn apply(
+        &self,
+        _key: &str,
+        doc: Option<Total>,
+        e: &EventEnvelope,
+    ) -> Result<Option<Total>, ProjectionError> {
+        if e.payload.get("poison").is_some() {
+            return Err(ProjectionError::new("poison payload"));
+        }
+        let event: CounterEvent = strata::codec::decode(&e.event_type, e.payload.clone())
+            .map_err(|k| ProjectionError::new(k.to_string()))?;
+        let mut t = doc.unwrap_or_default();
+        t.events += 1;
+        match event {
+            CounterEvent::Incremented { by } => t.value += by,
+            CounterEvent::Reset => t.value = 0,
+        }
+        Ok(Some(t))
+    }
+    fn on_failure(&self) -> FailurePolicy {
+        self.policy
     }
 }
