@@ -128,6 +128,7 @@ pub fn cache_samples<V: ViewStore>(reader: &ViewReader<V>) -> Vec<Sample> {
             vec![],
             s.invalidations as f64,
         ),
+        ("strata_cache_refreshes_total", vec![], s.refreshes as f64),
     ]
 }
 

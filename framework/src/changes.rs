@@ -12,6 +12,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::envelope::Position;
+use crate::view::StoredDoc;
+
+/// Announcements larger than this (encoded) go out without their documents,
+/// as keys only; readers then load the documents when asked.
+pub const MAX_ANNOUNCED_DOCS_BYTES: usize = 64 * 1024;
 
 /// Documents of a view that changed, and the checkpoint after the change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +29,13 @@ pub struct ViewChange {
     pub keys: Vec<String>,
     /// The view's checkpoint after the change.
     pub position: Position,
+    /// The changed documents' new states, when the projector sent them: each
+    /// key of `keys` is either here (written) or was deleted. Readers cache
+    /// them as read at `position`, so a read-your-writes query answers
+    /// without a database read. `None` (keys only) when the documents would
+    /// make the announcement larger than [`MAX_ANNOUNCED_DOCS_BYTES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docs: Option<Vec<StoredDoc>>,
 }
 
 /// What a feed subscriber receives.
@@ -74,7 +86,17 @@ impl ChangeFeed {
     pub async fn publish(&self, change: ViewChange) {
         #[cfg(feature = "nats")]
         if let Some((client, prefix)) = &self.nats {
-            match serde_json::to_vec(&change) {
+            let encoded = serde_json::to_vec(&change).and_then(|body| {
+                if body.len() > MAX_ANNOUNCED_DOCS_BYTES && change.docs.is_some() {
+                    serde_json::to_vec(&ViewChange {
+                        docs: None,
+                        ..change.clone()
+                    })
+                } else {
+                    Ok(body)
+                }
+            });
+            match encoded {
                 Ok(body) => {
                     let subject = format!("{prefix}.{}", change.view);
                     if let Err(e) = client.publish(subject, body.into()).await {

@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -368,6 +368,11 @@ fn publish(e: &EventEnvelope) -> Result<jetstream::context::Publish, RelayError>
 /// The JetStream bus: one durable pull consumer per subscriber, explicit
 /// cumulative acks (`AckPolicy::All`: acknowledging an event acknowledges
 /// every earlier one, so a subscriber acks once per batch).
+///
+/// A subscription keeps pull requests outstanding (a continuous pull with
+/// idle heartbeats), so a new event is pushed to the subscriber as soon as
+/// the stream stores it instead of waiting for the next request's round
+/// trip.
 #[derive(Debug, Clone)]
 pub struct JetStreamBus {
     js: jetstream::Context,
@@ -385,10 +390,35 @@ impl JetStreamBus {
 }
 
 /// A JetStream subscription.
-#[derive(Debug)]
 pub struct JetStreamSubscription {
-    consumer: consumer::Consumer<consumer::pull::Config>,
+    messages: consumer::pull::Stream,
     backlog: Option<u64>,
+}
+
+impl std::fmt::Debug for JetStreamSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamSubscription")
+            .field("backlog", &self.backlog)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JetStreamSubscription {
+    /// Turns one received message into a delivery; a message that is not
+    /// an event envelope is logged and acknowledged away (`None`).
+    async fn delivery(&mut self, m: jetstream::Message) -> Option<Delivery> {
+        if let Ok(info) = m.info() {
+            self.backlog = Some(info.pending);
+        }
+        match serde_json::from_slice::<EventEnvelope>(&m.payload) {
+            Ok(envelope) => Some(Delivery::with_ack(envelope, Box::new(JsAck(m)))),
+            Err(e) => {
+                tracing::error!(subject = %m.subject, error = %e, "ignoring a message that is not an event envelope");
+                let _ = m.ack().await;
+                None
+            }
+        }
+    }
 }
 
 struct JsAck(jetstream::Message);
@@ -405,27 +435,37 @@ impl Subscription for JetStreamSubscription {
         max: usize,
         max_wait: Duration,
     ) -> Result<Vec<Delivery>, BusError> {
-        let mut messages = self
-            .consumer
-            .fetch()
-            .max_messages(max)
-            .expires(max_wait.max(Duration::from_millis(100)))
-            .messages()
-            .await
-            .map_err(BusError::unavailable)?;
+        // Wait (up to `max_wait`) for the first event. Then, while the
+        // consumer reports more pending (a catch-up), keep collecting up to
+        // `max`, waiting at most FILL_WAIT for each; at the head (nothing
+        // pending) take only what has already arrived, so a live event is
+        // handed over at once.
+        const FILL_WAIT: Duration = Duration::from_millis(20);
+        let first = match tokio::time::timeout(max_wait, self.messages.next()).await {
+            Err(_) => return Ok(Vec::new()),
+            Ok(None) => return Err(BusError::unavailable("the JetStream subscription ended")),
+            Ok(Some(m)) => m.map_err(BusError::unavailable)?,
+        };
         let mut out = Vec::new();
-        while let Some(m) = messages.next().await {
-            let m = m.map_err(BusError::unavailable)?;
-            if let Ok(info) = m.info() {
-                self.backlog = Some(info.pending);
-            }
-            match serde_json::from_slice::<EventEnvelope>(&m.payload) {
-                Ok(envelope) => out.push(Delivery::with_ack(envelope, Box::new(JsAck(m)))),
-                Err(e) => {
-                    // Not one of ours: log and acknowledge it away.
-                    tracing::error!(subject = %m.subject, error = %e, "ignoring a message that is not an event envelope");
-                    let _ = m.ack().await;
+        out.extend(self.delivery(first).await);
+        while out.len() < max {
+            let next = if self.backlog.unwrap_or(0) > 0 {
+                match tokio::time::timeout(FILL_WAIT, self.messages.next()).await {
+                    Ok(m) => m,
+                    Err(_) => break,
                 }
+            } else {
+                match self.messages.next().now_or_never() {
+                    Some(m) => m,
+                    None => break,
+                }
+            };
+            match next {
+                Some(m) => {
+                    let m = m.map_err(BusError::unavailable)?;
+                    out.extend(self.delivery(m).await);
+                }
+                None => break,
             }
         }
         Ok(out)
@@ -474,8 +514,16 @@ impl EventBus for JetStreamBus {
             )
             .await
             .map_err(BusError::unavailable)?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(1_000)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(BusError::unavailable)?;
         Ok(JetStreamSubscription {
-            consumer,
+            messages,
             backlog: None,
         })
     }

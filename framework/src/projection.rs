@@ -109,6 +109,13 @@ pub struct ProjectorConfig {
     pub attempts: u32,
     /// Backoff after the first failed attempt, doubling (default 10 ms).
     pub backoff: Duration,
+    /// How many documents the active instance keeps in memory between
+    /// batches (default 10,000; 0 turns it off). It holds the documents as
+    /// this instance committed them, so a batch that touches them needs no
+    /// read. It is emptied whenever a run starts (take-over, halt, resume,
+    /// a fenced commit, an error), so it never outlives the lease it was
+    /// filled under.
+    pub doc_cache: u64,
 }
 
 impl Default for ProjectorConfig {
@@ -118,6 +125,7 @@ impl Default for ProjectorConfig {
             max_wait: Duration::from_millis(500),
             attempts: 3,
             backoff: Duration::from_millis(10),
+            doc_cache: 10_000,
         }
     }
 }
@@ -183,6 +191,10 @@ pub struct Projector<P: Projection, B, V> {
     upcasters: Upcasters,
     config: ProjectorConfig,
     status: watch::Sender<SubscriberStatus>,
+    /// Documents as this instance last committed or read them (`None`:
+    /// known to be absent). Valid only within one run (see
+    /// [`ProjectorConfig::doc_cache`]).
+    docs: moka::sync::Cache<String, Option<StoredDoc>>,
 }
 
 /// How a batch ended.
@@ -208,6 +220,7 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
             upcasters: Upcasters::new(),
             config: ProjectorConfig::default(),
             status,
+            docs: moka::sync::Cache::new(ProjectorConfig::default().doc_cache),
         }
     }
 
@@ -226,6 +239,7 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
     /// Sets the tuning.
     pub fn with_config(mut self, config: ProjectorConfig) -> Self {
         self.config = config;
+        self.docs = moka::sync::Cache::new(config.doc_cache);
         self
     }
 
@@ -326,6 +340,9 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
                 .bus
                 .subscribe(&subscriber, &self.projection.filter(), cp.position)
                 .await?;
+            // What an earlier run cached may have been changed since by
+            // another instance: start empty.
+            self.docs.invalidate_all();
             let mut position = cp.position;
             let mut lease_checked = Instant::now();
             loop {
@@ -390,7 +407,7 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
             keys
         };
         let view = self.view();
-        let mut loaded = self.views.load(&view, &keys).await?;
+        let mut loaded = self.load_docs(&view, &keys).await?;
 
         let mut start = from;
         let mut changes: HashMap<String, Option<StoredDoc>> = HashMap::new();
@@ -525,6 +542,37 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
         Ok(out)
     }
 
+    /// The current documents of `keys`: from the run's cache, and the rest
+    /// from the view store (remembered, absent ones too).
+    async fn load_docs(
+        &self,
+        view: &ViewId,
+        keys: &[String],
+    ) -> Result<HashMap<String, StoredDoc>, RunError> {
+        let mut loaded = HashMap::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for key in keys {
+            match self.docs.get(key) {
+                Some(Some(doc)) => {
+                    loaded.insert(key.clone(), doc);
+                }
+                Some(None) => {}
+                None => missing.push(key.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            let mut read = self.views.load(view, &missing).await?;
+            for key in missing {
+                let doc = read.remove(&key);
+                self.docs.insert(key.clone(), doc.clone());
+                if let Some(doc) = doc {
+                    loaded.insert(key, doc);
+                }
+            }
+        }
+        Ok(loaded)
+    }
+
     async fn commit(
         &self,
         changes: HashMap<String, Option<StoredDoc>>,
@@ -537,15 +585,24 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
         let view = self.view();
         let keys: Vec<String> = changes.keys().cloned().collect();
         let doc_changes: Vec<DocChange> = changes
-            .into_iter()
+            .iter()
             .map(|(key, d)| match d {
-                Some(d) => DocChange::Put(d),
-                None => DocChange::Delete { key },
+                Some(d) => DocChange::Put(d.clone()),
+                None => DocChange::Delete { key: key.clone() },
             })
             .collect();
-        self.views
+        if let Err(e) = self
+            .views
             .commit(&view.subscriber(), Some(&view), doc_changes, from, to)
-            .await?;
+            .await
+        {
+            // Whether it was written is unknown: trust nothing cached.
+            self.docs.invalidate_all();
+            return Err(e.into());
+        }
+        for (key, doc) in &changes {
+            self.docs.insert(key.clone(), doc.clone());
+        }
         self.set_status(|s| s.position = to);
         if let Some(feed) = &self.feed {
             feed.publish(ViewChange {
@@ -553,6 +610,7 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
                 version: view.version(),
                 keys,
                 position: to,
+                docs: Some(changes.into_values().flatten().collect()),
             })
             .await;
         }

@@ -49,8 +49,12 @@ pub struct CacheStats {
     pub hits: u64,
     /// Reads that went to the view store.
     pub misses: u64,
-    /// Entries invalidated by announcements.
+    /// Entries invalidated by announcements (announcements without
+    /// documents).
     pub invalidations: u64,
+    /// Entries replaced by the documents an announcement carried.
+    #[serde(default)]
+    pub refreshes: u64,
 }
 
 /// Tuning of a [`ViewReader`].
@@ -167,6 +171,36 @@ impl<V: ViewStore> ViewReader<V> {
         });
     }
 
+    /// Applies one announcement to the cache: documents it carries are
+    /// cached as read at its position (unless a newer read is cached);
+    /// without documents, the changed keys are invalidated.
+    async fn absorb(&self, view: &ViewId, change: &crate::changes::ViewChange) {
+        let cache = &self.inner.cache;
+        let Some(docs) = &change.docs else {
+            for key in &change.keys {
+                cache.invalidate(&(view.clone(), key.clone())).await;
+            }
+            self.count(|s| s.invalidations += change.keys.len() as u64);
+            return;
+        };
+        let mut by_key: HashMap<&str, &StoredDoc> =
+            docs.iter().map(|d| (d.key.as_str(), d)).collect();
+        for key in &change.keys {
+            let cache_key = (view.clone(), key.clone());
+            if let Some(cached) = cache.get(&cache_key).await {
+                if cached.checkpoint >= change.position {
+                    continue;
+                }
+            }
+            let read = ViewRead {
+                doc: by_key.remove(key.as_str()).cloned(),
+                checkpoint: change.position,
+            };
+            cache.insert(cache_key, Arc::new(read)).await;
+        }
+        self.count(|s| s.refreshes += change.keys.len() as u64);
+    }
+
     /// Follows `feed` until `shutdown`: invalidates changed documents and
     /// tracks each view's checkpoint. Spawns a task.
     pub async fn listen(
@@ -195,14 +229,7 @@ impl<V: ViewStore> ViewReader<V> {
                         let Ok(view) = ViewId::new(&c.view, c.version) else {
                             continue;
                         };
-                        for key in &c.keys {
-                            reader
-                                .inner
-                                .cache
-                                .invalidate(&(view.clone(), key.clone()))
-                                .await;
-                        }
-                        reader.count(|s| s.invalidations += c.keys.len() as u64);
+                        reader.absorb(&view, &c).await;
                         reader.note_checkpoint(&view, c.position);
                     }
                     Some(ChangeNotice::Reset) => reader.inner.cache.invalidate_all(),

@@ -104,7 +104,7 @@ impl std::fmt::Display for ViewId {
 }
 
 /// A document as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredDoc {
     /// The key.
     pub key: String,
