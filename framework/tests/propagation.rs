@@ -445,6 +445,50 @@ async fn redelivery_after_commit_without_ack_changes_nothing() {
     let _ = jetstream::new(client).delete_stream(&cfg.stream).await;
 }
 
+/// A JetStream subscription (a continuous pull with idle heartbeats) stays
+/// up through idle spells longer than its heartbeat interval, and hands
+/// over an event as soon as it arrives afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jetstream_subscription_survives_idle_spells() {
+    let db = test_database().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let views = PgViewStore::new(db.pool.clone());
+    let client = nats_client().await;
+    let cfg = unique_stream();
+    let bus = JetStreamBus::new(client.clone(), cfg.clone());
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(
+        Relay::new(store.clone(), views.clone(), client.clone(), cfg.clone()).run(stop.clone()),
+    );
+    store.append(inc("counter-idle", 1)).await.unwrap();
+    let mut sub = bus
+        .subscribe("idle_check", &EventFilter::all(), Position::START)
+        .await
+        .unwrap();
+    let first = strata::Subscription::next_batch(&mut sub, 10, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    // Idle for longer than two heartbeat intervals (5 s each): every wait
+    // ends empty, none with an error.
+    let idle_until = std::time::Instant::now() + Duration::from_secs(12);
+    while std::time::Instant::now() < idle_until {
+        let batch = strata::Subscription::next_batch(&mut sub, 10, Duration::from_secs(2))
+            .await
+            .expect("an idle subscription stays up");
+        assert!(batch.is_empty());
+    }
+    store.append(inc("counter-idle", 2)).await.unwrap();
+    let next = strata::Subscription::next_batch(&mut sub, 10, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].envelope.position, Position(2));
+    stop.cancel();
+    relay.await.unwrap();
+    let _ = jetstream::new(client).delete_stream(&cfg.stream).await;
+}
+
 /// A poison event is retried, then dead-lettered with its error; `Halt`
 /// stops the projection before it, `Skip` goes on past it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
