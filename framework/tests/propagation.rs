@@ -570,6 +570,67 @@ async fn poison_events_are_dead_lettered_and_halt_or_skip() {
     }
 }
 
+/// The projector's document cache lasts one run. Halted on a poison event,
+/// an operator corrects a document by hand and moves the checkpoint past
+/// the poison event; the next run starts from the stored document, not from
+/// what the projector had cached before the halt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_run_reads_documents_afresh() {
+    let db = test_database().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let views = PgViewStore::new(db.pool.clone());
+    store.append(inc("counter-1", 1)).await.unwrap();
+    let poison = store
+        .append(AppendRequest::new(
+            StreamId::new("counter-1").unwrap(),
+            "counter",
+            ExpectedVersion::Any,
+            vec![NewEvent::new(
+                "CounterIncremented",
+                json!({ "poison": true }),
+            )],
+        ))
+        .await
+        .unwrap();
+    let projector = Projector::new(totals(), InProcessBus::new(store.clone()), views.clone());
+    let view = projector.view().clone();
+    let mut status = projector.status();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(projector.run(stop.clone()));
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(|s| s.state == RunState::Halted),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+
+    // The operator's fix: the document by hand, then past the poison event.
+    sqlx::query(&format!(
+        "UPDATE {} SET doc = $1 WHERE key = 'counter-1'",
+        strata::view_table(&view)
+    ))
+    .bind(json!({ "value": 100, "events": 1 }))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    views
+        .reset(&view.subscriber(), poison.position)
+        .await
+        .unwrap();
+
+    let next = store.append(inc("counter-1", 2)).await.unwrap();
+    wait_checkpoint(&views, &view.subscriber(), next.position).await;
+    let doc = views.get(&view, "counter-1").await.unwrap().doc.unwrap();
+    assert_eq!(
+        doc.doc,
+        json!({ "value": 102, "events": 2 }),
+        "built on the stored document, not the one cached before the halt"
+    );
+    stop.cancel();
+    task.await.unwrap();
+}
+
 // ---- the query side ---------------------------------------------------------------
 
 /// Announced documents fill the reader's cache as read at the announced
