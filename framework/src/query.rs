@@ -185,6 +185,7 @@ impl<V: ViewStore> ViewReader<V> {
         };
         let mut by_key: HashMap<&str, &StoredDoc> =
             docs.iter().map(|d| (d.key.as_str(), d)).collect();
+        let mut refreshed = 0;
         for key in &change.keys {
             let cache_key = (view.clone(), key.clone());
             if let Some(cached) = cache.get(&cache_key).await {
@@ -197,8 +198,9 @@ impl<V: ViewStore> ViewReader<V> {
                 checkpoint: change.position,
             };
             cache.insert(cache_key, Arc::new(read)).await;
+            refreshed += 1;
         }
-        self.count(|s| s.refreshes += change.keys.len() as u64);
+        self.count(|s| s.refreshes += refreshed);
     }
 
     /// Follows `feed` until `shutdown`: invalidates changed documents and
