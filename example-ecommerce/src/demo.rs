@@ -88,6 +88,7 @@ pub async fn run<S: EventStore, B: EventBus, V: ViewStore>(
                     feed: feed.clone(),
                 },
                 ops,
+                shutdown.clone(),
             ),
             shutdown.clone(),
         );

@@ -621,8 +621,12 @@ async fn get_dashboard<V: ViewStore>(
     many(&s, "sales_dashboard", min_position(&q, &h)?).await
 }
 
-/// The query API.
-pub fn query_router<V: ViewStore>(state: QueryState<V>, ops: Ops) -> Router {
+/// The query API. Its live streams end when `shutdown` is cancelled.
+pub fn query_router<V: ViewStore>(
+    state: QueryState<V>,
+    ops: Ops,
+    shutdown: strata::CancellationToken,
+) -> Router {
     Router::new()
         .route("/products", get(get_products::<V>))
         .route("/products/{sku}", get(get_product::<V>))
@@ -631,7 +635,7 @@ pub fn query_router<V: ViewStore>(state: QueryState<V>, ops: Ops) -> Router {
         .route("/low-stock", get(get_low_stock::<V>))
         .route("/dashboard", get(get_dashboard::<V>))
         .with_state(state.clone())
-        .merge(crate::live::routes(state))
+        .merge(crate::live::routes(state, shutdown))
         .merge(ops_router(ops))
         .fallback(not_found)
 }

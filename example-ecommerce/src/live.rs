@@ -330,6 +330,7 @@ pub struct Live<V> {
     hub: Arc<Hub>,
     config: LiveConfig,
     http: reqwest::Client,
+    shutdown: strata::CancellationToken,
 }
 
 impl<V> Clone for Live<V> {
@@ -340,6 +341,7 @@ impl<V> Clone for Live<V> {
             hub: Arc::clone(&self.hub),
             config: self.config,
             http: self.http.clone(),
+            shutdown: self.shutdown.clone(),
         }
     }
 }
@@ -357,7 +359,16 @@ impl<V: ViewStore> Live<V> {
             hub: Arc::new(Hub::default()),
             config,
             http,
+            shutdown: strata::CancellationToken::new(),
         }
+    }
+
+    /// Ends every open stream (with `event: close`, reason `shutdown`) and
+    /// refuses new ones once `shutdown` is cancelled, so a graceful
+    /// shutdown of the server does not wait for its live clients.
+    pub fn with_shutdown(mut self, shutdown: strata::CancellationToken) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 
     /// Subscribers currently receiving updates.
@@ -393,6 +404,7 @@ impl<V: ViewStore> Live<V> {
                     unavailable("live updates are unavailable")
                 })?;
                 let (hub, reader) = (Arc::clone(&self.hub), self.reader.clone());
+                let shutdown = self.shutdown.clone();
                 tokio::spawn(async move {
                     let notices = futures::stream::unfold(sub, |mut sub| async move {
                         sub.recv().await.map(|n| (n, sub))
@@ -402,11 +414,16 @@ impl<V: ViewStore> Live<V> {
                         .map(|n| resolve(Arc::clone(&hub), reader.clone(), n))
                         .buffered(16)
                         .boxed();
-                    while let Some(step) = resolved.next().await {
+                    loop {
+                        let step = tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            step = resolved.next() => step,
+                        };
                         match step {
-                            Step::Deliver(view, reads) => hub.fan_out(view, reads),
-                            Step::Reset => hub.reset_all(),
-                            Step::Skip => {}
+                            Some(Step::Deliver(view, reads)) => hub.fan_out(view, reads),
+                            Some(Step::Reset) => hub.reset_all(),
+                            Some(Step::Skip) => {}
+                            None => break,
                         }
                     }
                     hub.end();
@@ -484,9 +501,12 @@ impl<V: ViewStore> Live<V> {
     }
 }
 
-/// Routes for live updates and the web page, with the default limits.
-pub fn routes<V: ViewStore>(state: QueryState<V>) -> Router {
-    Live::new(state, LiveConfig::default()).router()
+/// Routes for live updates and the web page, with the default limits;
+/// open streams end when `shutdown` is cancelled.
+pub fn routes<V: ViewStore>(state: QueryState<V>, shutdown: strata::CancellationToken) -> Router {
+    Live::new(state, LiveConfig::default())
+        .with_shutdown(shutdown)
+        .router()
 }
 
 enum Step {

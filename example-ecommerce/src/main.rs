@@ -366,7 +366,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(addr = %listener.local_addr()?, "query API listening");
             http::serve(
                 listener,
-                http::query_router(QueryState { reader, feed }, ops),
+                http::query_router(QueryState { reader, feed }, ops, shutdown.clone()),
                 shutdown,
             )
             .await?;

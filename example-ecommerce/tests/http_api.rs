@@ -319,6 +319,7 @@ async fn queries_wait_for_a_position_and_say_when_they_cannot() {
             feed: strata::ChangeFeed::in_process(),
         },
         ops(),
+        strata::CancellationToken::new(),
     );
     let (s, _, body) = call(
         &router,

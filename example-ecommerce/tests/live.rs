@@ -53,7 +53,7 @@ async fn start(config: LiveConfig) -> Env {
     spawn_fulfilment(&shop, &bus, &views, &statuses, &shutdown);
     let reader = ViewReader::new(views.clone(), ReaderConfig::default());
     reader.listen(&feed, shutdown.clone()).await.unwrap();
-    let live = Live::new(QueryState { reader, feed }, config);
+    let live = Live::new(QueryState { reader, feed }, config).with_shutdown(shutdown.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(serve(listener, live.router(), shutdown.clone()));
@@ -238,6 +238,32 @@ async fn a_subscriber_gets_every_change_and_resumes_after_a_disconnect() {
     // Resuming from the latest position (`?after=`): nothing to send.
     let mut sse = SseClient::connect(&format!("{url}?after={position}"), None).await;
     assert!(sse.next(Duration::from_millis(300)).await.is_none());
+}
+
+/// Shutting the server down ends open streams with a reason, instead of
+/// leaving the graceful shutdown waiting on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_end_on_shutdown() {
+    let env = start(LiveConfig::default()).await;
+    let mut sse = SseClient::connect(&format!("{}/live/catalog/MUG-01", env.url), None).await;
+    let first = sse
+        .next(Duration::from_secs(10))
+        .await
+        .expect("the current state");
+    assert_eq!(first.event, "state");
+    assert_eq!(env.live.subscribers(), 1);
+    env.shutdown.cancel();
+    let last = sse
+        .next(Duration::from_secs(10))
+        .await
+        .expect("a close event");
+    assert_eq!(last.event, "close");
+    assert_eq!(last.data["reason"], "shutdown");
+    assert!(
+        sse.next(Duration::from_secs(5)).await.is_none(),
+        "the stream ended"
+    );
+    assert_eq!(env.live.subscribers(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
