@@ -627,6 +627,20 @@ pub fn query_router<V: ViewStore>(
     ops: Ops,
     shutdown: strata::CancellationToken,
 ) -> Router {
+    let live = crate::live::Live::new(state.clone(), crate::live::LiveConfig::default())
+        .with_shutdown(shutdown);
+    // `/metrics` also reports the live streams.
+    let ops = {
+        let (gauges, live) = (Arc::clone(&ops.gauges), live.clone());
+        Ops {
+            gauges: Arc::new(move || {
+                let mut samples = gauges();
+                samples.extend(live.samples());
+                samples
+            }),
+            ..ops
+        }
+    };
     Router::new()
         .route("/products", get(get_products::<V>))
         .route("/products/{sku}", get(get_product::<V>))
@@ -635,7 +649,7 @@ pub fn query_router<V: ViewStore>(
         .route("/low-stock", get(get_low_stock::<V>))
         .route("/dashboard", get(get_dashboard::<V>))
         .with_state(state.clone())
-        .merge(crate::live::routes(state, shutdown))
+        .merge(live.router())
         .merge(ops_router(ops))
         .fallback(not_found)
 }

@@ -382,6 +382,15 @@ impl<V: ViewStore> Live<V> {
         self.hub.connections.load(Ordering::Relaxed)
     }
 
+    /// Gauges for `/metrics`: subscribers receiving updates and open
+    /// streams.
+    pub fn samples(&self) -> Vec<crate::metrics::Sample> {
+        vec![
+            ("strata_live_subscribers", vec![], self.subscribers() as f64),
+            ("strata_live_connections", vec![], self.connections() as f64),
+        ]
+    }
+
     /// The routes: `/`, `/live/{view}`, `/live/{view}/{key}`, `/api/...`.
     pub fn router(&self) -> Router {
         Router::new()
@@ -499,14 +508,6 @@ impl<V: ViewStore> Live<V> {
         );
         Ok(resp)
     }
-}
-
-/// Routes for live updates and the web page, with the default limits;
-/// open streams end when `shutdown` is cancelled.
-pub fn routes<V: ViewStore>(state: QueryState<V>, shutdown: strata::CancellationToken) -> Router {
-    Live::new(state, LiveConfig::default())
-        .with_shutdown(shutdown)
-        .router()
 }
 
 enum Step {

@@ -303,6 +303,29 @@ async fn commands_answer_with_their_position_and_honour_idempotency_keys() {
     );
 }
 
+/// The query API's `/metrics` reports the live streams beside the cache.
+#[tokio::test]
+async fn query_metrics_report_live_streams() {
+    let reader = ViewReader::new(InMemoryViewStore::new(), ReaderConfig::default());
+    let router = query_router(
+        QueryState {
+            reader,
+            feed: strata::ChangeFeed::in_process(),
+        },
+        ops(),
+        strata::CancellationToken::new(),
+    );
+    let resp = router
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    assert!(text.contains("strata_live_subscribers 0"), "{text}");
+    assert!(text.contains("strata_live_connections 0"), "{text}");
+}
+
 #[tokio::test]
 async fn queries_wait_for_a_position_and_say_when_they_cannot() {
     let views = InMemoryViewStore::new();
