@@ -648,7 +648,7 @@ pub fn query_router<V: ViewStore>(
         .route("/customers/{id}/orders", get(get_customer_orders::<V>))
         .route("/low-stock", get(get_low_stock::<V>))
         .route("/dashboard", get(get_dashboard::<V>))
-        .with_state(state.clone())
+        .with_state(state)
         .merge(live.router())
         .merge(ops_router(ops))
         .fallback(not_found)
