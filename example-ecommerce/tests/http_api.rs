@@ -36,6 +36,18 @@ fn commands(store: &InMemoryEventStore) -> Router {
     command_router(shop, ops())
 }
 
+/// The query API over `reader`, with an in-process change feed.
+fn queries(reader: ViewReader<InMemoryViewStore>) -> Router {
+    query_router(
+        QueryState {
+            reader,
+            feed: strata::ChangeFeed::in_process(),
+        },
+        ops(),
+        strata::CancellationToken::new(),
+    )
+}
+
 async fn call(router: &Router, req: Request<Body>) -> (StatusCode, Option<String>, Value) {
     let resp = router.clone().oneshot(req).await.unwrap();
     let status = resp.status();
@@ -307,14 +319,7 @@ async fn commands_answer_with_their_position_and_honour_idempotency_keys() {
 #[tokio::test]
 async fn query_metrics_report_live_streams() {
     let reader = ViewReader::new(InMemoryViewStore::new(), ReaderConfig::default());
-    let router = query_router(
-        QueryState {
-            reader,
-            feed: strata::ChangeFeed::in_process(),
-        },
-        ops(),
-        strata::CancellationToken::new(),
-    );
+    let router = queries(reader);
     let resp = router
         .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
         .await
@@ -336,14 +341,7 @@ async fn queries_wait_for_a_position_and_say_when_they_cannot() {
             ..Default::default()
         },
     );
-    let router = query_router(
-        QueryState {
-            reader,
-            feed: strata::ChangeFeed::in_process(),
-        },
-        ops(),
-        strata::CancellationToken::new(),
-    );
+    let router = queries(reader);
     let (s, _, body) = call(
         &router,
         Request::get("/products/MUG-01?min_position=42")

@@ -1,6 +1,7 @@
 //! Change announcements: after a projector commits, it announces which
-//! documents changed and the view's new checkpoint. Query services use them
-//! to invalidate their caches and to know how far each view has got; live
+//! documents changed, their new states (up to a size limit over NATS), and
+//! the view's new checkpoint. Query services use them to refresh (or
+//! invalidate) their caches and to know how far each view has got; live
 //! subscribers use them to push new states.
 //!
 //! In one process the feed is a broadcast channel; across processes it is a
@@ -33,7 +34,7 @@ pub struct ViewChange {
     /// key of `keys` is either here (written) or was deleted. Readers cache
     /// them as read at `position`, so a read-your-writes query answers
     /// without a database read. `None` (keys only) when the documents would
-    /// make the announcement larger than [`MAX_ANNOUNCED_DOCS_BYTES`].
+    /// make a NATS announcement larger than [`MAX_ANNOUNCED_DOCS_BYTES`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docs: Option<Vec<StoredDoc>>,
 }

@@ -113,8 +113,8 @@ pub struct ProjectorConfig {
     /// batches (default 10,000; 0 turns it off). It holds the documents as
     /// this instance committed them, so a batch that touches them needs no
     /// read. It is emptied whenever a run starts (take-over, halt, resume,
-    /// a fenced commit, an error), so it never outlives the lease it was
-    /// filled under.
+    /// or after a failed commit or any other error, which end the run), so
+    /// it never outlives the lease it was filled under.
     pub doc_cache: u64,
 }
 
@@ -591,15 +591,11 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
                 None => DocChange::Delete { key: key.clone() },
             })
             .collect();
-        if let Err(e) = self
-            .views
+        // A failed commit (fenced, or unknown whether written) ends the run,
+        // and the next run starts with an empty cache.
+        self.views
             .commit(&view.subscriber(), Some(&view), doc_changes, from, to)
-            .await
-        {
-            // Whether it was written is unknown: trust nothing cached.
-            self.docs.invalidate_all();
-            return Err(e.into());
-        }
+            .await?;
         for (key, doc) in &changes {
             self.docs.insert(key.clone(), doc.clone());
         }

@@ -1,10 +1,11 @@
-//! The query side: views served through a moka cache, invalidated by change
+//! The query side: views served through a moka cache, kept fresh by change
 //! announcements, with read-your-writes.
 //!
 //! **A cached entry is never served to a query that asks for a position
 //! beyond what the view had applied when the entry was read.** Each entry
 //! remembers the view checkpoint of its read (document and checkpoint come
-//! from one snapshot); a query for "at least position P" first waits until
+//! from one snapshot; a document an announcement carried counts as read at
+//! the announcement's position, see ADR 0007); a query for "at least position P" first waits until
 //! the view has applied P, then reloads any entry read before P. So a lost
 //! or late announcement can make a plain read stale for at most the TTL,
 //! and a read-your-writes query never.
@@ -203,8 +204,9 @@ impl<V: ViewStore> ViewReader<V> {
         self.count(|s| s.refreshes += refreshed);
     }
 
-    /// Follows `feed` until `shutdown`: invalidates changed documents and
-    /// tracks each view's checkpoint. Spawns a task.
+    /// Follows `feed` until `shutdown`: caches the documents announcements
+    /// carry (or invalidates the keys of those that carry none) and tracks
+    /// each view's checkpoint. Spawns a task.
     pub async fn listen(
         &self,
         feed: &ChangeFeed,

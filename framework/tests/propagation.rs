@@ -60,6 +60,19 @@ fn inc(stream: &str, by: u64) -> AppendRequest {
     )
 }
 
+/// An increment the `Totals` projection cannot apply.
+fn poison(stream: &str) -> AppendRequest {
+    AppendRequest::new(
+        StreamId::new(stream).unwrap(),
+        "counter",
+        ExpectedVersion::Any,
+        vec![NewEvent::new(
+            "CounterIncremented",
+            json!({ "poison": true }),
+        )],
+    )
+}
+
 async fn wait_checkpoint<V: ViewStore>(views: &V, subscriber: &str, target: Position) {
     wait_until(
         Duration::from_secs(30),
@@ -498,18 +511,7 @@ async fn poison_events_are_dead_lettered_and_halt_or_skip() {
         let store = PgEventStore::new(db.pool.clone());
         let views = PgViewStore::new(db.pool.clone());
         store.append(inc("counter-1", 1)).await.unwrap();
-        let poison = store
-            .append(AppendRequest::new(
-                StreamId::new("counter-1").unwrap(),
-                "counter",
-                ExpectedVersion::Any,
-                vec![NewEvent::new(
-                    "CounterIncremented",
-                    json!({ "poison": true }),
-                )],
-            ))
-            .await
-            .unwrap();
+        let poison = store.append(poison("counter-1")).await.unwrap();
         let after = store.append(inc("counter-1", 10)).await.unwrap();
         let projector = Projector::new(
             Totals {
@@ -580,18 +582,7 @@ async fn a_new_run_reads_documents_afresh() {
     let store = PgEventStore::new(db.pool.clone());
     let views = PgViewStore::new(db.pool.clone());
     store.append(inc("counter-1", 1)).await.unwrap();
-    let poison = store
-        .append(AppendRequest::new(
-            StreamId::new("counter-1").unwrap(),
-            "counter",
-            ExpectedVersion::Any,
-            vec![NewEvent::new(
-                "CounterIncremented",
-                json!({ "poison": true }),
-            )],
-        ))
-        .await
-        .unwrap();
+    let poison = store.append(poison("counter-1")).await.unwrap();
     let projector = Projector::new(totals(), InProcessBus::new(store.clone()), views.clone());
     let view = projector.view().clone();
     let mut status = projector.status();
