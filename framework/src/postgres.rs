@@ -27,7 +27,7 @@
 //! positions are dense. See `docs/adr/0001-gap-safe-global-order.md`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use uuid::Uuid;
 
 use crate::envelope::{EventEnvelope, Metadata, Position, StreamId};
@@ -183,6 +183,10 @@ struct Shared {
     /// The listener is LISTENing and has polled since: the head watch is
     /// current, so waiters need not ask the database.
     listening: AtomicBool,
+    /// Events in the groups writers have sent and not yet seen answered.
+    in_flight: AtomicUsize,
+    /// Woken whenever a writer's group is answered.
+    landed: Notify,
 }
 
 impl Shared {
@@ -243,6 +247,8 @@ impl PgEventStore {
             counters: Counters::default(),
             listener_started: AtomicBool::new(false),
             listening: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            landed: Notify::new(),
         });
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         for _ in 0..config.writers {
@@ -580,28 +586,58 @@ struct Writer {
 type BatchResult = std::result::Result<Vec<Result<AppendOutcome>>, sqlx::Error>;
 
 impl Writer {
-    /// Takes whatever appends are waiting (up to the group cap) and writes
-    /// them as one group. Writers share the queue: while one holds the
-    /// append lock, the next gathers its group and has its arguments parsed.
+    /// Gathers a group and writes it. Writers share the queue: while one
+    /// holds the append lock, the next gathers its group and has its
+    /// arguments parsed, then waits for the lock.
+    ///
+    /// A writer with nothing ahead of it sends at once. One that has a
+    /// group in flight ahead of it keeps gathering until its own group is
+    /// as large as that one, or that one is answered, or the group cap is
+    /// reached: it would wait for the lock anyway, and every append that
+    /// joins the group shares its lock turn and its commit instead of
+    /// taking one of its own.
     async fn run(mut self, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
+        let cap = self.config.max_batch_events;
         loop {
-            let batch = {
+            let (batch, events) = {
                 let mut rx = rx.lock().await;
                 let Some(first) = rx.recv().await else { return };
                 let mut events = first.append.request.events.len();
                 let mut batch = vec![first];
-                while events < self.config.max_batch_events {
-                    match rx.try_recv() {
-                        Ok(job) => {
-                            events += job.append.request.events.len();
-                            batch.push(job);
+                loop {
+                    while events < cap {
+                        match rx.try_recv() {
+                            Ok(job) => {
+                                events += job.append.request.events.len();
+                                batch.push(job);
+                            }
+                            Err(_) => break,
                         }
-                        Err(_) => break,
+                    }
+                    let landed = self.shared.landed.notified();
+                    tokio::pin!(landed);
+                    landed.as_mut().enable();
+                    let ahead = self.shared.in_flight.load(Ordering::Acquire);
+                    if events >= cap || ahead == 0 || events >= ahead {
+                        break;
+                    }
+                    tokio::select! {
+                        job = rx.recv() => match job {
+                            Some(job) => {
+                                events += job.append.request.events.len();
+                                batch.push(job);
+                            }
+                            None => break,
+                        },
+                        _ = &mut landed => {}
                     }
                 }
-                batch
+                self.shared.in_flight.fetch_add(events, Ordering::AcqRel);
+                (batch, events)
             };
             self.handle(batch).await;
+            self.shared.in_flight.fetch_sub(events, Ordering::AcqRel);
+            self.shared.landed.notify_waiters();
         }
     }
 

@@ -157,3 +157,89 @@ async fn a_fenced_view_commit_writes_nothing() {
     let b = views.get(&view, "b").await.unwrap();
     assert_eq!((b.doc.is_some(), b.checkpoint), (true, Position(2)));
 }
+
+/// Writer sessions of this test's database waiting for a lock.
+async fn writers_waiting(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+          WHERE application_name = 'strata-writer' AND wait_event_type = 'Lock' \
+            AND datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// A writer with a group ahead of it at the append lock keeps gathering:
+/// it sends once its group is as large as the one ahead, so appends that
+/// arrive one by one share a lock turn and a commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_behind_a_group_gathers_until_its_group_is_as_large() {
+    use sqlx::Connection;
+    use std::time::Duration;
+    use strata::testing::wait_until;
+
+    let db = test_database().await;
+    let store = PgEventStore::with_config(db.pool.clone(), PgStoreConfig::default().writers(2));
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut tx = holder.begin().await.unwrap();
+    sqlx::query("SELECT position FROM strata_head WHERE id = 1 FOR UPDATE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+
+    let spawn = |stream: &'static str, n: usize| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .append(request(stream, ExpectedVersion::NoStream, n))
+                .await
+        })
+    };
+    let big = spawn("big", 3);
+    wait_until(
+        Duration::from_secs(10),
+        "the first group at the lock",
+        || async { writers_waiting(&db.pool).await == 1 },
+    )
+    .await;
+
+    // Two single-event appends arrive one at a time. A writer that sent at
+    // once would be at the lock within milliseconds; this one waits for a
+    // group of three events.
+    let mut small = Vec::new();
+    for stream in ["small-1", "small-2"] {
+        small.push(spawn(stream, 1));
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+        while tokio::time::Instant::now() < deadline {
+            assert_eq!(
+                writers_waiting(&db.pool).await,
+                1,
+                "a second group went to the lock before it was as large as the first"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    small.push(spawn("small-3", 1));
+    wait_until(
+        Duration::from_secs(10),
+        "the second group at the lock",
+        || async { writers_waiting(&db.pool).await == 2 },
+    )
+    .await;
+
+    tx.rollback().await.unwrap();
+    let big = big.await.unwrap().unwrap();
+    assert_eq!(
+        (big.first_position, big.position),
+        (Position(1), Position(3))
+    );
+    let mut positions = Vec::new();
+    for s in small {
+        positions.push(s.await.unwrap().unwrap().position.0);
+    }
+    positions.sort();
+    assert_eq!(positions, vec![4, 5, 6]);
+    let stats = store.stats();
+    assert_eq!((stats.appends, stats.batches), (4, 2), "{stats:?}");
+}
