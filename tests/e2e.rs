@@ -276,3 +276,314 @@ async fn separate_processes_survive_kills_and_views_equal_a_fold() {
     let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
     let _ = js.delete_stream(&cfg.stream).await;
 }
+
+/// Reads a live stream (Server-Sent Events) in the background and keeps
+/// the positions of the `state` events it carries.
+fn follow_live(
+    http: &reqwest::Client,
+    url: String,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<(u64, String)>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use futures::StreamExt;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (http, out) = (http.clone(), std::sync::Arc::clone(&seen));
+    let task = tokio::spawn(async move {
+        let resp = http.get(url).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let mut body = resp.bytes_stream();
+        let mut buf = String::new();
+        let (mut event, mut data) = (String::new(), String::new());
+        while let Some(chunk) = body.next().await {
+            let Ok(chunk) = chunk else { return };
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(i) = buf.find('\n') {
+                let line: String = buf.drain(..=i).collect();
+                let line = line.trim_end();
+                if let Some(e) = line.strip_prefix("event:") {
+                    event = e.trim().to_owned();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data = d.trim().to_owned();
+                } else if line.is_empty() && !event.is_empty() {
+                    let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                    let position = v["position"].as_u64().unwrap_or(0);
+                    out.lock().unwrap().push((position, event.clone()));
+                    event.clear();
+                }
+            }
+        }
+    });
+    (seen, task)
+}
+
+/// Issue 13, item 1: an online rebuild of every view while commands keep
+/// arriving, clients poll every query route (with and without
+/// `min_position`) and live streams are open. No request fails, no
+/// position goes back, documents written after the switch are served, and
+/// the live streams carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuilding_every_view_while_the_shop_runs_fails_no_reader() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let db = test_database().await;
+    let cfg = unique_stream();
+    let env = Env {
+        db_url: db.url.clone(),
+        stream: cfg.stream.clone(),
+        prefix: cfg.prefix.clone(),
+    };
+    let (cmd_port, query_port) = (free_port(), free_port());
+    let cmd = format!("http://127.0.0.1:{cmd_port}");
+    let query = format!("http://127.0.0.1:{query_port}");
+    let _relay = env.start("relay", &["relay"]);
+    let _projector = env.start("projector", &["projector"]);
+    let _pm = env.start("process-manager", &["process-manager"]);
+    let _command_api = env.start(
+        "command-api",
+        &["command-api", "--listen", &format!("127.0.0.1:{cmd_port}")],
+    );
+    let _query_api = env.start(
+        "query-api",
+        &["query-api", "--listen", &format!("127.0.0.1:{query_port}")],
+    );
+    let http = reqwest::Client::new();
+    wait_healthy(&http, &cmd).await;
+    wait_healthy(&http, &query).await;
+
+    for sku in ["MUG-01", "TEE-01"] {
+        let (s, _) = post(
+            &http,
+            format!("{cmd}/products"),
+            json!({ "sku": sku, "name": sku, "price_cents": 1000 }),
+        )
+        .await;
+        assert_eq!(s, 201);
+    }
+    let (s, first) = post(
+        &http,
+        format!("{cmd}/orders"),
+        json!({ "customer_id": "c1", "lines": [{ "sku": "MUG-01", "quantity": 1 }] }),
+    )
+    .await;
+    assert_eq!(s, 201, "{first}");
+    let first_order = first["order_id"].as_str().unwrap().to_owned();
+
+    // Live streams: one key, one whole view.
+    let (mug_live, mug_task) = follow_live(&http, format!("{query}/live/catalog/MUG-01"));
+    let (catalog_live, catalog_task) = follow_live(&http, format!("{query}/live/catalog"));
+
+    let running = Arc::new(AtomicBool::new(true));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let last_position = Arc::new(AtomicU64::new(0));
+
+    // Writers: restocks, then a read-your-writes query of what they wrote.
+    let writer = {
+        let (http, cmd, query) = (http.clone(), cmd.clone(), query.clone());
+        let (running, failures, last) = (
+            Arc::clone(&running),
+            Arc::clone(&failures),
+            Arc::clone(&last_position),
+        );
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while running.load(Ordering::Relaxed) {
+                n += 1;
+                let sku = if n % 2 == 0 { "MUG-01" } else { "TEE-01" };
+                let (s, r) = post(
+                    &http,
+                    format!("{cmd}/inventory/{sku}/restock"),
+                    json!({ "quantity": 1 }),
+                )
+                .await;
+                if s != 201 {
+                    failures.lock().unwrap().push(format!("restock: {s} {r}"));
+                    continue;
+                }
+                let p = r["position"].as_u64().unwrap();
+                last.fetch_max(p, Ordering::Relaxed);
+                let resp = http
+                    .get(format!("{query}/products/{sku}?min_position={p}"))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = resp.status().as_u16();
+                let body: Value = resp.json().await.unwrap_or(Value::Null);
+                if status != 200 || body["checkpoint"].as_u64().unwrap_or(0) < p {
+                    failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("read-your-writes at {p}: {status} {body}"));
+                }
+            }
+            n
+        })
+    };
+    // Pollers: every query route, positions never go back.
+    let poller = {
+        let (http, query) = (http.clone(), query.clone());
+        let (running, failures) = (Arc::clone(&running), Arc::clone(&failures));
+        let order = first_order.clone();
+        tokio::spawn(async move {
+            let routes = [
+                "/products".to_owned(),
+                "/products/MUG-01".to_owned(),
+                format!("/orders/{order}"),
+                "/customers/c1/orders".to_owned(),
+                "/low-stock".to_owned(),
+                "/dashboard".to_owned(),
+            ];
+            let mut checkpoints: BTreeMap<String, u64> = BTreeMap::new();
+            let mut polls = 0u64;
+            while running.load(Ordering::Relaxed) {
+                for route in &routes {
+                    polls += 1;
+                    let resp = http.get(format!("{query}{route}")).send().await.unwrap();
+                    let status = resp.status().as_u16();
+                    let body: Value = resp.json().await.unwrap_or(Value::Null);
+                    if status != 200 {
+                        failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("GET {route}: {status} {body}"));
+                        continue;
+                    }
+                    if let Some(cp) = body["checkpoint"].as_u64() {
+                        let before = checkpoints.insert(route.clone(), cp).unwrap_or(0);
+                        if cp < before {
+                            failures.lock().unwrap().push(format!(
+                                "GET {route}: checkpoint went back {before} -> {cp}"
+                            ));
+                        }
+                    }
+                }
+            }
+            polls
+        })
+    };
+
+    // Rebuild every view, one after the other, while all that runs.
+    for name in [
+        "catalog",
+        "order_details",
+        "customer_orders",
+        "low_stock",
+        "sales_dashboard",
+    ] {
+        let out = Command::new(BIN)
+            .args([
+                "admin",
+                "--stream",
+                &cfg.stream,
+                "--subject-prefix",
+                &cfg.prefix,
+            ])
+            .args(["projections", "rebuild", name])
+            .env("DATABASE_URL", &db.url)
+            .env("NATS_URL", nats_url())
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "rebuild {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Keep the clients going a little past the last switch and its grace.
+    let views = PgViewStore::new(db.pool.clone());
+    let after_switch = last_position.load(Ordering::Relaxed);
+    wait_until(
+        Duration::from_secs(30),
+        "commands to go on past the last rebuild",
+        || async { last_position.load(Ordering::Relaxed) > after_switch + 20 },
+    )
+    .await;
+    running.store(false, Ordering::Relaxed);
+    let writes = writer.await.unwrap();
+    let polls = poller.await.unwrap();
+    let failures = failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "{} of {} writes and {polls} polls failed: {:#?}",
+        failures.len(),
+        writes,
+        &failures[..failures.len().min(20)]
+    );
+    assert!(writes > 20 && polls > 20, "{writes} writes, {polls} polls");
+    for name in [
+        "catalog",
+        "order_details",
+        "customer_orders",
+        "low_stock",
+        "sales_dashboard",
+    ] {
+        let active = views.active(name).await.unwrap().unwrap();
+        assert_eq!(active.version, 2, "{name} was switched");
+    }
+
+    // A document written after the switch is served, with and without
+    // waiting for its position.
+    let (s, placed) = post(
+        &http,
+        format!("{cmd}/orders"),
+        json!({ "customer_id": "c2", "lines": [{ "sku": "TEE-01", "quantity": 1 }] }),
+    )
+    .await;
+    assert_eq!(s, 201, "{placed}");
+    let (id, p) = (
+        placed["order_id"].as_str().unwrap(),
+        placed["position"].as_u64().unwrap(),
+    );
+    let resp = http
+        .get(format!("{query}/orders/{id}?min_position={p}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let resp = http
+        .get(format!("{query}/customers/c2/orders?min_position={p}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["data"]["orders"].as_array().map(Vec::len), Some(1));
+
+    // The live streams carried on: each has a state at or beyond the last
+    // restock of its documents, and none was closed.
+    let (s, r) = post(
+        &http,
+        format!("{cmd}/inventory/MUG-01/restock"),
+        json!({ "quantity": 1 }),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let last = r["position"].as_u64().unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "the live streams to carry the last restock",
+        || async {
+            let reached = |seen: &std::sync::Mutex<Vec<(u64, String)>>| {
+                seen.lock()
+                    .unwrap()
+                    .iter()
+                    .any(|(p, e)| e == "state" && *p >= last)
+            };
+            reached(&mug_live) && reached(&catalog_live)
+        },
+    )
+    .await;
+    for seen in [&mug_live, &catalog_live] {
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.iter().all(|(_, e)| e == "state"),
+            "a live stream was closed: {seen:?}"
+        );
+    }
+    mug_task.abort();
+    catalog_task.abort();
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    let _ = js.delete_stream(&cfg.stream).await;
+}

@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use strata::{
-    CommandContext, CommandOutcome, EventStore, Position, QueryError, ViewId, ViewReader, ViewStore,
+    CommandContext, CommandOutcome, EventStore, Position, QueryError, ViewReader, ViewStore,
 };
 use uuid::Uuid;
 
@@ -491,6 +491,19 @@ struct MinPosition {
     min_position: Option<String>,
 }
 
+/// A listing's query: a minimum position and a page.
+#[derive(Deserialize, Default)]
+struct ListQuery {
+    min_position: Option<String>,
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+/// Documents per page of a listing when the client names no limit.
+pub const DEFAULT_PAGE: usize = 100;
+/// The largest page a client may ask for.
+pub const MAX_PAGE: usize = 1_000;
+
 fn min_position(q: &MinPosition, headers: &HeaderMap) -> Result<Option<Position>, ApiError> {
     let raw = q.min_position.clone().or_else(|| {
         headers
@@ -508,8 +521,25 @@ fn min_position(q: &MinPosition, headers: &HeaderMap) -> Result<Option<Position>
     }
 }
 
-fn view(name: &str) -> ViewId {
-    ViewId::new(name, 1).expect("static view names are valid")
+fn page_limit(raw: Option<&str>) -> Result<usize, ApiError> {
+    match raw {
+        None => Ok(DEFAULT_PAGE),
+        Some(s) => match s.trim().parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+            _ => Err(ApiError::bad_request(format!(
+                "limit must be 1 to {MAX_PAGE}"
+            ))),
+        },
+    }
+}
+
+fn page_after(raw: Option<String>) -> Result<Option<String>, ApiError> {
+    match raw {
+        Some(a) if a.is_empty() || a.len() > 256 => Err(ApiError::bad_request(
+            "after must be a key from a page's next, 1 to 256 bytes",
+        )),
+        other => Ok(other),
+    }
 }
 
 async fn one<V: ViewStore>(
@@ -518,7 +548,7 @@ async fn one<V: ViewStore>(
     key: &str,
     min: Option<Position>,
 ) -> Result<Response, ApiError> {
-    let read = state.reader.get(&view(view_name), key, min).await?;
+    let read = state.reader.get(view_name, key, min).await?;
     match read.doc {
         Some(d) => Ok(Json(
             json!({ "data": d.doc, "position": d.position.0, "checkpoint": read.checkpoint.0 }),
@@ -532,25 +562,36 @@ async fn one<V: ViewStore>(
     }
 }
 
+/// A page of a view: `{"data": [...], "next": key-or-null}`; pass `next`
+/// back as `?after=` for the following page.
 async fn many<V: ViewStore>(
     state: &QueryState<V>,
     view_name: &str,
-    min: Option<Position>,
+    q: ListQuery,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let docs = state
+    let min = min_position(
+        &MinPosition {
+            min_position: q.min_position,
+        },
+        headers,
+    )?;
+    let limit = page_limit(q.limit.as_deref())?;
+    let after = page_after(q.after)?;
+    let page = state
         .reader
-        .list(&view(view_name), None, 1_000, min)
+        .list(view_name, after.as_deref(), limit, min)
         .await?;
-    let data: Vec<Value> = docs.into_iter().map(|d| d.doc).collect();
-    Ok(Json(json!({ "data": data })).into_response())
+    let data: Vec<Value> = page.docs.into_iter().map(|d| d.doc).collect();
+    Ok(Json(json!({ "data": data, "next": page.next })).into_response())
 }
 
 async fn get_products<V: ViewStore>(
     State(s): State<QueryState<V>>,
-    Query(q): Query<MinPosition>,
+    Query(q): Query<ListQuery>,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    many(&s, "catalog", min_position(&q, &h)?).await
+    many(&s, "catalog", q, &h).await
 }
 
 async fn get_product<V: ViewStore>(
@@ -579,13 +620,16 @@ async fn get_customer_orders<V: ViewStore>(
     Query(q): Query<MinPosition>,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if id.is_empty() || id.len() > 64 {
-        return Err(ApiError::bad_request(
-            "customer id must be 1 to 64 characters",
-        ));
+    // The same rule the order applies when it is placed: characters, not
+    // bytes, so every id that can be written can be read.
+    if id.trim().is_empty() || id.chars().count() > crate::domain::order::MAX_CUSTOMER_ID_LEN {
+        return Err(ApiError::bad_request(format!(
+            "customer id must be 1 to {} characters",
+            crate::domain::order::MAX_CUSTOMER_ID_LEN
+        )));
     }
     let min = min_position(&q, &h)?;
-    let read = s.reader.get(&view("customer_orders"), &id, min).await?;
+    let read = s.reader.get("customer_orders", &id, min).await?;
     let Some(doc) = read.doc else {
         return Ok(Json(json!({ "data": { "customer_id": id, "orders": [] } })).into_response());
     };
@@ -594,7 +638,7 @@ async fn get_customer_orders<V: ViewStore>(
     if let Some(orders) = data.get_mut("orders").and_then(Value::as_array_mut) {
         for o in orders.iter_mut() {
             if let Some(oid) = o.get("order_id").and_then(Value::as_str).map(str::to_owned) {
-                if let Ok(r) = s.reader.get(&view("order_details"), &oid, None).await {
+                if let Ok(r) = s.reader.get("order_details", &oid, None).await {
                     if let Some(d) = r.doc {
                         o["status"] = d.doc["status"].clone();
                     }
@@ -607,18 +651,18 @@ async fn get_customer_orders<V: ViewStore>(
 
 async fn get_low_stock<V: ViewStore>(
     State(s): State<QueryState<V>>,
-    Query(q): Query<MinPosition>,
+    Query(q): Query<ListQuery>,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    many(&s, "low_stock", min_position(&q, &h)?).await
+    many(&s, "low_stock", q, &h).await
 }
 
 async fn get_dashboard<V: ViewStore>(
     State(s): State<QueryState<V>>,
-    Query(q): Query<MinPosition>,
+    Query(q): Query<ListQuery>,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    many(&s, "sales_dashboard", min_position(&q, &h)?).await
+    many(&s, "sales_dashboard", q, &h).await
 }
 
 /// The query API. Its live streams end when `shutdown` is cancelled.

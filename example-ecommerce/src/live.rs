@@ -14,7 +14,17 @@
 //! position is beyond that at once, so it misses nothing. A stream the
 //! server ends says why first: `event: close`, data `{"reason": ...}`.
 //!
-//! Fan-out: one change-feed subscription per [`Live`] (the hub task),
+//! Streams address views by name: they follow the version the
+//! [`ViewReader`](strata::ViewReader) serves, and a rebuild's switch makes
+//! every stream of the view catch up from the new version (nothing missed,
+//! nothing sent twice beyond what the client already has).
+//!
+//! A whole-view stream sends at most [`LiveConfig::snapshot_limit`]
+//! documents on connect, oldest change first; when the view holds more, the
+//! stream then ends with `event: close` reason `more`, and the client's
+//! reconnect (with the last id) gets the next part.
+//!
+//! Fan-out: one subscription to the reader's announcements per [`Live`] (the hub task),
 //! which reads each announced document once (through the cached
 //! [`ViewReader`](strata::ViewReader), with read-your-writes on the
 //! announced position) and hands it to every subscriber of the key and of
@@ -40,7 +50,7 @@ use axum::Router;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use strata::{ChangeNotice, Position, QueryError, ViewChange, ViewId, ViewReader, ViewStore};
+use strata::{ChangeNotice, Position, QueryError, ViewChange, ViewReader, ViewStore};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -57,18 +67,17 @@ pub const LAST_EVENT_ID_HEADER: &str = "last-event-id";
 /// The shop's web page.
 const INDEX_HTML: &str = include_str!("../static/index.html");
 
-/// The version of the views the query API serves.
-const VIEW_VERSION: u32 = 1;
-
 /// Why a stream ended (sent as `event: close`).
 const OPEN: u8 = 0;
 const SLOW: u8 = 1;
 const SHUTDOWN: u8 = 2;
+const MORE: u8 = 3;
 
 fn close_reason(code: u8) -> &'static str {
     match code {
         SLOW => "slow consumer",
         SHUTDOWN => "shutdown",
+        MORE => "more",
         _ => "unavailable",
     }
 }
@@ -302,10 +311,6 @@ fn known_view(name: &str) -> Option<&'static str> {
     VIEW_NAMES.iter().copied().find(|v| *v == name)
 }
 
-fn view_id(view: &'static str) -> ViewId {
-    ViewId::new(view, VIEW_VERSION).expect("the shop's view names are valid")
-}
-
 fn state_data(view: &str, key: &str, doc: Option<&Value>, position: Position) -> String {
     json!({ "view": view, "key": key, "doc": doc, "position": position.0 }).to_string()
 }
@@ -326,7 +331,6 @@ fn close_event(reason: &str) -> Event {
 /// Live updates over a query API's state. Cheap to clone.
 pub struct Live<V> {
     reader: ViewReader<V>,
-    feed: strata::ChangeFeed,
     hub: Arc<Hub>,
     config: LiveConfig,
     http: reqwest::Client,
@@ -337,7 +341,6 @@ impl<V> Clone for Live<V> {
     fn clone(&self) -> Self {
         Live {
             reader: self.reader.clone(),
-            feed: self.feed.clone(),
             hub: Arc::clone(&self.hub),
             config: self.config,
             http: self.http.clone(),
@@ -355,7 +358,6 @@ impl<V: ViewStore> Live<V> {
             .unwrap_or_default();
         Live {
             reader: state.reader,
-            feed: state.feed,
             hub: Arc::new(Hub::default()),
             config,
             http,
@@ -403,15 +405,14 @@ impl<V: ViewStore> Live<V> {
             .with_state(self.clone())
     }
 
-    /// Subscribes to the change feed once and starts the hub task.
+    /// Follows the reader's announcements once and starts the hub task.
     async fn start(&self) -> Result<(), ApiError> {
         self.hub
             .started
             .get_or_try_init(|| async {
-                let sub = self.feed.subscribe().await.map_err(|e| {
-                    tracing::error!(error = %e, "live updates: cannot follow the change feed");
-                    unavailable("live updates are unavailable")
-                })?;
+                // The reader passes on the announcements of the versions
+                // it serves, so streams follow a rebuild's switch.
+                let sub = self.reader.changes();
                 let (hub, reader) = (Arc::clone(&self.hub), self.reader.clone());
                 let shutdown = self.shutdown.clone();
                 tokio::spawn(async move {
@@ -483,6 +484,7 @@ impl<V: ViewStore> Live<V> {
             pending: VecDeque::new(),
             last: after,
             snapshot_limit: self.config.snapshot_limit,
+            more: false,
             done: false,
             _guard: guard,
         };
@@ -526,18 +528,14 @@ async fn resolve<V: ViewStore>(hub: Arc<Hub>, reader: ViewReader<V>, notice: Cha
     let Some(view) = known_view(&change.view) else {
         return Step::Skip;
     };
-    if change.version != VIEW_VERSION {
-        return Step::Skip;
-    }
     let keys = hub.wanted(view, &change);
     if keys.is_empty() {
         return Step::Skip;
     }
-    let vid = view_id(view);
     let reads = futures::future::join_all(keys.into_iter().map(|key| {
-        let (reader, vid) = (&reader, &vid);
+        let reader = &reader;
         async move {
-            match reader.get(vid, &key, Some(change.position)).await {
+            match reader.get(view, &key, Some(change.position)).await {
                 Ok(read) => {
                     let (doc, position) = match &read.doc {
                         Some(d) => (Some(&d.doc), d.position),
@@ -591,6 +589,8 @@ struct LiveStream<V> {
     /// change up to here has been sent.
     last: Position,
     snapshot_limit: usize,
+    /// The catch-up sent only part of the view: end once it is sent.
+    more: bool,
     done: bool,
     _guard: Connection,
 }
@@ -598,11 +598,10 @@ struct LiveStream<V> {
 impl<V: ViewStore> LiveStream<V> {
     /// Queues what changed beyond `last`, reading at least at `floor`.
     async fn catch_up(&mut self, floor: Position) -> Result<(), QueryError> {
-        let vid = view_id(self.view);
         let min = (floor > Position::START).then_some(floor);
         match &self.key {
             Some(key) => {
-                let read = self.reader.get(&vid, key, min).await?;
+                let read = self.reader.get(self.view, key, min).await?;
                 match read.doc {
                     Some(d) if d.position > self.last => {
                         let data = state_data(self.view, key, Some(&d.doc), d.position);
@@ -619,14 +618,37 @@ impl<V: ViewStore> LiveStream<V> {
                 }
             }
             None => {
-                let mut docs = self
-                    .reader
-                    .list(&vid, None, self.snapshot_limit, min)
-                    .await?;
-                docs.retain(|d| d.position > self.last);
+                // Every document changed since `last`, page by page.
+                let mut docs = Vec::new();
+                let mut after: Option<String> = None;
+                let mut first = min;
+                loop {
+                    let page = self
+                        .reader
+                        .list(self.view, after.as_deref(), 1_000, first.take())
+                        .await?;
+                    docs.extend(page.docs.into_iter().filter(|d| d.position > self.last));
+                    match page.next {
+                        Some(next) => after = Some(next),
+                        None => break,
+                    }
+                }
                 // Oldest first: a client that drops mid-way resumes from
                 // the last id it got and misses nothing.
                 docs.sort_by_key(|d| d.position);
+                if docs.len() > self.snapshot_limit {
+                    // Send the oldest, cut between two positions, then end
+                    // the stream ("more"): the client reconnects with the
+                    // last id and gets the next part.
+                    let cut = docs[self.snapshot_limit].position;
+                    let mut keep = docs.iter().take_while(|d| d.position < cut).count();
+                    if keep == 0 {
+                        // One position holds more than the limit: send it whole.
+                        keep = docs.iter().take_while(|d| d.position == cut).count();
+                    }
+                    self.more = keep < docs.len();
+                    docs.truncate(keep);
+                }
                 for d in docs {
                     let data = state_data(self.view, &d.key, Some(&d.doc), d.position);
                     self.pending.push_back(state_event(d.position, &data));
@@ -664,6 +686,10 @@ impl<V: ViewStore> LiveStream<V> {
             if self.done {
                 return None;
             }
+            if self.more {
+                self.done = true;
+                return Some(close_event(close_reason(MORE)));
+            }
             match self.rx.recv().await {
                 Some(Msg::States(updates)) => {
                     for u in updates.iter() {
@@ -689,10 +715,6 @@ impl<V: ViewStore> LiveStream<V> {
             }
         }
     }
-}
-
-fn unavailable(message: &str) -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
 }
 
 fn bad_request(message: impl Into<String>) -> ApiError {
@@ -725,8 +747,16 @@ fn view_key(view: &str, key: &str) -> Result<String, ApiError> {
         "order_details" => Uuid::parse_str(key)
             .map(|u| u.to_string())
             .map_err(|_| bad_request("an order id must be a UUID")),
-        "customer_orders" if !key.is_empty() && key.len() <= 64 => Ok(key.to_owned()),
-        "customer_orders" => Err(bad_request("a customer id is 1 to 64 characters")),
+        "customer_orders"
+            if !key.trim().is_empty()
+                && key.chars().count() <= crate::domain::order::MAX_CUSTOMER_ID_LEN =>
+        {
+            Ok(key.to_owned())
+        }
+        "customer_orders" => Err(bad_request(format!(
+            "a customer id is 1 to {} characters",
+            crate::domain::order::MAX_CUSTOMER_ID_LEN
+        ))),
         "sales_dashboard" => {
             let (day, s) = key
                 .split_once(':')

@@ -432,7 +432,9 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
             {
-                ctx = ctx.nats(client, s.stream.clone());
+                ctx = ctx
+                    .change_feed(ChangeFeed::nats(client.clone(), s.changes_prefix()))
+                    .nats(client, s.stream.clone());
             }
             std::process::exit(strata::admin::run(admin, ctx).await);
         }

@@ -33,6 +33,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::BoxFuture;
+use crate::changes::ChangeFeed;
 use crate::envelope::{EventEnvelope, NewEvent, Position, StreamId};
 use crate::nats::StreamConfig;
 use crate::projection::{Projection, ProjectionTest};
@@ -226,6 +227,7 @@ pub trait RegisteredProjection: Send + Sync {
         &self,
         store: PgEventStore,
         views: PgViewStore,
+        feed: Option<ChangeFeed>,
         progress: Box<dyn FnMut(RebuildProgress) + Send>,
         shutdown: CancellationToken,
     ) -> BoxFuture<'static, Result<RebuildReport, RebuildError>>;
@@ -253,6 +255,7 @@ where
         &self,
         store: PgEventStore,
         views: PgViewStore,
+        feed: Option<ChangeFeed>,
         progress: Box<dyn FnMut(RebuildProgress) + Send>,
         shutdown: CancellationToken,
     ) -> BoxFuture<'static, Result<RebuildReport, RebuildError>> {
@@ -262,7 +265,7 @@ where
                 projection,
                 store,
                 views,
-                None,
+                feed,
                 RebuildOptions::default(),
                 progress,
                 shutdown,
@@ -286,6 +289,7 @@ pub struct AdminContext {
     projections: Vec<Arc<dyn RegisteredProjection>>,
     names: Vec<String>,
     nats: Option<(async_nats::Client, StreamConfig)>,
+    feed: Option<ChangeFeed>,
     subscribers: Vec<String>,
 }
 
@@ -298,6 +302,7 @@ impl AdminContext {
             projections: Vec::new(),
             names: Vec::new(),
             nats: None,
+            feed: None,
             subscribers: Vec::new(),
         }
     }
@@ -321,6 +326,13 @@ impl AdminContext {
     /// Enables the JetStream commands.
     pub fn nats(mut self, client: async_nats::Client, config: StreamConfig) -> Self {
         self.nats = Some((client, config));
+        self
+    }
+
+    /// Announces rebuilds' documents and switches on `feed`, so query
+    /// services follow a switch the moment it commits.
+    pub fn change_feed(mut self, feed: ChangeFeed) -> Self {
+        self.feed = Some(feed);
         self
     }
 
@@ -625,6 +637,7 @@ async fn execute_inner(
                 .rebuild(
                     ctx.store.clone(),
                     ctx.views.clone(),
+                    ctx.feed.clone(),
                     progress,
                     shutdown.clone(),
                 )

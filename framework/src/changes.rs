@@ -5,9 +5,21 @@
 //! subscribers use them to push new states.
 //!
 //! In one process the feed is a broadcast channel; across processes it is a
-//! plain NATS subject (`<prefix>.<view>`), not JetStream: an announcement
-//! that is lost costs a cache entry its freshness until its TTL, never
-//! correctness of a read-your-writes query (see `query.rs`).
+//! plain NATS subject (`<prefix>.<view>`), not JetStream, where an
+//! announcement can be lost. So announcements are chained: each names the
+//! checkpoint it moved from ([`ViewChange::previous`]), and a subscription
+//! that sees a link missing for a view version, or whose NATS connection
+//! was re-established, hands out [`ChangeNotice::Reset`] before the next
+//! change: subscribers then resynchronise from the view store. A lost
+//! announcement never costs correctness of a read-your-writes query (see
+//! `query.rs`).
+//!
+//! A rebuild's switch is announced too (`activated`), so readers move to
+//! the new version the moment it commits.
+
+use std::collections::HashMap;
+#[cfg(feature = "nats")]
+use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -30,6 +42,16 @@ pub struct ViewChange {
     pub keys: Vec<String>,
     /// The view's checkpoint after the change.
     pub position: Position,
+    /// The checkpoint this change moved from: the link to the previous
+    /// announcement of this view version. A subscriber that last saw
+    /// another position missed announcements. `None` for announcements
+    /// that start no chain (a switch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Position>,
+    /// This version has just become the active one (a rebuild switched to
+    /// it); `keys` is empty. Readers follow it at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub activated: bool,
     /// The changed documents' new states, when the projector sent them: each
     /// key of `keys` is either here (written) or was deleted. Readers cache
     /// them as read at `position`, so a read-your-writes query answers
@@ -39,13 +61,29 @@ pub struct ViewChange {
     pub docs: Option<Vec<StoredDoc>>,
 }
 
+impl ViewChange {
+    /// The announcement that `version` of view `name` became active, with
+    /// its checkpoint at the switch.
+    pub fn activated(name: &str, version: u32, position: Position) -> Self {
+        ViewChange {
+            view: name.to_owned(),
+            version,
+            keys: Vec::new(),
+            position,
+            previous: None,
+            activated: true,
+            docs: None,
+        }
+    }
+}
+
 /// What a feed subscriber receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChangeNotice {
     /// A change.
     Change(ViewChange),
-    /// Announcements may have been missed (a slow subscriber, a reconnect):
-    /// drop every cached state.
+    /// Announcements may have been missed (a slow subscriber, a gap in a
+    /// view's chain, a reconnect): drop every cached state and read again.
     Reset,
 }
 
@@ -119,25 +157,45 @@ impl ChangeFeed {
                 .subscribe(format!("{prefix}.>"))
                 .await
                 .map_err(crate::bus::BusError::unavailable)?;
+            let connects = client.statistics().connects.load(Ordering::Relaxed);
             return Ok(ChangeSubscription {
-                inner: SubInner::Nats(sub),
+                inner: SubInner::Nats {
+                    sub,
+                    client: client.clone(),
+                    connects,
+                },
+                chains: HashMap::new(),
+                pending: None,
             });
         }
         Ok(ChangeSubscription {
             inner: SubInner::Local(self.local.subscribe()),
+            chains: HashMap::new(),
+            pending: None,
         })
     }
 }
 
 enum SubInner {
     Local(broadcast::Receiver<ViewChange>),
+    /// What a [`ViewReader`](crate::ViewReader) passes on.
+    Notices(broadcast::Receiver<ChangeNotice>),
     #[cfg(feature = "nats")]
-    Nats(async_nats::Subscriber),
+    Nats {
+        sub: async_nats::Subscriber,
+        client: async_nats::Client,
+        /// The client's connection count when last looked at.
+        connects: u64,
+    },
 }
 
 /// A subscription to a [`ChangeFeed`].
 pub struct ChangeSubscription {
     inner: SubInner,
+    /// Last position seen per view version: the chain to check.
+    chains: HashMap<(String, u32), Position>,
+    /// A change held back behind the reset handed out first.
+    pending: Option<ViewChange>,
 }
 
 impl std::fmt::Debug for ChangeSubscription {
@@ -147,19 +205,93 @@ impl std::fmt::Debug for ChangeSubscription {
 }
 
 impl ChangeSubscription {
+    /// A subscription to notices passed on in-process.
+    pub(crate) fn notices(rx: broadcast::Receiver<ChangeNotice>) -> Self {
+        ChangeSubscription {
+            inner: SubInner::Notices(rx),
+            chains: HashMap::new(),
+            pending: None,
+        }
+    }
+
     /// The next notice; `None` when the feed is gone.
+    ///
+    /// A [`ChangeNotice::Reset`] comes first whenever announcements may
+    /// have been missed: the local channel lagged, a view version's chain
+    /// has a missing link, or the NATS connection was re-established.
     pub async fn recv(&mut self) -> Option<ChangeNotice> {
+        if let Some(c) = self.pending.take() {
+            return Some(ChangeNotice::Change(c));
+        }
+        let change = match self.next_raw().await? {
+            ChangeNotice::Change(c) => c,
+            ChangeNotice::Reset => {
+                self.chains.clear();
+                return Some(ChangeNotice::Reset);
+            }
+        };
+        if self.broken(&change) {
+            tracing::info!(view = %change.view, version = change.version, "missed change announcements; resynchronising");
+            self.chains.clear();
+            self.link(&change);
+            self.pending = Some(change);
+            return Some(ChangeNotice::Reset);
+        }
+        self.link(&change);
+        Some(ChangeNotice::Change(change))
+    }
+
+    /// True when `change` does not follow the last one seen of its view
+    /// version.
+    fn broken(&self, change: &ViewChange) -> bool {
+        let (Some(previous), Some(last)) = (
+            change.previous,
+            self.chains.get(&(change.view.clone(), change.version)),
+        ) else {
+            return false;
+        };
+        previous > *last
+    }
+
+    fn link(&mut self, change: &ViewChange) {
+        let last = self
+            .chains
+            .entry((change.view.clone(), change.version))
+            .or_insert(change.position);
+        *last = (*last).max(change.position);
+    }
+
+    async fn next_raw(&mut self) -> Option<ChangeNotice> {
         match &mut self.inner {
             SubInner::Local(rx) => match rx.recv().await {
                 Ok(c) => Some(ChangeNotice::Change(c)),
                 Err(broadcast::error::RecvError::Lagged(_)) => Some(ChangeNotice::Reset),
                 Err(broadcast::error::RecvError::Closed) => None,
             },
+            SubInner::Notices(rx) => match rx.recv().await {
+                Ok(n) => Some(n),
+                Err(broadcast::error::RecvError::Lagged(_)) => Some(ChangeNotice::Reset),
+                Err(broadcast::error::RecvError::Closed) => None,
+            },
             #[cfg(feature = "nats")]
-            SubInner::Nats(sub) => {
+            SubInner::Nats {
+                sub,
+                client,
+                connects,
+            } => {
                 use futures::StreamExt;
+                // Look at the connection count now and then too, so a
+                // reconnect is noticed even when nothing follows it.
                 loop {
-                    let msg = sub.next().await?;
+                    let now = client.statistics().connects.load(Ordering::Relaxed);
+                    if now != *connects {
+                        *connects = now;
+                        return Some(ChangeNotice::Reset);
+                    }
+                    let msg = match tokio::time::timeout(RECONNECT_CHECK, sub.next()).await {
+                        Err(_) => continue,
+                        Ok(m) => m?,
+                    };
                     match serde_json::from_slice::<ViewChange>(&msg.payload) {
                         Ok(c) => return Some(ChangeNotice::Change(c)),
                         Err(e) => tracing::warn!(error = %e, "ignoring a malformed view change"),
@@ -169,3 +301,7 @@ impl ChangeSubscription {
         }
     }
 }
+
+/// How often a NATS subscription checks for a reconnect while idle.
+#[cfg(feature = "nats")]
+const RECONNECT_CHECK: std::time::Duration = std::time::Duration::from_secs(1);

@@ -118,8 +118,8 @@ pub use store::{
 };
 pub use tokio_util::sync::CancellationToken;
 pub use view::{
-    Checkpoint, DeadLetter, DocChange, InMemoryViewStore, StoredDoc, SubscriberState, ViewError,
-    ViewId, ViewRead, ViewStore,
+    ActiveView, Checkpoint, DeadLetter, DocChange, InMemoryViewStore, StoredDoc, SubscriberState,
+    ViewError, ViewId, ViewPage, ViewRead, ViewStore,
 };
 
 /// Re-exported so users need not pin their own versions.

@@ -13,8 +13,8 @@ use sqlx::{Connection, PgConnection, PgPool, Row};
 
 use crate::envelope::Position;
 use crate::view::{
-    parse_state, state_str, validate_name, Checkpoint, DeadLetter, DocChange, Lease, LeaseHandle,
-    StoredDoc, ViewError, ViewId, ViewRead, ViewResult, ViewStore,
+    parse_state, state_str, validate_name, ActiveView, Checkpoint, DeadLetter, DocChange, Lease,
+    LeaseHandle, StoredDoc, ViewError, ViewId, ViewRead, ViewResult, ViewStore,
 };
 
 /// Views in PostgreSQL. Cheap to clone.
@@ -390,6 +390,25 @@ impl ViewStore for PgViewStore {
         .map_err(be)?
         .unwrap_or(default as i32);
         Ok(v as u32)
+    }
+
+    async fn active(&self, name: &str) -> ViewResult<Option<ActiveView>> {
+        validate_name(name)?;
+        // One statement: the version and its checkpoint agree.
+        let row: Option<(i32, Option<i64>)> = sqlx::query_as(
+            "SELECT v.active_version, c.position FROM strata_view_versions v \
+               LEFT JOIN strata_checkpoints c \
+                 ON c.subscriber = v.name || '_v' || v.active_version::text \
+             WHERE v.name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(be)?;
+        Ok(row.map(|(version, position)| ActiveView {
+            version: version as u32,
+            checkpoint: Position(position.unwrap_or(0) as u64),
+        }))
     }
 
     async fn start_rebuild(&self, name: &str, default: u32) -> ViewResult<u32> {

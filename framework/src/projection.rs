@@ -606,6 +606,8 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
                 version: view.version(),
                 keys,
                 position: to,
+                previous: Some(from),
+                activated: false,
                 docs: Some(changes.into_values().flatten().collect()),
             })
             .await;

@@ -1,6 +1,14 @@
 //! The query side: views served through a moka cache, kept fresh by change
 //! announcements, with read-your-writes.
 //!
+//! **Readers address views by name.** A [`ViewReader`] follows each view's
+//! active version by itself: it learns the version from the view store
+//! (read only, never written by a read; looked up again at most every
+//! [`VERSION_TTL`]) and from the switch a rebuild announces, the moment it
+//! commits. The position a reader reports for a view never goes back: a
+//! rebuilt version becomes active only at or beyond the old one's
+//! checkpoint, and an old version's late announcements no longer count.
+//!
 //! **A cached entry is never served to a query that asks for a position
 //! beyond what the view had applied when the entry was read.** Each entry
 //! remembers the view checkpoint of its read (document and checkpoint come
@@ -21,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::changes::{ChangeFeed, ChangeNotice};
 use crate::envelope::Position;
-use crate::view::{StoredDoc, ViewError, ViewId, ViewRead, ViewStore};
+use crate::view::{ActiveView, StoredDoc, ViewError, ViewId, ViewPage, ViewRead, ViewStore};
 
 /// Errors of queries.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +49,12 @@ pub enum QueryError {
     /// The view store failed. HTTP 503.
     #[error(transparent)]
     View(#[from] ViewError),
+}
+
+impl QueryError {
+    fn shared(e: Arc<ViewError>) -> Self {
+        QueryError::View(ViewError::backend(e.to_string()))
+    }
 }
 
 /// Counters of the cache, for `/metrics`.
@@ -81,24 +95,50 @@ impl Default for ReaderConfig {
 
 type Key = (ViewId, String);
 
-/// How long a reader trusts the active version it read. A rebuild keeps a
-/// replaced version readable for longer than this before dropping it.
-pub const VERSION_TTL: Duration = Duration::from_secs(1);
+/// How long a reader trusts the active version it looked up when no
+/// announcement told it otherwise. A rebuild keeps a replaced version
+/// readable for longer than this before dropping it.
+pub const VERSION_TTL: Duration = Duration::from_millis(500);
+
+/// How often a waiting read-your-writes query has the store asked, as a
+/// safety net, when announcements are followed (once per view for all its
+/// waiters, by the listener) and when they are not (coalesced across the
+/// waiters of a view).
+const POLL_WITH_FEED: Duration = Duration::from_secs(1);
+const POLL_WITHOUT_FEED: Duration = Duration::from_millis(200);
+
+/// The version read while no projector has registered a view.
+const DEFAULT_VERSION: u32 = 1;
+
+/// What the reader knows of a view's active version.
+#[derive(Clone, Copy)]
+struct Known {
+    version: u32,
+    /// When the store (or a switch announcement) last confirmed it; `None`
+    /// once announcements may have been missed.
+    checked: Option<tokio::time::Instant>,
+}
 
 struct Inner<V> {
     views: V,
-    /// Active version per view name, briefly cached (rebuilds switch it).
-    versions: moka::future::Cache<String, u32>,
+    /// Store lookups of the active version and its checkpoint, shared by
+    /// concurrent callers (one query per view at a time).
+    lookups: moka::future::Cache<String, Option<ActiveView>>,
+    /// Active version per view name: only moves forward.
+    known: Mutex<HashMap<String, Known>>,
     cache: moka::future::Cache<Key, Arc<ViewRead>>,
-    checkpoints: Mutex<HashMap<ViewId, watch::Sender<Position>>>,
+    /// Applied position of each view name (of its active version).
+    checkpoints: Mutex<HashMap<String, watch::Sender<Position>>>,
     stats: Mutex<CacheStats>,
     config: ReaderConfig,
     /// A change feed is being followed: announcements move the checkpoint
-    /// watches, so waits ask the store only as a safety net.
+    /// watches, and the listener asks the store for views with waiters.
     listening: std::sync::atomic::AtomicBool,
+    /// Announcements of active versions, passed on once taken in.
+    out: tokio::sync::broadcast::Sender<ChangeNotice>,
 }
 
-/// Reads views through a cache. Cheap to clone.
+/// Reads views by name through a cache. Cheap to clone.
 pub struct ViewReader<V> {
     inner: Arc<Inner<V>>,
 }
@@ -111,6 +151,10 @@ impl<V> Clone for ViewReader<V> {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl<V: ViewStore> ViewReader<V> {
     /// A reader over `views`. Call [`listen`](Self::listen) to follow a
     /// change feed; without it, entries live until their TTL.
@@ -118,9 +162,10 @@ impl<V: ViewStore> ViewReader<V> {
         ViewReader {
             inner: Arc::new(Inner {
                 views,
-                versions: moka::future::Cache::builder()
-                    .time_to_live(VERSION_TTL)
+                lookups: moka::future::Cache::builder()
+                    .time_to_live(Duration::from_millis(50))
                     .build(),
+                known: Mutex::new(HashMap::new()),
                 cache: moka::future::Cache::builder()
                     .max_capacity(config.capacity)
                     .time_to_live(config.ttl)
@@ -129,6 +174,7 @@ impl<V: ViewStore> ViewReader<V> {
                 stats: Mutex::new(CacheStats::default()),
                 config,
                 listening: std::sync::atomic::AtomicBool::new(false),
+                out: tokio::sync::broadcast::channel(4_096).0,
             }),
         }
     }
@@ -140,19 +186,16 @@ impl<V: ViewStore> ViewReader<V> {
 
     /// Cache counters.
     pub fn stats(&self) -> CacheStats {
-        *self.inner.stats.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.inner.stats)
     }
 
     fn count(&self, f: impl FnOnce(&mut CacheStats)) {
-        f(&mut self.inner.stats.lock().unwrap_or_else(|p| p.into_inner()));
+        f(&mut lock(&self.inner.stats));
     }
 
-    fn checkpoint_tx(&self, view: &ViewId) -> watch::Sender<Position> {
-        self.inner
-            .checkpoints
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(view.clone())
+    fn checkpoint_tx(&self, name: &str) -> watch::Sender<Position> {
+        lock(&self.inner.checkpoints)
+            .entry(name.to_owned())
             .or_insert_with(|| watch::Sender::new(Position::START))
             .clone()
     }
@@ -161,8 +204,36 @@ impl<V: ViewStore> ViewReader<V> {
         self.inner.listening.store(on, Ordering::Release);
     }
 
-    fn note_checkpoint(&self, view: &ViewId, position: Position) {
-        self.checkpoint_tx(view).send_if_modified(|p| {
+    /// The active version this reader knows of, if any.
+    fn known(&self, name: &str) -> Option<Known> {
+        lock(&self.inner.known).get(name).copied()
+    }
+
+    /// Records that `version` of `name` is active (never moves back).
+    /// Returns the version now known.
+    fn learn(&self, name: &str, version: u32) -> u32 {
+        let now = Some(tokio::time::Instant::now());
+        let mut known = lock(&self.inner.known);
+        let k = known.entry(name.to_owned()).or_insert(Known {
+            version,
+            checked: now,
+        });
+        if version >= k.version {
+            *k = Known {
+                version,
+                checked: now,
+            };
+        }
+        k.version
+    }
+
+    /// Counts `position` as applied by `name` if it is a position of the
+    /// version known to be active.
+    fn note_checkpoint(&self, name: &str, version: u32, position: Position) {
+        if self.known(name).is_some_and(|k| k.version != version) {
+            return;
+        }
+        self.checkpoint_tx(name).send_if_modified(|p| {
             if position > *p {
                 *p = position;
                 true
@@ -170,6 +241,41 @@ impl<V: ViewStore> ViewReader<V> {
                 false
             }
         });
+    }
+
+    /// Asks the store for the active version of `name` and its checkpoint
+    /// (concurrent callers share one query) and takes both in.
+    async fn refresh(&self, name: &str) -> Result<Option<u32>, QueryError> {
+        let views = self.inner.views.clone();
+        let n = name.to_owned();
+        let active = self
+            .inner
+            .lookups
+            .try_get_with(name.to_owned(), async move { views.active(&n).await })
+            .await
+            .map_err(QueryError::shared)?;
+        let Some(active) = active else {
+            // No projector has registered the view: read the version
+            // projections start at, without writing anything.
+            return Ok(Some(
+                self.known(name).map_or(DEFAULT_VERSION, |k| k.version),
+            ));
+        };
+        let version = self.learn(name, active.version);
+        self.note_checkpoint(name, active.version, active.checkpoint);
+        Ok(Some(version))
+    }
+
+    /// The active version of `name`: what announcements said, or a lookup
+    /// no older than [`VERSION_TTL`]. `None` while the view has no version.
+    async fn version(&self, name: &str) -> Result<Option<u32>, QueryError> {
+        match self.known(name) {
+            Some(Known {
+                version,
+                checked: Some(at),
+            }) if at.elapsed() < VERSION_TTL => Ok(Some(version)),
+            _ => self.refresh(name).await,
+        }
     }
 
     /// Applies one announcement to the cache: documents it carries are
@@ -204,9 +310,43 @@ impl<V: ViewStore> ViewReader<V> {
         self.count(|s| s.refreshes += refreshed);
     }
 
+    /// Takes in one announcement.
+    async fn take(&self, change: &crate::changes::ViewChange) {
+        let Ok(view) = ViewId::new(&change.view, change.version) else {
+            return;
+        };
+        if change.activated {
+            self.learn(&change.view, change.version);
+        } else if self
+            .known(&change.view)
+            .is_none_or(|k| change.version > k.version)
+        {
+            // A view not looked up yet, a rebuild still filling its
+            // version, or a switch this reader has not heard of: ask the
+            // store (shared, so a rebuild's announcements cost few queries).
+            if let Err(e) = self.refresh(&change.view).await {
+                tracing::warn!(error = %e, view = %change.view, "could not look up a view's version");
+            }
+        }
+        self.absorb(&view, change).await;
+        self.note_checkpoint(&change.view, change.version, change.position);
+    }
+
+    /// Names of views some read-your-writes query is waiting on.
+    fn waited_on(&self) -> Vec<String> {
+        lock(&self.inner.checkpoints)
+            .iter()
+            .filter(|(_, tx)| tx.receiver_count() > 0)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// Follows `feed` until `shutdown`: caches the documents announcements
-    /// carry (or invalidates the keys of those that carry none) and tracks
-    /// each view's checkpoint. Spawns a task.
+    /// carry (or invalidates the keys of those that carry none), tracks
+    /// each view's checkpoint and active version, and resynchronises from
+    /// the view store when announcements were missed. While queries wait,
+    /// it asks the store once a second per view they wait on, in case the
+    /// announcement they wait for was lost. Spawns a task.
     pub async fn listen(
         &self,
         feed: &ChangeFeed,
@@ -223,20 +363,41 @@ impl<V: ViewStore> ViewReader<V> {
                 }
             }
             let _stop = Stop(reader.clone());
+            let mut poll = tokio::time::interval(POLL_WITH_FEED);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let notice = tokio::select! {
                     _ = shutdown.cancelled() => return,
+                    _ = poll.tick() => {
+                        for name in reader.waited_on() {
+                            if let Err(e) = reader.refresh(&name).await {
+                                tracing::warn!(error = %e, view = %name, "could not read a view's checkpoint");
+                            }
+                        }
+                        continue;
+                    }
                     n = sub.recv() => n,
                 };
                 match notice {
                     Some(ChangeNotice::Change(c)) => {
-                        let Ok(view) = ViewId::new(&c.view, c.version) else {
-                            continue;
-                        };
-                        reader.absorb(&view, &c).await;
-                        reader.note_checkpoint(&view, c.position);
+                        reader.take(&c).await;
+                        let active = reader.known(&c.view).is_none_or(|k| k.version == c.version);
+                        if c.activated {
+                            // Another version's documents: read again.
+                            let _ = reader.inner.out.send(ChangeNotice::Reset);
+                        } else if active {
+                            let _ = reader.inner.out.send(ChangeNotice::Change(c));
+                        }
                     }
-                    Some(ChangeNotice::Reset) => reader.inner.cache.invalidate_all(),
+                    Some(ChangeNotice::Reset) => {
+                        reader.inner.cache.invalidate_all();
+                        reader.inner.lookups.invalidate_all();
+                        // Versions are looked up again before the next use.
+                        for k in lock(&reader.inner.known).values_mut() {
+                            k.checked = None;
+                        }
+                        let _ = reader.inner.out.send(ChangeNotice::Reset);
+                    }
                     None => return,
                 }
             }
@@ -244,81 +405,86 @@ impl<V: ViewStore> ViewReader<V> {
         Ok(())
     }
 
-    /// The active version of view `name` (as written by its projector;
-    /// version 1 until a rebuild replaces it).
-    pub async fn active(&self, name: &str) -> Result<ViewId, QueryError> {
-        let views = self.inner.views.clone();
-        let n = name.to_owned();
-        let version = self
-            .inner
-            .versions
-            .try_get_with(
-                name.to_owned(),
-                async move { views.active_version(&n, 1).await },
-            )
-            .await
-            .map_err(|e: Arc<ViewError>| QueryError::View(ViewError::backend(e.to_string())))?;
-        Ok(ViewId::new(name, version)?)
+    /// The announcements this reader has taken in, passed on: changes of
+    /// active versions only (a rebuild's version is left out until its
+    /// switch, which comes as a [`ChangeNotice::Reset`]), each after its
+    /// documents are in the cache. For live updates that follow views by
+    /// name; needs [`listen`](Self::listen).
+    pub fn changes(&self) -> crate::changes::ChangeSubscription {
+        crate::changes::ChangeSubscription::notices(self.inner.out.subscribe())
     }
 
-    /// Waits until `view` has applied `position`, up to the configured bound.
-    pub async fn wait_for(
-        &self,
-        view: &ViewId,
-        position: Position,
-    ) -> Result<Position, QueryError> {
-        let tx = self.checkpoint_tx(view);
+    /// The active version of view `name` (version 1 while no projector
+    /// has registered it). Reads only.
+    pub async fn active(&self, name: &str) -> Result<ViewId, QueryError> {
+        crate::view::validate_name(name)?;
+        let v = self.version(name).await?.unwrap_or(DEFAULT_VERSION);
+        Ok(ViewId::new(name, v)?)
+    }
+
+    /// The position view `name` is known to have applied.
+    pub fn applied(&self, name: &str) -> Position {
+        *self.checkpoint_tx(name).borrow()
+    }
+
+    /// Waits until view `name` (whichever version is active) has applied
+    /// `position`, up to the configured bound. The wait holds no database
+    /// connection: announcements wake it; the store is asked only as a
+    /// safety net, once per interval for all waiters of a view.
+    pub async fn wait_for(&self, name: &str, position: Position) -> Result<Position, QueryError> {
+        crate::view::validate_name(name)?;
+        let tx = self.checkpoint_tx(name);
         if *tx.borrow() >= position {
             return Ok(*tx.borrow());
         }
         let mut rx = tx.subscribe();
         let deadline = tokio::time::Instant::now() + self.inner.config.max_wait;
-        // With a change feed, announcements are the fast path and the store
-        // is asked only when none has come for a poll interval (so a lost
-        // announcement costs one interval). Without one, the store is asked
-        // every interval.
-        let mut ask_store = !self.inner.listening.load(Ordering::Acquire);
         loop {
-            if ask_store {
-                let cp = self
-                    .inner
-                    .views
-                    .checkpoint(&view.subscriber())
-                    .await?
-                    .position;
-                self.note_checkpoint(view, cp);
-                if cp >= position {
-                    return Ok(cp);
-                }
+            if !self.inner.listening.load(Ordering::Acquire) {
+                self.refresh(name).await?;
             }
-            ask_store = true;
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Err(QueryError::NotCaughtUp {
-                    view: view.to_string(),
-                    requested: position,
-                    current: *rx.borrow(),
-                });
-            }
-            let poll = (deadline - now).min(Duration::from_millis(200));
-            let _ = tokio::time::timeout(poll, rx.wait_for(|p| *p >= position)).await;
-            let seen = *rx.borrow();
+            let seen = *rx.borrow_and_update();
             if seen >= position {
                 return Ok(seen);
             }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(QueryError::NotCaughtUp {
+                    view: name.to_owned(),
+                    requested: position,
+                    current: seen,
+                });
+            }
+            let poll = if self.inner.listening.load(Ordering::Acquire) {
+                POLL_WITH_FEED
+            } else {
+                POLL_WITHOUT_FEED
+            };
+            let _ =
+                tokio::time::timeout((deadline - now).min(poll), rx.wait_for(|p| *p >= position))
+                    .await;
         }
     }
 
-    /// One document, optionally only once the view has applied `min`.
+    /// One document of view `name` from its active version, optionally
+    /// only once the view has applied `min`.
     pub async fn get(
         &self,
-        view: &ViewId,
+        name: &str,
         key: &str,
         min: Option<Position>,
     ) -> Result<ViewRead, QueryError> {
+        crate::view::validate_name(name)?;
         if let Some(min) = min {
-            self.wait_for(view, min).await?;
+            self.wait_for(name, min).await?;
         }
+        let Some(version) = self.version(name).await? else {
+            return Ok(ViewRead {
+                doc: None,
+                checkpoint: Position::START,
+            });
+        };
+        let view = ViewId::new(name, version)?;
         let cache_key = (view.clone(), key.to_owned());
         if let Some(hit) = self.inner.cache.get(&cache_key).await {
             if min.is_none_or(|m| hit.checkpoint >= m) {
@@ -339,28 +505,45 @@ impl<V: ViewStore> ViewReader<V> {
                 async move { views.get(&v, &k).await.map(Arc::new) },
             )
             .await
-            .map_err(|e: Arc<ViewError>| QueryError::View(ViewError::backend(e.to_string())))?;
-        self.note_checkpoint(view, read.checkpoint);
+            .map_err(QueryError::shared)?;
+        self.note_checkpoint(name, version, read.checkpoint);
         if min.is_some_and(|m| read.checkpoint < m) {
             // Joined a load that started before the view reached `min`.
-            let fresh = self.inner.views.get(view, key).await?;
+            let fresh = self.inner.views.get(&view, key).await?;
             return Ok(fresh);
         }
         Ok((*read).clone())
     }
 
-    /// Documents of a view in key order (not cached), optionally once the
-    /// view has applied `min`.
+    /// A page of view `name`'s documents in key order, after key `after`
+    /// (not cached), optionally once the view has applied `min`. `limit`
+    /// is capped at 10,000.
     pub async fn list(
         &self,
-        view: &ViewId,
-        after_key: Option<&str>,
+        name: &str,
+        after: Option<&str>,
         limit: usize,
         min: Option<Position>,
-    ) -> Result<Vec<StoredDoc>, QueryError> {
+    ) -> Result<ViewPage, QueryError> {
+        crate::view::validate_name(name)?;
         if let Some(min) = min {
-            self.wait_for(view, min).await?;
+            self.wait_for(name, min).await?;
         }
-        Ok(self.inner.views.list(view, after_key, limit).await?)
+        let Some(version) = self.version(name).await? else {
+            return Ok(ViewPage {
+                docs: Vec::new(),
+                next: None,
+            });
+        };
+        let limit = limit.clamp(1, 10_000);
+        let view = ViewId::new(name, version)?;
+        let mut docs = self.inner.views.list(&view, after, limit + 1).await?;
+        let next = if docs.len() > limit {
+            docs.truncate(limit);
+            docs.last().map(|d| d.key.clone())
+        } else {
+            None
+        };
+        Ok(ViewPage { docs, next })
     }
 }

@@ -5,9 +5,10 @@
 //! projected. When the new version has caught up with the store (and with
 //! the active version), one transaction makes it active and retires the old
 //! one; the live projector's next commit on the old version fails, and it
-//! moves to the new version, from the new version's checkpoint. Queries
-//! switch within [`VERSION_TTL`](crate::query::VERSION_TTL); the old
-//! version is dropped after a grace period longer than that.
+//! moves to the new version, from the new version's checkpoint. The switch
+//! is announced on the change feed, so readers follow it at once (without
+//! the announcement, within [`VERSION_TTL`](crate::query::VERSION_TTL));
+//! the old version is dropped after a grace period longer than that.
 //!
 //! Interrupted (Ctrl-C, crash), a rebuild resumes where it stopped: the
 //! version being rebuilt and its checkpoint are in the view store.
@@ -18,7 +19,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::InProcessBus;
-use crate::changes::ChangeFeed;
+use crate::changes::{ChangeFeed, ViewChange};
 use crate::envelope::Position;
 use crate::projection::{Projection, Projector, ProjectorConfig};
 use crate::store::EventStore;
@@ -129,8 +130,8 @@ where
             max_wait: Duration::from_millis(100),
             ..ProjectorConfig::default()
         });
-    if let Some(feed) = feed {
-        projector = projector.with_change_feed(feed);
+    if let Some(feed) = &feed {
+        projector = projector.with_change_feed(feed.clone());
     }
     let status = projector.status();
     let stop = CancellationToken::new();
@@ -178,7 +179,13 @@ where
             None if head.0.saturating_sub(st.position.0) <= options.batch_size as u64 => {
                 frozen = Some(views.retire_active(&name).await?);
             }
-            Some(f) if st.position >= f && views.switch_version(&name, target).await? => break,
+            Some(f) if st.position >= f && views.switch_version(&name, target).await? => {
+                if let Some(feed) = &feed {
+                    let at = views.checkpoint(&target_view.subscriber()).await?.position;
+                    feed.publish(ViewChange::activated(&name, target, at)).await;
+                }
+                break;
+            }
             _ => {}
         }
     }

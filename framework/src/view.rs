@@ -124,6 +124,24 @@ pub struct ViewRead {
     pub checkpoint: Position,
 }
 
+/// The version of a view that readers are sent to, and how far it has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveView {
+    /// The active version.
+    pub version: u32,
+    /// Its checkpoint: every event up to here is applied.
+    pub checkpoint: Position,
+}
+
+/// One page of a view's documents in key order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewPage {
+    /// The documents, at most the limit asked for.
+    pub docs: Vec<StoredDoc>,
+    /// The key to pass as `after` for the next page; `None` on the last page.
+    pub next: Option<String>,
+}
+
 /// A change to one document.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DocChange {
@@ -309,6 +327,11 @@ pub trait ViewStore: Clone + Send + Sync + 'static {
         name: &str,
         default: u32,
     ) -> impl Future<Output = ViewResult<u32>> + Send;
+
+    /// The active version of view `name` and its checkpoint, read together
+    /// and without writing anything; `None` while no projector has
+    /// registered the view. This is what readers follow.
+    fn active(&self, name: &str) -> impl Future<Output = ViewResult<Option<ActiveView>>> + Send;
 
     /// Starts (or resumes) a rebuild of view `name`: returns the version
     /// being rebuilt, a new one above every existing version unless a
@@ -544,6 +567,18 @@ impl ViewStore for InMemoryViewStore {
             .entry(name.to_owned())
             .or_insert((default, None))
             .0)
+    }
+
+    async fn active(&self, name: &str) -> ViewResult<Option<ActiveView>> {
+        validate_name(name)?;
+        let m = self.lock();
+        Ok(m.versions.get(name).map(|&(version, _)| ActiveView {
+            version,
+            checkpoint: ViewId::new(name, version)
+                .ok()
+                .and_then(|v| m.checkpoints.get(&v.subscriber()))
+                .map_or(Position::START, |c| c.position),
+        }))
     }
 
     async fn start_rebuild(&self, name: &str, default: u32) -> ViewResult<u32> {

@@ -131,7 +131,10 @@ async fn in_process_projector_builds_the_view() {
             .unwrap()
             .position;
     }
-    let read = reader.get(&view, "counter-3", Some(last)).await.unwrap();
+    let read = reader
+        .get(view.name(), "counter-3", Some(last))
+        .await
+        .unwrap();
     assert!(read.checkpoint >= last);
     assert_eq!(view_docs(&views, &view).await, fold(&store).await);
     shutdown.cancel();
@@ -648,6 +651,8 @@ async fn announced_documents_fill_the_cache_in_position_order() {
         version: 1,
         keys: vec!["k".into()],
         position: Position(p),
+        previous: None,
+        activated: false,
         docs,
     };
     // The store holds v=1 at position 1; the announcements say v=5 at 5,
@@ -664,7 +669,10 @@ async fn announced_documents_fill_the_cache_in_position_order() {
         .unwrap();
     feed.publish(change(5, Some(vec![doc(5, 5)]))).await;
     feed.publish(change(3, Some(vec![doc(3, 3)]))).await;
-    let read = reader.get(&view, "k", Some(Position(5))).await.unwrap();
+    let read = reader
+        .get(view.name(), "k", Some(Position(5)))
+        .await
+        .unwrap();
     assert_eq!(read.doc.unwrap().doc, json!({ "v": 5 }));
     assert_eq!(read.checkpoint, Position(5));
     assert_eq!(reader.stats().misses, 0, "answered from the announcement");
@@ -676,8 +684,8 @@ async fn announced_documents_fill_the_cache_in_position_order() {
         ..change(6, None)
     })
     .await;
-    reader.wait_for(&view, Position(6)).await.unwrap();
-    let read = reader.get(&view, "k", None).await.unwrap();
+    reader.wait_for(view.name(), Position(6)).await.unwrap();
+    let read = reader.get(view.name(), "k", None).await.unwrap();
     assert_eq!(
         read.doc.unwrap().doc,
         json!({ "v": 5 }),
@@ -686,14 +694,17 @@ async fn announced_documents_fill_the_cache_in_position_order() {
 
     // Keys only: the entry is dropped and the next read goes to the store.
     feed.publish(change(7, None)).await;
-    reader.wait_for(&view, Position(7)).await.unwrap();
-    let read = reader.get(&view, "k", None).await.unwrap();
+    reader.wait_for(view.name(), Position(7)).await.unwrap();
+    let read = reader.get(view.name(), "k", None).await.unwrap();
     assert_eq!(read.doc.unwrap().doc, json!({ "v": 1 }));
     assert_eq!(reader.stats().misses, 1);
 
     // Named but not carried: deleted.
     feed.publish(change(8, Some(Vec::new()))).await;
-    let read = reader.get(&view, "k", Some(Position(8))).await.unwrap();
+    let read = reader
+        .get(view.name(), "k", Some(Position(8)))
+        .await
+        .unwrap();
     assert_eq!(read.doc, None);
     assert_eq!(read.checkpoint, Position(8));
     stop.cancel();
@@ -745,7 +756,7 @@ async fn read_your_writes_across_processes() {
             .await
             .unwrap();
         let read = reader
-            .get(&view, "counter-ryw", Some(out.position))
+            .get(view.name(), "counter-ryw", Some(out.position))
             .await
             .unwrap();
         let doc: Total = serde_json::from_value(read.doc.unwrap().doc).unwrap();
@@ -766,7 +777,7 @@ async fn read_your_writes_across_processes() {
             ..Default::default()
         },
     );
-    match quick.get(&view, "counter-ryw", Some(far)).await {
+    match quick.get(view.name(), "counter-ryw", Some(far)).await {
         Err(strata::QueryError::NotCaughtUp {
             requested, current, ..
         }) => {
@@ -790,7 +801,7 @@ async fn concurrent_misses_load_once() {
         .map(|_| {
             let r = reader.clone();
             let v = view.clone();
-            tokio::spawn(async move { r.get(&v, "k", None).await.unwrap() })
+            tokio::spawn(async move { r.get(v.name(), "k", None).await.unwrap() })
         })
         .collect();
     for t in tasks {
@@ -799,7 +810,7 @@ async fn concurrent_misses_load_once() {
     let stats = reader.stats();
     assert_eq!(stats.hits + stats.misses, 16);
     // Every miss either loaded or joined the one load; a second round is all hits.
-    let _ = reader.get(&view, "k", None).await.unwrap();
+    let _ = reader.get(view.name(), "k", None).await.unwrap();
     assert_eq!(reader.stats().hits, stats.hits + 1);
 }
 

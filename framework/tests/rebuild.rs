@@ -110,12 +110,8 @@ async fn rebuild_online_while_writes_and_queries_go_on() {
         tokio::spawn(async move {
             let mut last = Position::START;
             while reading.load(Ordering::Relaxed) {
-                let view = reader
-                    .active("totals")
-                    .await
-                    .expect("version lookup never fails");
                 let read = reader
-                    .get(&view, "counter-7", None)
+                    .get("totals", "counter-7", None)
                     .await
                     .expect("a query never fails during a rebuild");
                 assert!(
