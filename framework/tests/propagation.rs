@@ -944,3 +944,281 @@ async fn process_manager_redelivery_sends_each_command_once() {
     assert!(mirrored.iter().all(|e| e.metadata.causation_id.is_some()
         && e.metadata.actor.as_deref() == Some("process:mirror")));
 }
+
+// ---- readers by name: switches, gaps, waits, pages ------------------------------
+
+fn note(key: &str, v: u64, p: u64) -> StoredDoc {
+    StoredDoc {
+        key: key.into(),
+        doc: json!({ "v": v }),
+        position: Position(p),
+    }
+}
+
+/// Commits `doc` to `view`, moving its checkpoint from `from` to its position.
+async fn put<V: ViewStore>(views: &V, view: &ViewId, doc: StoredDoc, from: u64) {
+    let to = doc.position;
+    views
+        .commit(
+            &view.subscriber(),
+            Some(view),
+            vec![DocChange::Put(doc)],
+            Position(from),
+            to,
+        )
+        .await
+        .unwrap();
+}
+
+/// A reader follows a switch to a rebuilt version the moment it is
+/// announced: reads by name answer from the new version, the position it
+/// reports never goes back, and announcements of the old version no longer
+/// count. Reads write nothing (no version row appears for an unknown view).
+#[tokio::test]
+async fn a_reader_follows_an_announced_switch_by_name() {
+    let views = InMemoryViewStore::new();
+    let (v1, v2) = (
+        ViewId::new("notes", 1).unwrap(),
+        ViewId::new("notes", 2).unwrap(),
+    );
+    assert_eq!(views.active_version("notes", 1).await.unwrap(), 1);
+    views.prepare(&v1).await.unwrap();
+    put(&views, &v1, note("k", 1, 4), 0).await;
+    let feed = ChangeFeed::in_process();
+    let reader = ViewReader::new(views.clone(), ReaderConfig::default());
+    let stop = CancellationToken::new();
+    reader.listen(&feed, stop.clone()).await.unwrap();
+    let read = reader.get("notes", "k", Some(Position(4))).await.unwrap();
+    assert_eq!(read.doc.unwrap().doc, json!({ "v": 1 }));
+
+    // A rebuild fills v2 beyond v1 and switches.
+    assert_eq!(views.start_rebuild("notes", 1).await.unwrap(), 2);
+    views.prepare(&v2).await.unwrap();
+    put(&views, &v2, note("k", 2, 6), 0).await;
+    views.retire_active("notes").await.unwrap();
+    assert!(views.switch_version("notes", 2).await.unwrap());
+    feed.publish(ViewChange::activated("notes", 2, Position(6)))
+        .await;
+    let read = reader.get("notes", "k", Some(Position(6))).await.unwrap();
+    assert_eq!(read.doc.unwrap().doc, json!({ "v": 2 }), "served from v2");
+    assert_eq!(reader.active("notes").await.unwrap(), v2);
+
+    // A late announcement of v1 does not move the view's position.
+    feed.publish(ViewChange {
+        view: "notes".into(),
+        version: 1,
+        keys: vec!["k".into()],
+        position: Position(9),
+        previous: Some(Position(4)),
+        activated: false,
+        docs: Some(vec![note("k", 9, 9)]),
+    })
+    .await;
+    let waited = tokio::time::timeout(
+        Duration::from_millis(300),
+        reader.wait_for("notes", Position(9)),
+    )
+    .await;
+    assert!(
+        !matches!(waited, Ok(Ok(_))),
+        "v1's announcement counted for the active v2"
+    );
+    assert_eq!(
+        reader
+            .get("notes", "k", None)
+            .await
+            .unwrap()
+            .doc
+            .unwrap()
+            .doc,
+        json!({ "v": 2 })
+    );
+
+    // Reads of a view nobody registered write nothing.
+    let read = reader.get("unknown_view", "k", None).await.unwrap();
+    assert_eq!(read.doc, None);
+    assert_eq!(views.active("unknown_view").await.unwrap(), None);
+    stop.cancel();
+}
+
+/// A missing link in a view's chain of announcements (one was lost) makes
+/// the reader drop what it cached and read the store again: a document
+/// whose announcement was lost is not served stale until the TTL.
+#[tokio::test]
+async fn a_gap_in_announcements_resynchronises_the_reader() {
+    let views = InMemoryViewStore::new();
+    let view = ViewId::new("notes", 1).unwrap();
+    views.active_version("notes", 1).await.unwrap();
+    views.prepare(&view).await.unwrap();
+    let feed = ChangeFeed::in_process();
+    let reader = ViewReader::new(views.clone(), ReaderConfig::default());
+    let stop = CancellationToken::new();
+    reader.listen(&feed, stop.clone()).await.unwrap();
+    let announce = |key: &str, v: u64, from: u64, to: u64| ViewChange {
+        view: "notes".into(),
+        version: 1,
+        keys: vec![key.into()],
+        position: Position(to),
+        previous: Some(Position(from)),
+        activated: false,
+        docs: Some(vec![note(key, v, to)]),
+    };
+    put(&views, &view, note("k", 1, 1), 0).await;
+    feed.publish(announce("k", 1, 0, 1)).await;
+    let read = reader.get("notes", "k", Some(Position(1))).await.unwrap();
+    assert_eq!(read.doc.unwrap().doc, json!({ "v": 1 }));
+
+    // Position 2 changes k, but its announcement is lost; 3 changes another key.
+    put(&views, &view, note("k", 2, 2), 1).await;
+    put(&views, &view, note("other", 3, 3), 2).await;
+    feed.publish(announce("other", 3, 2, 3)).await;
+    reader.wait_for("notes", Position(3)).await.unwrap();
+    let read = reader.get("notes", "k", None).await.unwrap();
+    assert_eq!(
+        read.doc.unwrap().doc,
+        json!({ "v": 2 }),
+        "the gap (2 announced after 1) dropped the stale entry"
+    );
+    stop.cancel();
+}
+
+/// A NATS reconnect also resynchronises: announcements sent while it was
+/// away are lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_reconnect_resynchronises_the_reader() {
+    let views = InMemoryViewStore::new();
+    let view = ViewId::new("notes", 1).unwrap();
+    views.active_version("notes", 1).await.unwrap();
+    views.prepare(&view).await.unwrap();
+    put(&views, &view, note("k", 1, 1), 0).await;
+    let client = nats_client().await;
+    let feed = ChangeFeed::nats(
+        client.clone(),
+        format!("{}_changes", unique_stream().prefix),
+    );
+    let reader = ViewReader::new(views.clone(), ReaderConfig::default());
+    let stop = CancellationToken::new();
+    reader.listen(&feed, stop.clone()).await.unwrap();
+    reader.get("notes", "k", None).await.unwrap();
+    reader.get("notes", "k", None).await.unwrap();
+    assert_eq!(reader.stats().misses, 1, "cached");
+    put(&views, &view, note("k", 2, 2), 1).await;
+    client.force_reconnect().await.unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the reader to read k again after the reconnect",
+        || async {
+            reader
+                .get("notes", "k", None)
+                .await
+                .unwrap()
+                .doc
+                .unwrap()
+                .doc
+                == json!({ "v": 2 })
+        },
+    )
+    .await;
+    stop.cancel();
+}
+
+/// A hundred read-your-writes queries waiting for a position far ahead
+/// hold no database connection: with a pool of one connection, other
+/// reads go on while they wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn far_waits_hold_no_connection() {
+    let db = test_database().await;
+    let views = PgViewStore::new(db.pool.clone());
+    let view = ViewId::new("notes", 1).unwrap();
+    views.active_version("notes", 1).await.unwrap();
+    views.prepare(&view).await.unwrap();
+    put(&views, &view, note("k", 1, 1), 0).await;
+    let acquired = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&acquired);
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .before_acquire(move |_, _| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Box::pin(async { Ok(true) })
+        })
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let reader = ViewReader::new(
+        PgViewStore::new(one),
+        ReaderConfig {
+            max_wait: Duration::from_secs(8),
+            ..Default::default()
+        },
+    );
+    let stop = CancellationToken::new();
+    reader
+        .listen(&ChangeFeed::in_process(), stop.clone())
+        .await
+        .unwrap();
+    let waits: Vec<_> = (0..100)
+        .map(|_| {
+            let r = reader.clone();
+            tokio::spawn(async move { r.get("notes", "k", Some(Position(1_000))).await })
+        })
+        .collect();
+    // Over two seconds of waiting, the store is asked a few times for all
+    // of them (by the listener), not five times a second by each waiter
+    // (about 1,000 times).
+    let before = acquired.load(std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let asked = acquired.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(
+        asked <= 20,
+        "100 waits asked the store {asked} times in 2 s"
+    );
+    // Plain reads of other keys answer while they wait.
+    for i in 0..20 {
+        let read = tokio::time::timeout(
+            Duration::from_secs(4),
+            reader.get("notes", &format!("x{i}"), None),
+        )
+        .await
+        .expect("a plain read is not held up by the waits")
+        .unwrap();
+        assert_eq!(read.checkpoint, Position(1));
+    }
+    assert!(waits.iter().all(|w| !w.is_finished()));
+    for w in waits {
+        w.abort();
+    }
+    stop.cancel();
+}
+
+/// Listings come in pages with a cursor; every document is reachable.
+#[tokio::test]
+async fn listings_page_with_a_cursor() {
+    let views = InMemoryViewStore::new();
+    let view = ViewId::new("notes", 1).unwrap();
+    views.active_version("notes", 1).await.unwrap();
+    views.prepare(&view).await.unwrap();
+    for i in 0..25u64 {
+        put(&views, &view, note(&format!("k{i:02}"), i, i + 1), i).await;
+    }
+    let reader = ViewReader::new(views, ReaderConfig::default());
+    let (mut after, mut keys, mut pages) = (None::<String>, Vec::new(), 0);
+    loop {
+        let page = reader
+            .list("notes", after.as_deref(), 10, None)
+            .await
+            .unwrap();
+        pages += 1;
+        assert!(page.docs.len() <= 10);
+        keys.extend(page.docs.iter().map(|d| d.key.clone()));
+        match page.next {
+            Some(n) => {
+                assert_eq!(Some(&n), keys.last(), "the cursor is the last key");
+                after = Some(n);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let all: Vec<String> = (0..25).map(|i| format!("k{i:02}")).collect();
+    assert_eq!(keys, all);
+}
