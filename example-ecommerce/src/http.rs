@@ -698,15 +698,21 @@ pub fn query_router<V: ViewStore>(
         .fallback(not_found)
 }
 
-/// Serves `router` on `listener` until `shutdown`.
+/// Serves `router` on `listener` until `shutdown`, with the default
+/// [`ServerLimits`](crate::server::ServerLimits) (header and idle
+/// timeouts, a bound on requests in flight).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: strata::CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    crate::server::serve_with(
+        listener,
+        router,
+        crate::server::ServerLimits::default(),
+        shutdown,
+    )
+    .await
 }
 
 /// Waits a little for in-flight work on shutdown.

@@ -7,4 +7,5 @@ pub mod http;
 pub mod live;
 pub mod metrics;
 pub mod runtime;
+pub mod server;
 pub mod views;

@@ -90,6 +90,9 @@ pub struct LiveConfig {
     pub buffer: usize,
     /// Most open streams; beyond, 503 (default 20,000).
     pub max_subscribers: usize,
+    /// Most open streams of one client address; beyond, 429 (default 64).
+    /// Behind a proxy every client shares its address: raise it there.
+    pub max_per_client: usize,
     /// Interval of keep-alive comments (default 15 s).
     pub keep_alive: Duration,
     /// Most documents sent on connect to a whole-view stream (default 1,000).
@@ -101,6 +104,7 @@ impl Default for LiveConfig {
         LiveConfig {
             buffer: 64,
             max_subscribers: 20_000,
+            max_per_client: 64,
             keep_alive: Duration::from_secs(15),
             snapshot_limit: 1_000,
         }
@@ -152,6 +156,8 @@ struct Hub {
     subscribers: AtomicUsize,
     /// Open streams (capped).
     connections: AtomicUsize,
+    /// Open streams per client address (capped).
+    per_client: Mutex<HashMap<std::net::IpAddr, usize>>,
     next_id: AtomicU64,
     /// Set once the feed has ended: no more updates.
     ended: std::sync::atomic::AtomicBool,
@@ -450,16 +456,38 @@ impl<V: ViewStore> Live<V> {
         view: &'static str,
         key: Option<String>,
         after: Position,
+        client: Option<std::net::IpAddr>,
     ) -> Result<Response, ApiError> {
         let open = self.hub.connections.fetch_add(1, Ordering::AcqRel);
-        let guard = Connection {
+        let mut guard = Connection {
             hub: Arc::clone(&self.hub),
             topic: Topic {
                 view,
                 key: key.clone(),
             },
             id: None,
+            client: None,
         };
+        if let Some(ip) = client {
+            let mut per = self
+                .hub
+                .per_client
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let n = per.entry(ip).or_insert(0);
+            if *n >= self.config.max_per_client {
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_streams",
+                    format!(
+                        "at most {} live streams per client; close one first",
+                        self.config.max_per_client
+                    ),
+                ));
+            }
+            *n += 1;
+            guard.client = Some(ip);
+        }
         if open >= self.config.max_subscribers {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -471,7 +499,6 @@ impl<V: ViewStore> Live<V> {
             ));
         }
         self.start().await?;
-        let mut guard = guard;
         let (id, rx, reason, floor) = self.hub.subscribe(&guard.topic, self.config.buffer);
         guard.id = Some(id);
         let mut stream = LiveStream {
@@ -564,6 +591,7 @@ struct Connection {
     hub: Arc<Hub>,
     topic: Topic,
     id: Option<u64>,
+    client: Option<std::net::IpAddr>,
 }
 
 impl Drop for Connection {
@@ -572,6 +600,19 @@ impl Drop for Connection {
             self.hub.unsubscribe(&self.topic, id);
         }
         self.hub.connections.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = self.client {
+            let mut per = self
+                .hub
+                .per_client
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = per.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per.remove(&ip);
+                }
+            }
+        }
     }
 }
 
@@ -804,10 +845,12 @@ async fn live_view<V: ViewStore>(
     Path(view): Path<String>,
     Query(q): Query<After>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
 ) -> Result<Response, ApiError> {
     let view = view_name(&view)?;
     let after = after(&q, &headers)?;
-    live.open(view, None, after).await
+    let client = crate::server::peer(&extensions).map(|a| a.ip());
+    live.open(view, None, after, client).await
 }
 
 async fn live_key<V: ViewStore>(
@@ -815,11 +858,13 @@ async fn live_key<V: ViewStore>(
     Path((view, key)): Path<(String, String)>,
     Query(q): Query<After>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
 ) -> Result<Response, ApiError> {
     let view = view_name(&view)?;
     let key = view_key(view, &key)?;
     let after = after(&q, &headers)?;
-    live.open(view, Some(key), after).await
+    let client = crate::server::peer(&extensions).map(|a| a.ip());
+    live.open(view, Some(key), after, client).await
 }
 
 async fn index() -> Response {

@@ -441,3 +441,90 @@ async fn a_subscriber_that_stops_reading_is_dropped() {
     .await;
     println!("dropped after {restocks} changes");
 }
+
+/// One client address may hold only so many streams (429 beyond), beside
+/// the global cap; closing one frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_holds_at_most_its_share_of_streams() {
+    let env = start(LiveConfig {
+        max_per_client: 2,
+        ..LiveConfig::default()
+    })
+    .await;
+    let url = format!("{}/live/catalog/MUG-01", env.url);
+    let first = SseClient::connect(&url, None).await;
+    let _second = SseClient::connect(&url, None).await;
+    let resp = reqwest::get(&url).await.unwrap();
+    assert_eq!(resp.status(), 429);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_streams");
+    drop(first);
+    let mut again = None;
+    for _ in 0..500 {
+        let resp = reqwest::get(&url).await.unwrap();
+        if resp.status() == 200 {
+            again = Some(resp);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(again.is_some(), "a closed stream frees its place");
+}
+
+/// A whole-view stream of a view larger than the snapshot limit sends the
+/// oldest part, ends with `close` reason `more`, and a reconnect with the
+/// last id gets the rest: every document arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_view_arrives_whole_over_reconnects() {
+    let env = start(LiveConfig {
+        snapshot_limit: 3,
+        ..LiveConfig::default()
+    })
+    .await;
+    let mut last = strata::Position::START;
+    for i in 0..7 {
+        last = env
+            .shop
+            .register_product(&format!("SKU-{i}"), "Thing", 100, CommandContext::new())
+            .await
+            .unwrap()
+            .position;
+    }
+    eventually("the catalog to hold 8 products", || {
+        env.live.subscribers() == 0 // nothing open yet
+    })
+    .await;
+    let reader_url = format!("{}/live/catalog", env.url);
+    // Wait until the view has applied the last registration.
+    let views = env.views.clone();
+    let mut tries = 0;
+    while views.checkpoint("catalog_v1").await.unwrap().position < last {
+        tries += 1;
+        assert!(tries < 1_000, "the catalog did not catch up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut keys = std::collections::BTreeSet::new();
+    let mut resume = None;
+    for round in 0..10 {
+        let mut sse = SseClient::connect(&reader_url, resume).await;
+        let mut ended = false;
+        while let Some(e) = sse.next(Duration::from_secs(2)).await {
+            match e.event.as_str() {
+                "state" => {
+                    keys.insert(e.data["key"].as_str().unwrap().to_owned());
+                    resume = e.id;
+                }
+                "close" => {
+                    assert_eq!(e.data["reason"], "more", "round {round}");
+                    ended = true;
+                    break;
+                }
+                other => panic!("unexpected event {other}"),
+            }
+        }
+        if !ended {
+            break;
+        }
+    }
+    assert_eq!(keys.len(), 8, "every product arrived: {keys:?}");
+}
