@@ -1257,7 +1257,7 @@ fn violated(e: &sqlx::Error) -> Option<&str> {
 /// Logs the sessions that hold up the append lock: the failure mode of a
 /// serialised append is a stuck transaction holding it.
 ///
-/// Waiters queue behind each other: `pg_blocking_pids` of a writer waits
+/// Waiters queue behind each other: `pg_blocking_pids` of a waiting writer
 /// names the waiter ahead of it, often another Strata writer. So this walks
 /// the chain of blockers from `waiting_pid` and names the sessions at its
 /// head, those that are not waiting for anyone themselves: the ones that
