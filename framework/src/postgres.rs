@@ -682,7 +682,8 @@ impl Writer {
         let mut results: Vec<Option<Result<AppendOutcome>>> =
             std::iter::repeat_with(|| None).take(batch.len()).collect();
         // Ranges still to write; the last is next, so ranges run in order.
-        let mut todo = vec![0..batch.len()];
+        let mut todo: Vec<std::ops::Range<usize>> = Vec::new();
+        todo.push(0..batch.len());
         while let Some(range) = todo.pop() {
             let part = &batch[range.clone()];
             match self.write(part).await {
