@@ -381,3 +381,34 @@ async fn queries_wait_for_a_position_and_say_when_they_cannot() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(body["ready"], json!(true));
 }
+
+/// U+0000 is valid JSON but no Postgres text can hold it: the store refuses
+/// it before anything is queued, the API answers 400 naming the field, and
+/// nothing changes.
+#[tokio::test]
+async fn a_nul_character_is_bad_input_and_changes_nothing() {
+    let (store, router) = seeded().await;
+    let head = store.head().await.unwrap();
+    for (path, body, field) in [
+        (
+            "/orders",
+            r#"{"customer_id":"a\u0000b","lines":[{"sku":"MUG-01","quantity":1}]}"#,
+            "customer_id",
+        ),
+        (
+            "/products",
+            r#"{"sku":"CUP-01","name":"Cup\u0000","price_cents":900}"#,
+            "name",
+        ),
+    ] {
+        let (s, _, body) = call(&router, post(path, body)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert_eq!(body["error"]["code"], json!("bad_request"), "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("U+0000") && message.contains(field),
+            "{message}"
+        );
+    }
+    assert_eq!(store.head().await.unwrap(), head);
+}

@@ -361,6 +361,15 @@ pub enum AdminError {
     /// The backend failed (exit code 3).
     #[error("{0}")]
     Backend(String),
+    /// An import file holds something that cannot be imported; nothing of
+    /// the file was imported (exit code 1).
+    #[error("line {line}: {reason}")]
+    BadImport {
+        /// The line (from 1).
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 fn backend(e: impl std::fmt::Display) -> AdminError {
@@ -382,6 +391,10 @@ pub async fn run(args: AdminArgs, ctx: AdminContext) -> i32 {
         Ok(code) => code,
         Err(AdminError::Failed(m)) => {
             eprintln!("error: {m}");
+            EXIT_FAILED
+        }
+        Err(e @ AdminError::BadImport { .. }) => {
+            eprintln!("error: {e}");
             EXIT_FAILED
         }
         Err(AdminError::Backend(m)) => {
@@ -844,6 +857,38 @@ fn report(out: &mut dyn Write, json: bool, value: Value, text: &str) -> Result<(
     r.map_err(|e| AdminError::Backend(format!("writing output: {e}")))
 }
 
+/// Reads an import file once before anything is written: every line must be
+/// an event with a stream version from 1 to `i64::MAX` (what the store can
+/// hold), so a bad line refuses the whole file instead of a part of it.
+fn check_import(file: &PathBuf) -> Result<(), AdminError> {
+    let f = std::fs::File::open(file)
+        .map_err(|e| AdminError::Failed(format!("cannot open {}: {e}", file.display())))?;
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line =
+            line.map_err(|e| AdminError::Failed(format!("reading {}: {e}", file.display())))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let e: EventEnvelope =
+            serde_json::from_str(&line).map_err(|err| AdminError::BadImport {
+                line: i + 1,
+                reason: format!("not an event: {err}"),
+            })?;
+        if e.stream_version == 0 || e.stream_version > i64::MAX as u64 {
+            return Err(AdminError::BadImport {
+                line: i + 1,
+                reason: format!(
+                    "stream {} has version {}; versions run from 1 to {}",
+                    e.stream_id,
+                    e.stream_version,
+                    i64::MAX
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 async fn import(
     ctx: &AdminContext,
     file: &PathBuf,
@@ -851,6 +896,7 @@ async fn import(
     out: &mut dyn Write,
     shutdown: &CancellationToken,
 ) -> Result<i32, AdminError> {
+    check_import(file)?;
     let f = std::fs::File::open(file)
         .map_err(|e| AdminError::Failed(format!("cannot open {}: {e}", file.display())))?;
     let size = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -868,7 +914,8 @@ async fn import(
             let request = AppendRequest::new(
                 first.stream_id.clone(),
                 first.stream_type.clone(),
-                ExpectedVersion::from_seen(first.stream_version - 1),
+                // `check_import` made sure versions start at 1.
+                ExpectedVersion::from_seen(first.stream_version.saturating_sub(1)),
                 batch
                     .iter()
                     .map(|e| NewEvent {
@@ -933,6 +980,34 @@ async fn import(
     Ok(EXIT_OK)
 }
 
+/// How one verify check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    /// Correct as far as it goes, but not yet at the verified position
+    /// (a view or JetStream catching up): not a failure.
+    Behind,
+    Failed,
+}
+
+impl Outcome {
+    fn of(ok: bool) -> Self {
+        if ok {
+            Outcome::Ok
+        } else {
+            Outcome::Failed
+        }
+    }
+}
+
+/// Checks the store, JetStream and the views up to one position: the
+/// store's head read once at the start. Appends after it are not looked
+/// at, so verify can run while the system writes: the store checks count
+/// only events up to that position; JetStream must match the store up to
+/// it (a stream that ends before it is `behind`); a view is compared with a
+/// fresh fold of the store up to its own checkpoint, read in one snapshot
+/// with its documents, and a view whose checkpoint is before the position
+/// is `behind`, not failed.
 async fn verify(
     ctx: &AdminContext,
     jetstream: bool,
@@ -942,17 +1017,20 @@ async fn verify(
     out: &mut dyn Write,
 ) -> Result<i32, AdminError> {
     let pool = ctx.store.pool();
-    let mut checks: Vec<(String, bool, String)> = Vec::new();
+    let upto = ctx.store.head().await.map_err(backend)?;
+    let bound = upto.0.min(i64::MAX as u64) as i64;
+    let mut checks: Vec<(String, Outcome, String)> = Vec::new();
     let bad_streams: Vec<String> = sqlx::query_scalar(
-        "SELECT stream_id FROM strata_events GROUP BY stream_id \
+        "SELECT stream_id FROM strata_events WHERE position <= $1 GROUP BY stream_id \
          HAVING min(stream_version) <> 1 OR max(stream_version) <> count(*) LIMIT 10",
     )
+    .bind(bound)
     .fetch_all(pool)
     .await
     .map_err(backend)?;
     checks.push((
         "stream versions are contiguous".into(),
-        bad_streams.is_empty(),
+        Outcome::of(bad_streams.is_empty()),
         if bad_streams.is_empty() {
             String::new()
         } else {
@@ -960,39 +1038,42 @@ async fn verify(
         },
     ));
     let (count, distinct, max): (i64, i64, Option<i64>) = sqlx::query_as(
-        "SELECT count(*), count(DISTINCT event_id), max(position) FROM strata_events",
+        "SELECT count(*), count(DISTINCT event_id), max(position) FROM strata_events \
+          WHERE position <= $1",
     )
+    .bind(bound)
     .fetch_one(pool)
     .await
     .map_err(backend)?;
     checks.push((
         "event ids are unique".into(),
-        count == distinct,
+        Outcome::of(count == distinct),
         format!("{count} events, {distinct} distinct ids"),
     ));
-    let head = ctx.store.head().await.map_err(backend)?;
-    let dense = max.unwrap_or(0) == count && head.0 as i64 == count;
+    let dense = max.unwrap_or(0) == count && bound == count;
     checks.push((
-        "positions are dense up to the head".into(),
-        dense,
-        format!("head {head}, {count} events"),
+        format!("positions are dense up to {upto}"),
+        Outcome::of(dense),
+        format!("{count} events"),
     ));
 
     if jetstream {
         let Some((client, config)) = ctx.nats.clone() else {
             return Err(AdminError::Failed("--jetstream needs NATS".into()));
         };
-        let (ok, detail) = verify_jetstream(&ctx.store, client, &config).await?;
+        let (outcome, detail) = verify_jetstream(&ctx.store, client, &config, upto).await?;
         checks.push((
             "JetStream holds exactly the store's events, in order".into(),
-            ok,
+            outcome,
             detail,
         ));
     }
     if !no_projections {
-        let events = ctx
+        // The store's events up to the position, extended when a view's
+        // checkpoint is beyond it (those events are committed and final).
+        let mut events = ctx
             .store
-            .read_all(Position::START, usize::MAX, &EventFilter::all())
+            .read_all(Position::START, upto.0 as usize, &EventFilter::all())
             .await
             .map_err(backend)?;
         for (name, p) in ctx.names.iter().zip(&ctx.projections) {
@@ -1005,58 +1086,82 @@ async fn verify(
                 .await
                 .map_err(backend)?;
             let view = ViewId::new(name, version).map_err(backend)?;
-            let cp = ctx
-                .views
-                .checkpoint(&view.subscriber())
-                .await
-                .map_err(backend)?;
-            let upto: Vec<EventEnvelope> = events
-                .iter()
-                .filter(|e| e.position <= cp.position)
-                .cloned()
-                .collect();
-            let expected = p.fold(&upto);
-            let stored: BTreeMap<String, Value> = ctx
-                .views
-                .list(&view, None, usize::MAX)
-                .await
-                .map_err(backend)?
-                .into_iter()
-                .map(|d| (d.key, d.doc))
-                .collect();
+            let (checkpoint, stored) = view_snapshot(pool, &view).await?;
+            let known = events.last().map_or(Position::START, |e| e.position);
+            if checkpoint > known {
+                let more = ctx
+                    .store
+                    .read_all(
+                        known,
+                        (checkpoint.0 - known.0) as usize,
+                        &EventFilter::all(),
+                    )
+                    .await
+                    .map_err(backend)?;
+                events.extend(more);
+            }
+            let applied = events.partition_point(|e| e.position <= checkpoint);
+            let expected = p.fold(&events[..applied]);
             let differing: Vec<&String> = expected
                 .keys()
                 .chain(stored.keys())
                 .filter(|k| expected.get(*k) != stored.get(*k))
                 .take(5)
                 .collect();
+            let outcome = match (differing.is_empty(), checkpoint < upto) {
+                (false, _) => Outcome::Failed,
+                (true, true) => Outcome::Behind,
+                (true, false) => Outcome::Ok,
+            };
             checks.push((
                 format!(
-                    "{name} v{version} equals a fresh fold of the store up to its checkpoint {}",
-                    cp.position
+                    "{name} v{version} equals a fresh fold of the store up to its checkpoint {checkpoint}"
                 ),
-                differing.is_empty(),
-                if differing.is_empty() {
-                    format!("{} documents", stored.len())
-                } else {
+                outcome,
+                if !differing.is_empty() {
                     format!("documents differ: {differing:?}")
+                } else if outcome == Outcome::Behind {
+                    format!("{} documents; behind {upto}", stored.len())
+                } else {
+                    format!("{} documents", stored.len())
                 },
             ));
         }
     }
-    let ok = checks.iter().all(|c| c.1);
+    let ok = checks.iter().all(|c| c.1 != Outcome::Failed);
     if json {
         let rows: Vec<Value> = checks
             .iter()
-            .map(|(n, ok, d)| json!({ "check": n, "ok": ok, "detail": d }))
+            .map(|(n, o, d)| {
+                json!({
+                    "check": n,
+                    "ok": *o != Outcome::Failed,
+                    "behind": *o == Outcome::Behind,
+                    "detail": d,
+                })
+            })
             .collect();
-        writeln!(out, "{}", json!({ "ok": ok, "checks": rows })).map_err(backend)?;
+        writeln!(
+            out,
+            "{}",
+            json!({ "ok": ok, "position": upto.0, "checks": rows })
+        )
+        .map_err(backend)?;
     } else {
-        for (name, ok, detail) in &checks {
-            let mark = if *ok { "ok  " } else { "FAIL" };
+        writeln!(
+            out,
+            "verified up to position {upto} (the store's head when verify started)"
+        )
+        .map_err(backend)?;
+        for (name, outcome, detail) in &checks {
+            let mark = match outcome {
+                Outcome::Ok => "ok",
+                Outcome::Behind => "behind",
+                Outcome::Failed => "FAIL",
+            };
             writeln!(
                 out,
-                "{mark} {name}{}",
+                "{mark:<6} {name}{}",
                 if detail.is_empty() {
                     String::new()
                 } else {
@@ -1069,22 +1174,77 @@ async fn verify(
     Ok(if ok { EXIT_OK } else { EXIT_FAILED })
 }
 
+/// A view's checkpoint and documents as of one moment (one repeatable-read
+/// snapshot), so a projector committing meanwhile cannot make them disagree.
+async fn view_snapshot(
+    pool: &sqlx::PgPool,
+    view: &ViewId,
+) -> Result<(Position, BTreeMap<String, Value>), AdminError> {
+    use sqlx::Row;
+    let mut tx = pool.begin().await.map_err(backend)?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    let checkpoint: Option<i64> =
+        sqlx::query_scalar("SELECT position FROM strata_checkpoints WHERE subscriber = $1")
+            .bind(view.subscriber())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+    // The table name comes from a validated view name and version.
+    let rows = sqlx::query(&format!(
+        "SELECT key, doc FROM {} ORDER BY key",
+        crate::pg_view::view_table(view)
+    ))
+    .fetch_all(&mut *tx)
+    .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        // The version's table does not exist yet: no documents.
+        Err(e)
+            if e.as_database_error()
+                .and_then(|d| d.code())
+                .is_some_and(|c| c == "42P01") =>
+        {
+            Vec::new()
+        }
+        Err(e) => return Err(backend(e)),
+    };
+    let mut docs = BTreeMap::new();
+    for row in rows {
+        let key: String = row.try_get(0).map_err(backend)?;
+        let sqlx::types::Json(doc): sqlx::types::Json<Value> = row.try_get(1).map_err(backend)?;
+        docs.insert(key, doc);
+    }
+    Ok((Position(checkpoint.unwrap_or(0).max(0) as u64), docs))
+}
+
+/// JetStream against the store up to `upto`: every message up to it must
+/// carry the store's event at that position. A stream that ends before
+/// `upto` (the relay catching up) is `behind` if what it holds matches.
 async fn verify_jetstream(
     store: &PgEventStore,
     client: async_nats::Client,
     config: &StreamConfig,
-) -> Result<(bool, String), AdminError> {
+    upto: Position,
+) -> Result<(Outcome, String), AdminError> {
     use futures::StreamExt;
     let js = async_nats::jetstream::new(client);
     let mut stream = js.get_stream(&config.stream).await.map_err(backend)?;
     let info = stream.info().await.map_err(backend)?;
     let (first, last) = (info.state.first_sequence, info.state.last_sequence);
-    let head = store.head().await.map_err(backend)?;
-    if last != head.0 {
-        return Ok((false, format!("stream ends at {last}, the store at {head}")));
-    }
-    if last == 0 {
-        return Ok((true, "both empty".into()));
+    let end = last.min(upto.0);
+    let behind = last < upto.0;
+    if end == 0 || first > end {
+        return Ok(if behind {
+            (
+                Outcome::Behind,
+                format!("stream ends at {last}, behind {upto}"),
+            )
+        } else {
+            (Outcome::Ok, "both empty".into())
+        });
     }
     let consumer = stream
         .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
@@ -1098,13 +1258,16 @@ async fn verify_jetstream(
     let mut messages = consumer.messages().await.map_err(backend)?;
     let mut follower = crate::Follower::new(store.clone(), Position(first - 1)).batch_size(5_000);
     let mut checked = 0u64;
-    while let Some(batch) = follower.try_next_batch().await.map_err(backend)? {
+    'read: while let Some(batch) = follower.try_next_batch().await.map_err(backend)? {
         for e in batch {
+            if e.position.0 > end {
+                break 'read;
+            }
             let m = match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
                 Ok(Some(Ok(m))) => m,
                 _ => {
                     return Ok((
-                        false,
+                        Outcome::Failed,
                         format!("stream ended early, after {checked} messages"),
                     ))
                 }
@@ -1118,7 +1281,7 @@ async fn verify_jetstream(
                 .unwrap_or_default();
             if seq != e.position.0 || id != e.event_id.to_string() {
                 return Ok((
-                    false,
+                    Outcome::Failed,
                     format!(
                         "message {seq} is {id:?}, the store has {} at {}",
                         e.event_id, e.position
@@ -1128,8 +1291,24 @@ async fn verify_jetstream(
             checked += 1;
         }
     }
-    Ok((
-        true,
-        format!("{checked} messages match (from sequence {first})"),
-    ))
+    if checked != end - first + 1 {
+        return Ok((
+            Outcome::Failed,
+            format!(
+                "checked {checked} messages from sequence {first}, expected {}",
+                end - first + 1
+            ),
+        ));
+    }
+    Ok(if behind {
+        (
+            Outcome::Behind,
+            format!("{checked} messages match (from sequence {first}); the stream ends at {last}, behind {upto}"),
+        )
+    } else {
+        (
+            Outcome::Ok,
+            format!("{checked} messages match (from sequence {first})"),
+        )
+    })
 }

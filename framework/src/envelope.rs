@@ -17,6 +17,10 @@ use crate::error::InputError;
 pub const MAX_STREAM_ID_LEN: usize = 200;
 /// Longest stream type or event type name accepted, in bytes.
 pub const MAX_TYPE_NAME_LEN: usize = 100;
+/// Deepest nesting of arrays and objects accepted in a payload (the payload
+/// itself is level 1). JSON readers refuse deep nesting (`serde_json` stops
+/// at 128 levels), so a deeper event could be stored but never read back.
+pub const MAX_JSON_DEPTH: usize = 100;
 
 /// A position in the store's single global order.
 ///
@@ -241,6 +245,128 @@ impl NewEvent {
         self.event_id = id;
         self
     }
+
+    /// Checks that every store can hold this event's text: no string of
+    /// the payload (values and object keys, at any depth) or the metadata
+    /// holds U+0000, which PostgreSQL `text` and `jsonb` refuse, and the
+    /// payload is nested at most [`MAX_JSON_DEPTH`] levels. Both stores run
+    /// this before an append is queued; a command handler may run it to
+    /// refuse one command without touching its neighbours.
+    pub fn check_storable(&self) -> Result<(), InputError> {
+        let mut trail = Vec::new();
+        if let Some(problem) = find_unstorable(&self.payload, 1, &mut trail) {
+            let field = render_path("payload", &trail);
+            return Err(match problem {
+                Unstorable::Nul => InputError::NulCharacter {
+                    event_id: self.event_id,
+                    field,
+                },
+                Unstorable::TooDeep(depth) => InputError::JsonTooDeep {
+                    event_id: self.event_id,
+                    field,
+                    depth,
+                    max: MAX_JSON_DEPTH,
+                },
+            });
+        }
+        let m = &self.metadata;
+        for (field, value) in [
+            ("metadata.actor", &m.actor),
+            ("metadata.traceparent", &m.traceparent),
+        ] {
+            if value.as_deref().is_some_and(|v| v.contains('\0')) {
+                return Err(InputError::NulCharacter {
+                    event_id: self.event_id,
+                    field: field.to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What [`find_unstorable`] found.
+enum Unstorable {
+    Nul,
+    TooDeep(usize),
+}
+
+/// One step of a path into a JSON value.
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// The first string holding U+0000 or the first container nested deeper than
+/// [`MAX_JSON_DEPTH`], depth first; `trail` ends up holding its path. Never
+/// descends past the limit, so a hostile value cannot exhaust the stack here.
+fn find_unstorable<'a>(
+    v: &'a serde_json::Value,
+    depth: usize,
+    trail: &mut Vec<Step<'a>>,
+) -> Option<Unstorable> {
+    use serde_json::Value;
+    match v {
+        Value::String(s) if s.contains('\0') => Some(Unstorable::Nul),
+        Value::Array(items) => {
+            if depth > MAX_JSON_DEPTH {
+                return Some(Unstorable::TooDeep(depth));
+            }
+            for (i, item) in items.iter().enumerate() {
+                trail.push(Step::Index(i));
+                if let Some(p) = find_unstorable(item, depth + 1, trail) {
+                    return Some(p);
+                }
+                trail.pop();
+            }
+            None
+        }
+        Value::Object(map) => {
+            if depth > MAX_JSON_DEPTH {
+                return Some(Unstorable::TooDeep(depth));
+            }
+            for (key, item) in map {
+                trail.push(Step::Key(key));
+                if key.contains('\0') {
+                    return Some(Unstorable::Nul);
+                }
+                if let Some(p) = find_unstorable(item, depth + 1, trail) {
+                    return Some(p);
+                }
+                trail.pop();
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+/// `payload.lines[2].name`; keys that are not plain identifiers are quoted
+/// as JSON strings: `payload["a b"]`, `payload["x\u0000"]`.
+fn render_path(root: &str, trail: &[Step<'_>]) -> String {
+    use std::fmt::Write;
+    let mut out = root.to_owned();
+    for step in trail {
+        match step {
+            Step::Index(i) => {
+                let _ = write!(out, "[{i}]");
+            }
+            Step::Key(k) => {
+                let plain = k
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if plain {
+                    let _ = write!(out, ".{k}");
+                } else {
+                    let quoted = serde_json::to_string(k).unwrap_or_default();
+                    let _ = write!(out, "[{quoted}]");
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A stored event: the envelope every reader sees.

@@ -61,6 +61,42 @@ pub enum InputError {
     /// Schema versions start at 1.
     #[error("schema version must be at least 1")]
     InvalidSchemaVersion,
+    /// A string (a JSON value or object key at any depth of a payload, or a
+    /// metadata field) holds U+0000, which PostgreSQL `text` and `jsonb`
+    /// cannot store. Refused by every store, so an application behaves the
+    /// same on the in-memory store as on Postgres.
+    #[error(
+        "event {event_id}: {field} holds the character U+0000, which the event store cannot hold"
+    )]
+    NulCharacter {
+        /// The event.
+        event_id: Uuid,
+        /// Where in the event, e.g. `payload.customer_id`,
+        /// `payload.lines[2].name`, `payload["odd key"]` or `metadata.actor`.
+        field: String,
+    },
+    /// A payload nested deeper than the store can read back (JSON readers,
+    /// `serde_json` among them, refuse deep nesting).
+    #[error("event {event_id}: {field} is nested {depth} levels deep; the limit is {max}")]
+    JsonTooDeep {
+        /// The event.
+        event_id: Uuid,
+        /// The first value found past the limit, e.g. `payload.a.b`.
+        field: String,
+        /// Its depth (the payload itself is level 1).
+        depth: usize,
+        /// The limit ([`MAX_JSON_DEPTH`](crate::MAX_JSON_DEPTH)).
+        max: usize,
+    },
+    /// The backend refused the append's data although it passed the checks
+    /// above (a constraint or trigger an operator added, a limit of the
+    /// backend). Only this append is refused; appends that shared its
+    /// group commit are written. Retrying the same data gives the same error.
+    #[error("the event store refused the data of this append: {reason}")]
+    RefusedByBackend {
+        /// The backend's message.
+        reason: String,
+    },
 }
 
 /// Errors of [`EventStore`](crate::EventStore) operations.

@@ -92,7 +92,7 @@ pub use command::{
     derived_event_id, CommandContext, CommandError, CommandHandler, CommandOutcome, CommandStats,
     RetryPolicy,
 };
-pub use envelope::{EventEnvelope, Metadata, NewEvent, Position, StreamId};
+pub use envelope::{EventEnvelope, Metadata, NewEvent, Position, StreamId, MAX_JSON_DEPTH};
 pub use error::{BoxError, InputError, StoreError};
 pub use follow::Follower;
 pub use harness::{AggregateTest, EncodedEvent, Then};

@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use uuid::Uuid;
 
 use crate::envelope::{EventEnvelope, Metadata, Position, StreamId};
-use crate::error::{Result, StoreError};
+use crate::error::{InputError, Result, StoreError};
 use crate::store::{
     decide, validate, AppendOutcome, AppendRequest, Decision, EventFilter, EventStore,
     ExpectedVersion, StoreLimits, StoredId, StreamEvent, ValidAppend,
@@ -61,6 +61,10 @@ macro_rules! bind_events {
             .bind(&$c.recorded_at)
     };
 }
+
+/// How long past a group's lock deadline the writer waits for Postgres's own
+/// `lock_timeout` before cancelling the statement itself.
+const CANCEL_GRACE: Duration = Duration::from_millis(250);
 
 /// The channel followers `LISTEN` on; the payload is the new head position.
 pub const NOTIFY_CHANNEL: &str = "strata_events";
@@ -205,6 +209,9 @@ impl Shared {
 struct Job {
     append: ValidAppend,
     reply: oneshot::Sender<Result<AppendOutcome>>,
+    /// When the append was queued: its wait for the append lock, one
+    /// `lock_timeout` in all, counts from here.
+    queued: Instant,
 }
 
 struct PgInner {
@@ -257,6 +264,7 @@ impl PgEventStore {
                 shared: Arc::clone(&shared),
                 config: config.clone(),
                 conn: None,
+                deadline: Instant::now(),
             };
             tokio::spawn(writer.run(Arc::clone(&rx)));
         }
@@ -367,7 +375,11 @@ impl EventStore for PgEventStore {
         let (reply, rx) = oneshot::channel();
         self.inner
             .jobs
-            .send(Job { append, reply })
+            .send(Job {
+                append,
+                reply,
+                queued: Instant::now(),
+            })
             .await
             .map_err(|_| StoreError::backend("the store's writer task has stopped"))?;
         rx.await
@@ -580,6 +592,12 @@ struct Writer {
     shared: Arc<Shared>,
     config: PgStoreConfig,
     conn: Option<(PgConnection, i32)>,
+    /// When the group being written has waited one `lock_timeout`, counted
+    /// from its oldest append's arrival. Every statement that takes the
+    /// append lock waits at most until then, so an append that queued
+    /// behind busy writers, or whose group fell back to the locked
+    /// transaction, still gets its answer within one `lock_timeout`.
+    deadline: Instant,
 }
 
 /// Per-append results of a batch, or the error that failed the whole batch.
@@ -642,27 +660,60 @@ impl Writer {
     }
 
     async fn handle(&mut self, batch: Vec<Job>) {
-        let results = match self.write(&batch).await {
-            Ok(results) => results,
-            Err(e) if is_unique_violation(&e) && batch.len() > 1 => {
-                // Someone wrote outside the append lock (should not happen);
-                // write each append alone so one cannot fail the others.
-                tracing::warn!(error = %e, "unique violation in a group commit; retrying appends one by one");
-                let mut results = Vec::with_capacity(batch.len());
-                for job in &batch {
-                    let one = std::slice::from_ref(job);
-                    results.push(match self.write(one).await {
-                        Ok(mut r) => r.remove(0),
-                        Err(e) => self.batch_error(one, e).remove(0),
-                    });
-                }
-                results
-            }
-            Err(e) => self.batch_error(&batch, e),
-        };
+        let oldest = batch.iter().map(|j| j.queued).min();
+        self.deadline = oldest.unwrap_or_else(Instant::now) + self.config.lock_timeout;
+        let results = self.write_isolating(&batch).await;
         for (job, result) in batch.into_iter().zip(results) {
             let _ = job.reply.send(result);
         }
+    }
+
+    /// Writes a group so that one append's data cannot fail the others.
+    ///
+    /// A group's statement that fails on data (a value or constraint
+    /// Postgres refuses, see [`is_data_error`]) writes nothing, so its
+    /// appends can be written again: in two halves, in order, each halved
+    /// again while it fails, until the culprit stands alone and gets the
+    /// error. The others commit in their original order, each exactly once
+    /// (a half decides afresh, so a duplicate in a later half is answered
+    /// as one). Any other error (connection, lock timeout, server) fails
+    /// the part of the group it hit.
+    async fn write_isolating(&mut self, batch: &[Job]) -> Vec<Result<AppendOutcome>> {
+        let mut results: Vec<Option<Result<AppendOutcome>>> =
+            std::iter::repeat_with(|| None).take(batch.len()).collect();
+        // Ranges still to write; the last is next, so ranges run in order.
+        let mut todo: Vec<std::ops::Range<usize>> = Vec::new();
+        todo.push(0..batch.len());
+        while let Some(range) = todo.pop() {
+            let part = &batch[range.clone()];
+            match self.write(part).await {
+                Ok(written) => {
+                    for (slot, r) in results[range].iter_mut().zip(written) {
+                        *slot = Some(r);
+                    }
+                }
+                Err(e) if part.len() > 1 && is_data_error(&e) => {
+                    tracing::warn!(
+                        error = %e,
+                        appends = part.len(),
+                        "the data of one append failed its group; writing the group in halves"
+                    );
+                    let mid = range.start + part.len() / 2;
+                    todo.push(mid..range.end);
+                    todo.push(range.start..mid);
+                }
+                Err(e) => {
+                    let failed = self.batch_error(part, e);
+                    for (slot, r) in results[range].iter_mut().zip(failed) {
+                        *slot = Some(r);
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(StoreError::backend("append was not written"))))
+            .collect()
     }
 
     /// Maps an error that failed a whole batch to one error per append.
@@ -686,6 +737,15 @@ impl Writer {
                 // the lock: a broken invariant, reported as a backend error.
                 _ => {}
             }
+        }
+        if batch.len() == 1 && is_data_error(&e) && !is_unique_violation(&e) {
+            // This append's own data, alone in its statement: refused for
+            // good, and the connection is fine.
+            tracing::warn!(error = %e, stream = %batch[0].append.request.stream_id, "the event store refused an append's data");
+            return vec![Err(InputError::RefusedByBackend {
+                reason: e.to_string(),
+            }
+            .into())];
         }
         tracing::error!(error = %e, appends = batch.len(), "event store append failed");
         // The connection may be broken: start afresh next time.
@@ -746,24 +806,71 @@ impl Writer {
         self.write_locked(batch).await
     }
 
-    /// Runs `call` and, if it waits longer than the slow-lock threshold,
-    /// logs who holds the append lock.
+    /// What is left of the group's one `lock_timeout`, as a `lock_timeout`
+    /// setting in milliseconds (at least 1: 0 would mean "wait forever").
+    fn lock_budget(&self) -> String {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        left.as_millis().max(1).to_string()
+    }
+
+    /// Runs `call`, a statement that takes the append lock, on the writer's
+    /// connection (`pid`). If it waits longer than the slow-lock threshold,
+    /// logs who holds the lock. If it is still running `CANCEL_GRACE` past
+    /// the group's deadline, cancels it from another connection.
+    ///
+    /// The statement's own `lock_timeout` is set to the group's budget, but
+    /// Postgres restarts that timer for each lock it waits for, and a writer
+    /// queued behind another waiter waits twice: for the tuple lock the
+    /// waiter ahead holds, then for the holder's transaction. The cancel
+    /// bounds the total. Returns the statement's result and whether the
+    /// cancel was sent (the caller then discards the connection: a cancel
+    /// that lands late must not hit a later statement).
     async fn watch_lock<T>(
         shared: &Shared,
         pool: &PgPool,
         pid: i32,
         slow: Duration,
-        call: impl std::future::Future<Output = T>,
-    ) -> T {
+        deadline: Instant,
+        call: impl std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
+    ) -> (std::result::Result<T, sqlx::Error>, bool) {
         tokio::pin!(call);
-        tokio::select! {
-            r = &mut call => r,
-            _ = tokio::time::sleep(slow) => {
-                shared.counters.slow_lock_waits.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(report_lock_holders(pool.clone(), pid));
-                call.await
+        let slow_timer = tokio::time::sleep(slow);
+        let cancel_timer = tokio::time::sleep_until((deadline + CANCEL_GRACE).into());
+        tokio::pin!(slow_timer, cancel_timer);
+        let (mut warned, mut cancelled) = (false, false);
+        loop {
+            tokio::select! {
+                r = &mut call => return (r, cancelled),
+                _ = &mut slow_timer, if !warned => {
+                    warned = true;
+                    shared.counters.slow_lock_waits.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(report_lock_holders(pool.clone(), pid));
+                }
+                _ = &mut cancel_timer, if !cancelled => {
+                    cancelled = true;
+                    if let Err(e) = sqlx::query("SELECT pg_cancel_backend($1)")
+                        .bind(pid)
+                        .execute(pool)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "could not cancel an append past its lock_timeout");
+                    }
+                }
             }
         }
+    }
+
+    /// The error of a group whose wait for the append lock was cut short
+    /// by [`watch_lock`](Self::watch_lock)'s cancel.
+    fn lock_timed_out(&self) -> sqlx::Error {
+        sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "canceling statement due to lock timeout: the append lock was not granted \
+                 within lock_timeout ({:?}) of the append's arrival",
+                self.config.lock_timeout
+            ),
+        ))
     }
 
     /// The one-round-trip append: decide assuming each stream is at the
@@ -790,12 +897,18 @@ impl Writer {
         let slow = self.config.slow_lock_warning;
         let pool = self.pool.clone();
         let shared = Arc::clone(&self.shared);
+        let budget = self.lock_budget();
+        let deadline = self.deadline;
         let (conn, pid) = self.connection().await?;
         let pid = *pid;
         let c = &plan.cols;
+        // The lock wait is bounded by what is left of the group's budget
+        // (`set_config` in a FROM subquery runs before the call, and is
+        // local to the call's transaction).
         let call = sqlx::query_scalar::<_, Option<i64>>(
             "SELECT strata_append($1, $2, $3, $4, $5, $6, $7::text[]::jsonb[], \
-                    $8::text[]::jsonb[], $9, $10, $11, $12, $13, $14, $15)",
+                    $8::text[]::jsonb[], $9, $10, $11, $12, $13, $14, $15) \
+               FROM (SELECT set_config('lock_timeout', $16, true)) AS budget",
         );
         let call = bind_events!(call, c)
             .bind(&check_ids)
@@ -804,9 +917,18 @@ impl Writer {
             .bind(&s_types)
             .bind(&s_versions)
             .bind(NOTIFY_CHANNEL)
+            .bind(&budget)
             .fetch_one(&mut *conn);
         let started = Instant::now();
-        let base = Self::watch_lock(&shared, &pool, pid, slow, call).await?;
+        let (base, cancelled) = Self::watch_lock(&shared, &pool, pid, slow, deadline, call).await;
+        if cancelled {
+            // A cancel that lands late must not hit a later statement.
+            self.conn = None;
+            if base.is_err() {
+                return Err(self.lock_timed_out());
+            }
+        }
+        let base = base?;
         shared
             .counters
             .max_lock_wait_us
@@ -834,13 +956,30 @@ impl Writer {
         let slow = self.config.slow_lock_warning;
         let pool = self.pool.clone();
         let shared = Arc::clone(&self.shared);
+        let budget = self.lock_budget();
+        let deadline = self.deadline;
         let (conn, pid) = self.connection().await?;
         let pid = *pid;
-        // 1. `BEGIN` and the append lock, in one round trip (a simple-query
-        //    batch). The lock is held until commit.
+        // 1. `BEGIN`, then the append lock, waiting at most what is left of
+        //    the group's budget (a fallback after the one-call path does
+        //    not start a second full wait). The lock is held until commit.
         let started = Instant::now();
-        let begin = conn.begin_with("BEGIN; SELECT 1 FROM strata_head WHERE id = 1 FOR UPDATE");
-        let mut tx = Self::watch_lock(&shared, &pool, pid, slow, begin).await?;
+        let mut tx = conn.begin().await?;
+        let lock = sqlx::query(
+            "SELECT 1 FROM strata_head, (SELECT set_config('lock_timeout', $1, true)) AS budget \
+              WHERE id = 1 FOR UPDATE OF strata_head",
+        )
+        .bind(&budget)
+        .execute(&mut *tx);
+        let (locked, cancelled) = Self::watch_lock(&shared, &pool, pid, slow, deadline, lock).await;
+        if cancelled {
+            // Past the deadline either way; a cancel that lands late would
+            // hit the statements below. Dropping the connection rolls back.
+            drop(tx);
+            self.conn = None;
+            return Err(self.lock_timed_out());
+        }
+        locked?;
         shared
             .counters
             .max_lock_wait_us
@@ -1090,6 +1229,20 @@ struct Columns<'a> {
     recorded_at: Vec<Option<DateTime<Utc>>>,
 }
 
+/// True when a statement failed on the data it was given: a value or a
+/// constraint Postgres refuses (SQLSTATE classes 22 "data exception" and 23
+/// "integrity constraint violation"), a backend limit (54), or a trigger
+/// that raised (P0001). The statement wrote nothing and the connection is
+/// fine; the same data fails again. Connection errors, lock timeouts (55P03)
+/// and server trouble are not data errors.
+fn is_data_error(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| {
+            c.starts_with("22") || c.starts_with("23") || c.starts_with("54") || c == "P0001"
+        })
+}
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .is_some_and(|d| d.is_unique_violation())
@@ -1104,21 +1257,39 @@ fn violated(e: &sqlx::Error) -> Option<&str> {
 
 /// Logs the sessions that hold up the append lock: the failure mode of a
 /// serialised append is a stuck transaction holding it.
+///
+/// Waiters queue behind each other: `pg_blocking_pids` of a waiting writer
+/// names the waiter ahead of it, often another Strata writer. So this walks
+/// the chain of blockers from `waiting_pid` and names the sessions at its
+/// head, those that are not waiting for anyone themselves: the ones that
+/// hold the lock.
 async fn report_lock_holders(pool: PgPool, waiting_pid: i32) {
     let rows = sqlx::query(
-        "SELECT pid, usename::text, application_name, state, \
+        "WITH RECURSIVE chain(pid) AS ( \
+             SELECT unnest(pg_blocking_pids($1)) \
+           UNION \
+             SELECT b.pid FROM chain c CROSS JOIN LATERAL unnest(pg_blocking_pids(c.pid)) AS b(pid) \
+         ) \
+         SELECT pid, usename::text, application_name, state, \
                 EXTRACT(EPOCH FROM now() - xact_start)::float8 AS xact_seconds, \
                 left(query, 200) AS query \
-           FROM pg_stat_activity WHERE pid = ANY(pg_blocking_pids($1))",
+           FROM pg_stat_activity \
+          WHERE pid IN (SELECT pid FROM chain) AND pid <> $1 \
+            AND cardinality(pg_blocking_pids(pid)) = 0",
     )
     .bind(waiting_pid)
     .fetch_all(&pool)
     .await;
     match rows {
+        Ok(rows) if rows.is_empty() => tracing::warn!(
+            waiting_pid,
+            "append lock is slow; its holder was gone (or still waiting itself) when looked up"
+        ),
         Ok(rows) => {
             for r in rows {
                 tracing::warn!(
                     holder_pid = r.try_get::<i32, _>("pid").unwrap_or_default(),
+                    waiting_pid,
                     user = r.try_get::<Option<String>, _>("usename").ok().flatten().unwrap_or_default(),
                     application = r.try_get::<Option<String>, _>("application_name").ok().flatten().unwrap_or_default(),
                     state = r.try_get::<Option<String>, _>("state").ok().flatten().unwrap_or_default(),

@@ -282,7 +282,8 @@ pub(crate) struct ValidAppend {
     pub metadata: Vec<String>,
 }
 
-/// Checks an append against the limits. Nothing is written on error.
+/// Checks an append against the limits and against what the backend can
+/// hold ([`NewEvent::check_storable`]). Nothing is written on error.
 pub(crate) fn validate(request: AppendRequest, limits: &StoreLimits) -> Result<ValidAppend> {
     validate_type_name("stream type", &request.stream_type)?;
     if request.events.is_empty() {
@@ -309,6 +310,9 @@ pub(crate) fn validate(request: AppendRequest, limits: &StoreLimits) -> Result<V
             }
             .into());
         }
+        // Before serialising: what the backend cannot hold (and values
+        // nested too deep to serialise safely) never gets further.
+        e.check_storable()?;
         let payload = serde_json::to_string(&e.payload).map_err(StoreError::backend)?;
         if payload.len() > limits.max_payload_bytes {
             return Err(InputError::PayloadTooLarge {

@@ -243,3 +243,332 @@ async fn a_writer_behind_a_group_gathers_until_its_group_is_as_large() {
     let stats = store.stats();
     assert_eq!((stats.appends, stats.batches), (4, 2), "{stats:?}");
 }
+
+/// One append's data that Postgres refuses (here: a CHECK constraint this
+/// test adds, so the data passes the store's own validation) fails only
+/// that append. Valid appends that shared its group commit are written,
+/// once each and in order; retried appends are still answered as
+/// duplicates; nothing poisoned is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_append_fails_alone_and_its_group_commits() {
+    use sqlx::Connection;
+    use std::collections::HashMap;
+    use std::time::Duration;
+    use strata::testing::wait_until;
+    use strata::InputError;
+
+    let db = test_database().await;
+    sqlx::query(
+        "ALTER TABLE strata_events ADD CONSTRAINT test_no_poison \
+         CHECK (NOT (payload ? 'poison'))",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let store = PgEventStore::with_config(db.pool.clone(), PgStoreConfig::default().writers(2));
+
+    // Appends pile up behind an outside session holding the append lock,
+    // so the first groups are large and mix poisoned and valid appends.
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut tx = holder.begin().await.unwrap();
+    sqlx::query("SELECT position FROM strata_head WHERE id = 1 FOR UPDATE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+
+    const CLIENTS: usize = 8;
+    const ROUNDS: usize = 30;
+    let client = |c: usize| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            // (request, poisoned, result) per append sent.
+            let mut sent = Vec::new();
+            for r in 0..ROUNDS {
+                let poisoned = (c + r) % 4 == 0;
+                let expected = if r % 3 == 0 {
+                    ExpectedVersion::Any // the locked transaction
+                } else {
+                    ExpectedVersion::NoStream // the one-call path
+                };
+                let payload = if poisoned {
+                    json!({ "poison": true, "c": c, "r": r })
+                } else {
+                    json!({ "c": c, "r": r })
+                };
+                let request = AppendRequest::new(
+                    StreamId::new(format!("p-{c}-{r}")).unwrap(),
+                    "thing",
+                    expected,
+                    vec![NewEvent::new("E", payload), NewEvent::new("E", json!({}))],
+                );
+                let result = store.append(request.clone()).await;
+                sent.push((request.clone(), poisoned, result));
+                if r % 5 == 1 {
+                    // A client retry of the same append.
+                    let again = store.append(request.clone()).await;
+                    sent.push((request, poisoned, again));
+                }
+            }
+            sent
+        })
+    };
+    let tasks: Vec<_> = (0..CLIENTS).map(client).collect();
+    wait_until(
+        Duration::from_secs(10),
+        "both writers waiting behind the outside session",
+        || async { writers_waiting(&db.pool).await == 2 },
+    )
+    .await;
+    tx.rollback().await.unwrap();
+
+    let mut first: HashMap<StreamId, strata::AppendOutcome> = HashMap::new();
+    let (mut valid, mut valid_failures, mut poisoned_refused) = (0, Vec::new(), 0);
+    for t in tasks {
+        for (request, poisoned, result) in t.await.unwrap() {
+            match (poisoned, result) {
+                (false, Ok(o)) => {
+                    valid += 1;
+                    match first.get(&request.stream_id) {
+                        Some(f) => {
+                            assert!(o.duplicate, "a retry wrote again: {o:?}");
+                            assert_eq!(
+                                (o.first_position, o.position),
+                                (f.first_position, f.position)
+                            );
+                        }
+                        None => {
+                            assert!(!o.duplicate);
+                            first.insert(request.stream_id.clone(), o);
+                        }
+                    }
+                }
+                (false, Err(e)) => valid_failures.push(e.to_string()),
+                (true, Err(StoreError::Input(InputError::RefusedByBackend { reason }))) => {
+                    assert!(reason.contains("test_no_poison"), "{reason}");
+                    poisoned_refused += 1;
+                }
+                (true, other) => panic!("a poisoned append got {other:?}"),
+            }
+        }
+    }
+    assert!(
+        valid_failures.is_empty(),
+        "valid appends failed: {valid_failures:?}"
+    );
+    assert!(valid > 0 && poisoned_refused > 0);
+    assert!(
+        store.stats().batches < valid as u64,
+        "appends shared group commits: {:?}",
+        store.stats()
+    );
+
+    // Exactly the valid appends are stored, once each, dense, as answered.
+    let all = store
+        .read_all(Position::START, 10_000, &EventFilter::all())
+        .await
+        .unwrap();
+    assert!(all.iter().all(|e| e.payload.get("poison").is_none()));
+    assert_eq!(all.len(), first.len() * 2);
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(e.position, Position(i as u64 + 1));
+    }
+    for (stream, o) in &first {
+        let events = store.read_stream(stream, 1, 10).await.unwrap();
+        let positions: Vec<Position> = events.iter().map(|e| e.position).collect();
+        assert_eq!(positions, vec![o.first_position, o.position]);
+    }
+}
+
+/// Lock-holder warnings captured from the log: (holder pid, waiting pid).
+fn lock_warnings() -> &'static std::sync::Mutex<Vec<(i64, i64)>> {
+    use std::sync::{Mutex, OnceLock};
+    use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+
+    struct Capture;
+    #[derive(Default)]
+    struct Fields {
+        holder: Option<i64>,
+        waiting: Option<i64>,
+    }
+    impl tracing::field::Visit for Fields {
+        fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+            match field.name() {
+                "holder_pid" => self.holder = Some(value),
+                "waiting_pid" => self.waiting = Some(value),
+                _ => {}
+            }
+        }
+        fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+    }
+    impl<S: tracing::Subscriber> Layer<S> for Capture {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            let mut f = Fields::default();
+            event.record(&mut f);
+            if let (Some(h), Some(w)) = (f.holder, f.waiting) {
+                WARNINGS
+                    .get_or_init(Default::default)
+                    .lock()
+                    .unwrap()
+                    .push((h, w));
+            }
+        }
+    }
+    static WARNINGS: OnceLock<Mutex<Vec<(i64, i64)>>> = OnceLock::new();
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let _ =
+            tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Capture));
+    });
+    WARNINGS.get_or_init(Default::default)
+}
+
+/// With appends queued at the append lock, the warning names the session
+/// at the head of the chain (the outside holder), not a waiting writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_warning_names_the_holder_not_a_waiting_writer() {
+    use sqlx::Connection;
+    use std::time::Duration;
+    use strata::testing::wait_until;
+
+    let warnings = lock_warnings();
+    let db = test_database().await;
+    let store = PgEventStore::with_config(
+        db.pool.clone(),
+        PgStoreConfig::default()
+            .writers(2)
+            .slow_lock_warning(Duration::from_millis(100)),
+    );
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let holder_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+    let mut tx = holder.begin().await.unwrap();
+    sqlx::query("SELECT position FROM strata_head WHERE id = 1 FOR UPDATE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+
+    let spawn = |stream: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .append(request(stream, ExpectedVersion::NoStream, 1))
+                .await
+        })
+    };
+    let a = spawn("first");
+    wait_until(
+        Duration::from_secs(10),
+        "the first writer waiting",
+        || async { writers_waiting(&db.pool).await == 1 },
+    )
+    .await;
+    let b = spawn("second");
+    wait_until(Duration::from_secs(10), "both writers waiting", || async {
+        writers_waiting(&db.pool).await == 2
+    })
+    .await;
+    let writer_pids: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity \
+          WHERE application_name = 'strata-writer' AND datname = current_database()",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(writer_pids.len(), 2);
+    let ours = |w: i64| writer_pids.iter().any(|p| i64::from(*p) == w);
+    wait_until(
+        Duration::from_secs(10),
+        "a lock warning from each waiting writer",
+        || async {
+            let w = warnings.lock().unwrap();
+            writer_pids
+                .iter()
+                .all(|p| w.iter().any(|(_, waiting)| *waiting == i64::from(*p)))
+        },
+    )
+    .await;
+    let named: Vec<i64> = warnings
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, w)| ours(*w))
+        .map(|(h, _)| *h)
+        .collect();
+    assert!(
+        named.iter().all(|h| *h == i64::from(holder_pid)),
+        "warnings named {named:?}; the holder is {holder_pid}, the writers are {writer_pids:?}"
+    );
+
+    tx.rollback().await.unwrap();
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+}
+
+/// An append waits for the append lock one `lock_timeout` in all, counted
+/// from when it was queued: also a writer queued at the lock behind another
+/// waiter (Postgres restarts `lock_timeout` when it moves from the waiter's
+/// tuple lock to the holder's transaction), and appends that queued in the
+/// store while both writers were waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_waits_one_lock_timeout_in_all() {
+    use sqlx::Connection;
+    use std::time::{Duration, Instant};
+    use strata::testing::wait_until;
+
+    const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+    let db = test_database().await;
+    let store = PgEventStore::with_config(
+        db.pool.clone(),
+        PgStoreConfig::default()
+            .writers(2)
+            .lock_timeout(LOCK_TIMEOUT),
+    );
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut tx = holder.begin().await.unwrap();
+    sqlx::query("SELECT position FROM strata_head WHERE id = 1 FOR UPDATE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+
+    let spawn = |stream: &'static str, expected: ExpectedVersion| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = store.append(request(stream, expected, 1)).await;
+            (r, started.elapsed())
+        })
+    };
+    let mut appends = vec![spawn("w-1", ExpectedVersion::NoStream)];
+    wait_until(
+        Duration::from_secs(10),
+        "the first writer waiting",
+        || async { writers_waiting(&db.pool).await == 1 },
+    )
+    .await;
+    appends.push(spawn("w-2", ExpectedVersion::NoStream));
+    wait_until(Duration::from_secs(10), "both writers waiting", || async {
+        writers_waiting(&db.pool).await == 2
+    })
+    .await;
+    // Both writers are busy: these queue, one on each path.
+    appends.push(spawn("w-3", ExpectedVersion::NoStream));
+    appends.push(spawn("w-4", ExpectedVersion::Any));
+
+    let mut answers = Vec::new();
+    for a in appends {
+        answers.push(a.await.unwrap());
+    }
+    for (result, waited) in answers {
+        let err = result.expect_err("the lock is held throughout");
+        assert!(err.is_transient(), "{err:?}");
+        assert!(err.to_string().contains("lock timeout"), "{err}");
+        assert!(
+            waited < LOCK_TIMEOUT + Duration::from_millis(900),
+            "an append waited {waited:?}, lock_timeout is {LOCK_TIMEOUT:?}"
+        );
+    }
+    tx.rollback().await.unwrap();
+    assert_eq!(store.head().await.unwrap(), Position::START);
+}

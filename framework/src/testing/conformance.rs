@@ -241,6 +241,106 @@ pub async fn bad_input_changes_nothing<S: EventStore>(store: S) {
         .is_empty());
 }
 
+/// Text the backend cannot hold (U+0000 in any string of a payload, as a
+/// value or an object key at any depth, or in metadata) and payloads nested
+/// too deep to read back are refused with a typed error naming the field,
+/// before anything is written. Look-alikes (a backslash followed by `u0000`, the
+/// deepest nesting allowed) are stored and read back unchanged.
+pub async fn unstorable_text_is_refused<S: EventStore>(store: S) {
+    fn nested(levels: usize) -> serde_json::Value {
+        let mut v = json!([]);
+        for _ in 1..levels {
+            v = json!([v]);
+        }
+        v
+    }
+    let cases: Vec<(NewEvent, &str)> = vec![
+        (
+            NewEvent::new("E", json!({ "customer_id": "a\u{0}b", "n": 1 })),
+            "payload.customer_id",
+        ),
+        (
+            NewEvent::new(
+                "E",
+                json!({ "lines": [{ "name": "mug" }, { "name": "\u{0}" }] }),
+            ),
+            "payload.lines[1].name",
+        ),
+        (
+            NewEvent::new("E", json!({ "ok": { "bad\u{0}key": 1 } })),
+            "payload.ok[\"bad\\u0000key\"]",
+        ),
+        (
+            NewEvent::new("E", json!({ "odd key": ["x", ["\u{0}"]] })),
+            "payload[\"odd key\"][1][0]",
+        ),
+        (NewEvent::new("E", json!("\u{0}")), "payload"),
+        (
+            NewEvent::new("E", json!({})).with_metadata(Metadata::new().with_actor("al\u{0}ice")),
+            "metadata.actor",
+        ),
+    ];
+    for (event, expected_field) in cases {
+        // The bad event second in its append: the whole append is refused.
+        let id = event.event_id;
+        let request = req(
+            "nul-1",
+            ExpectedVersion::Any,
+            vec![NewEvent::new("E", json!({ "fine": true })), event],
+        );
+        match store.append(request).await {
+            Err(StoreError::Input(InputError::NulCharacter { event_id, field })) => {
+                assert_eq!(event_id, id);
+                assert_eq!(field, expected_field);
+            }
+            other => panic!("expected NulCharacter at {expected_field}, got {other:?}"),
+        }
+    }
+    match store
+        .append(req(
+            "deep-1",
+            ExpectedVersion::Any,
+            vec![NewEvent::new(
+                "E",
+                json!({ "a": nested(crate::MAX_JSON_DEPTH) }),
+            )],
+        ))
+        .await
+    {
+        Err(StoreError::Input(InputError::JsonTooDeep {
+            field, depth, max, ..
+        })) => {
+            assert_eq!(
+                (depth, max),
+                (crate::MAX_JSON_DEPTH + 1, crate::MAX_JSON_DEPTH)
+            );
+            let expected = format!("payload.a{}", "[0]".repeat(crate::MAX_JSON_DEPTH - 1));
+            assert_eq!(field, expected);
+        }
+        other => panic!("expected JsonTooDeep, got {other:?}"),
+    }
+    assert_eq!(store.head().await.unwrap(), Position::START);
+
+    // Look-alikes are fine and read back unchanged.
+    let fine = vec![
+        NewEvent::new("E", json!({ "text": "a\\u0000b", "k\\u0000": 1 })),
+        NewEvent::new("E", nested(crate::MAX_JSON_DEPTH)),
+    ];
+    store
+        .append(req("nul-2", ExpectedVersion::NoStream, fine.clone()))
+        .await
+        .expect("look-alikes and the deepest allowed payload are stored");
+    let read = store.read_stream(&sid("nul-2"), 1, 10).await.unwrap();
+    let payloads: Vec<_> = read.iter().map(|e| e.payload.clone()).collect();
+    assert_eq!(
+        payloads,
+        vec![fine[0].payload.clone(), fine[1].payload.clone()]
+    );
+    let raw = store.read_stream_raw(&sid("nul-2"), 1, 10).await.unwrap();
+    let decoded: serde_json::Value = serde_json::from_str(&raw[1].payload).unwrap();
+    assert_eq!(decoded, fine[1].payload);
+}
+
 /// Global reads filter by stream type and event type and page by position.
 pub async fn read_all_filters_and_pages<S: EventStore>(store: S) {
     store
@@ -405,6 +505,7 @@ macro_rules! store_conformance_tests {
             expected_version_rules,
             idempotent_retries,
             bad_input_changes_nothing,
+            unstorable_text_is_refused,
             read_all_filters_and_pages,
             wait_for_head_wakes,
             concurrent_writers_one_wins);
