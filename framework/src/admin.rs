@@ -678,9 +678,10 @@ async fn execute_inner(
             for (name, p) in ctx.names.iter().zip(&ctx.projections) {
                 let active = ctx
                     .views
-                    .active_version(name, p.version())
+                    .active(name)
                     .await
-                    .map_err(backend)?;
+                    .map_err(backend)?
+                    .map_or(p.version(), |a| a.version);
                 rows.push(
                     json!({ "name": name, "code_version": p.version(), "active_version": active }),
                 );
@@ -714,9 +715,10 @@ async fn execute_inner(
             for (name, p) in ctx.names.iter().zip(&ctx.projections) {
                 let v = ctx
                     .views
-                    .active_version(name, p.version())
+                    .active(name)
                     .await
-                    .map_err(backend)?;
+                    .map_err(backend)?
+                    .map_or(p.version(), |a| a.version);
                 subscribers.push(ViewId::new(name, v).map_err(backend)?.subscriber());
             }
             subscribers.extend(ctx.subscribers.iter().cloned());
@@ -1082,9 +1084,10 @@ async fn verify(
             }
             let version = ctx
                 .views
-                .active_version(name, p.version())
+                .active(name)
                 .await
-                .map_err(backend)?;
+                .map_err(backend)?
+                .map_or(p.version(), |a| a.version);
             let view = ViewId::new(name, version).map_err(backend)?;
             let (checkpoint, stored) = view_snapshot(pool, &view).await?;
             let known = events.last().map_or(Position::START, |e| e.position);
