@@ -369,6 +369,25 @@ async fn rebuilding_every_view_while_the_shop_runs_fails_no_reader() {
     .await;
     assert_eq!(s, 201, "{first}");
     let first_order = first["order_id"].as_str().unwrap().to_owned();
+    // The pollers read it without waiting: let it be visible first.
+    let resp = http
+        .get(format!(
+            "{query}/customers/c1/orders?min_position={}",
+            first["position"]
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let resp = http
+        .get(format!(
+            "{query}/orders/{first_order}?min_position={}",
+            first["position"]
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
 
     // Live streams: one key, one whole view.
     let (mug_live, mug_task) = follow_live(&http, format!("{query}/live/catalog/MUG-01"));

@@ -412,3 +412,73 @@ async fn a_nul_character_is_bad_input_and_changes_nothing() {
     }
     assert_eq!(store.head().await.unwrap(), head);
 }
+
+/// Customer ids are counted in characters on the read side too, as when an
+/// order is placed: a 64-character id of multi-byte characters is read,
+/// 65 characters are refused.
+#[tokio::test]
+async fn customer_ids_are_counted_in_characters_when_read() {
+    let router = queries(ViewReader::new(
+        InMemoryViewStore::new(),
+        ReaderConfig::default(),
+    ));
+    let id64 = "é".repeat(64);
+    let (s, _, body) = call(
+        &router,
+        Request::get(format!("/customers/{}/orders", urlencode(&id64)))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["customer_id"], json!(id64));
+    let (s, _, _) = call(
+        &router,
+        Request::get(format!("/customers/{}/orders", urlencode(&"é".repeat(65))))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+/// Listings come in pages: `limit`, `after`, and a `next` cursor.
+#[tokio::test]
+async fn listings_come_in_pages() {
+    use strata::{DocChange, StoredDoc, ViewId, ViewStore};
+    let views = InMemoryViewStore::new();
+    let view = ViewId::new("catalog", 1).unwrap();
+    views.prepare(&view).await.unwrap();
+    let docs = (0..5)
+        .map(|i| {
+            DocChange::Put(StoredDoc {
+                key: format!("SKU-{i}"),
+                doc: json!({ "sku": format!("SKU-{i}") }),
+                position: Position(1),
+            })
+        })
+        .collect();
+    views
+        .commit(&view.subscriber(), Some(&view), docs, Position(0), Position(1))
+        .await
+        .unwrap();
+    let router = queries(ViewReader::new(views, ReaderConfig::default()));
+    let get = |uri: String| Request::get(uri).body(Body::empty()).unwrap();
+    let (s, _, page) = call(&router, get("/products?limit=2".into())).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(page["data"].as_array().unwrap().len(), 2);
+    assert_eq!(page["next"], json!("SKU-1"));
+    let (_, _, page) = call(&router, get("/products?limit=2&after=SKU-3".into())).await;
+    assert_eq!(page["data"][0]["sku"], json!("SKU-4"));
+    assert_eq!(page["next"], Value::Null);
+    let (_, _, all) = call(&router, get("/products".into())).await;
+    assert_eq!(all["data"].as_array().unwrap().len(), 5);
+    for bad in ["/products?limit=0", "/products?limit=1001", "/products?limit=x"] {
+        let (s, _, body) = call(&router, get(bad.into())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes().map(|b| format!("%{b:02X}")).collect()
+}
