@@ -328,7 +328,7 @@ async fn projector_killed_at_random_points_applies_each_event_once() {
     let views = PgViewStore::new(db.pool.clone());
     let client = nats_client().await;
     let cfg = unique_stream();
-    let bus = JetStreamBus::new(client.clone(), cfg.clone());
+    let bus = JetStreamBus::new(client.clone(), cfg.clone(), store.clone());
     let relay = Relay::new(store.clone(), views.clone(), client.clone(), cfg.clone());
     let stop_relay = CancellationToken::new();
     let relay_task = tokio::spawn(relay.run(stop_relay.clone()));
@@ -389,7 +389,7 @@ async fn redelivery_after_commit_without_ack_changes_nothing() {
     let views = PgViewStore::new(db.pool.clone());
     let client = nats_client().await;
     let cfg = unique_stream();
-    let bus = JetStreamBus::new(client.clone(), cfg.clone());
+    let bus = JetStreamBus::new(client.clone(), cfg.clone(), store.clone());
     let stop_relay = CancellationToken::new();
     let relay_task = tokio::spawn(
         Relay::new(store.clone(), views.clone(), client.clone(), cfg.clone())
@@ -468,7 +468,7 @@ async fn a_jetstream_subscription_survives_idle_spells() {
     let views = PgViewStore::new(db.pool.clone());
     let client = nats_client().await;
     let cfg = unique_stream();
-    let bus = JetStreamBus::new(client.clone(), cfg.clone());
+    let bus = JetStreamBus::new(client.clone(), cfg.clone(), store.clone());
     let stop = CancellationToken::new();
     let relay = tokio::spawn(
         Relay::new(store.clone(), views.clone(), client.clone(), cfg.clone()).run(stop.clone()),
@@ -715,7 +715,7 @@ async fn read_your_writes_across_processes() {
     );
     let projector = Projector::new(
         totals(),
-        JetStreamBus::new(client.clone(), cfg.clone()),
+        JetStreamBus::new(client.clone(), cfg.clone(), store.clone()),
         views.clone(),
     )
     .with_change_feed(ChangeFeed::nats(client.clone(), changes_prefix.clone()));
