@@ -24,7 +24,7 @@
 //! deciding, the lane also looks the command id up and answers a repeat with
 //! the first outcome, even if the aggregate has moved on since.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -790,7 +790,15 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
             }
 
             if events.is_empty() {
-                self.reply_group(stream_id, group, decisions, &seen_ids, &current, None);
+                self.reply_group(
+                    stream_id,
+                    group,
+                    decisions,
+                    &seen_ids,
+                    &current,
+                    None,
+                    &HashSet::new(),
+                );
                 *loaded = Some(Loaded { state, ..current });
                 return leftover;
             }
@@ -810,7 +818,13 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                         verified: true,
                     };
                     // `duplicate`: another process appended exactly these
-                    // events (the same command ids) first.
+                    // events (the same command ids) first. Those sent with
+                    // another fingerprint were other requests.
+                    let mismatched = if outcome.duplicate {
+                        self.mismatched_fingerprints(&group).await
+                    } else {
+                        HashSet::new()
+                    };
                     self.reply_group(
                         stream_id,
                         group,
@@ -818,6 +832,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                         &seen_ids,
                         &current,
                         Some(&outcome),
+                        &mismatched,
                     );
                     if outcome.duplicate || next.version != current.version + count {
                         // Someone else wrote these events: our state may
@@ -884,6 +899,42 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         }
     }
 
+    /// The command ids of `group` whose first recorded event carries
+    /// another fingerprint than the command (a failed look-up counts as
+    /// none: the append was a duplicate, so the ids were recorded).
+    async fn mismatched_fingerprints(&self, group: &[Pending<A>]) -> HashSet<Uuid> {
+        let ids: Vec<Uuid> = group
+            .iter()
+            .filter(|p| p.ctx.fingerprint.is_some())
+            .map(|p| derived_event_id(p.ctx.command_id, 0))
+            .collect();
+        if ids.is_empty() {
+            return HashSet::new();
+        }
+        let found = match self.inner.store.events_by_id(&ids).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "looking up repeated commands failed");
+                return HashSet::new();
+            }
+        };
+        let recorded: HashMap<Uuid, Option<String>> = found
+            .into_iter()
+            .filter_map(|e| e.metadata.command_id.map(|c| (c, e.metadata.fingerprint)))
+            .collect();
+        group
+            .iter()
+            .filter(
+                |p| match (&p.ctx.fingerprint, recorded.get(&p.ctx.command_id)) {
+                    (Some(now), Some(Some(then))) => now != then,
+                    _ => false,
+                },
+            )
+            .map(|p| p.ctx.command_id)
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn reply_group(
         &self,
         stream_id: &StreamId,
@@ -892,6 +943,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         seen_ids: &HashMap<Uuid, usize>,
         before: &Loaded<A>,
         appended: Option<&crate::AppendOutcome>,
+        mismatched: &HashSet<Uuid>,
     ) {
         // Versions and positions count from the append as stored (for a
         // duplicate, the original append), else from the loaded state.
@@ -933,7 +985,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                 (&fingerprints[first_idx], &p.ctx.fingerprint),
                 (Some(a), Some(b)) if a != b
             );
-            let result = if first_idx != i && mismatch {
+            let result = if (first_idx != i && mismatch) || mismatched.contains(&p.ctx.command_id) {
                 Err(CommandError::CommandMismatch {
                     command_id: p.ctx.command_id,
                 })
