@@ -40,6 +40,13 @@ pub enum ShopError {
     /// Another writer kept winning (409); retry.
     #[error("{0}")]
     Conflict(String),
+    /// Another payment attempt of the order is in progress (409); retry
+    /// later, or with the attempt's own Idempotency-Key.
+    #[error("{0}")]
+    PaymentInProgress(String),
+    /// The Idempotency-Key was already used for a different request (422).
+    #[error("{0}")]
+    KeyReused(String),
     /// Store or bus trouble (503). Logged; the client sees a generic message.
     #[error("service unavailable")]
     Unavailable(String),
@@ -58,7 +65,12 @@ fn command_error<E: std::error::Error + 'static>(
     match e {
         CommandError::Domain(d) => rule(d),
         CommandError::Conflict { .. } => ShopError::Conflict(e.to_string()),
-        CommandError::CommandIdReused { .. } => ShopError::Conflict(e.to_string()),
+        CommandError::CommandIdReused { .. } => ShopError::Conflict(
+            "the Idempotency-Key was already used for a request on another aggregate".into(),
+        ),
+        CommandError::CommandMismatch { .. } => ShopError::KeyReused(
+            "the Idempotency-Key was already used for a different request".into(),
+        ),
         CommandError::Input(i) => ShopError::BadRequest(i.to_string()),
         other => ShopError::Unavailable(other.to_string()),
     }
@@ -88,9 +100,34 @@ fn order_rule(e: OrderError) -> ShopError {
         OrderError::InvalidTransition { .. }
         | OrderError::AlreadyPlaced { .. }
         | OrderError::AmountMismatch { .. } => ShopError::Rule(e.to_string()),
+        OrderError::PaymentInProgress { .. } => ShopError::PaymentInProgress(format!(
+            "{e}; retry once it has ended, or with the Idempotency-Key that started it"
+        )),
         OrderError::UnknownSku { .. } => ShopError::NotFound(e.to_string()),
         other => ShopError::BadRequest(other.to_string()),
     }
+}
+
+/// How long a payment attempt may go without a result before a pay with
+/// another Idempotency-Key completes it (with the attempt's own gateway
+/// key, so still without a second charge).
+pub const PAYMENT_TAKEOVER_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The gateway's idempotency key for a payment attempt.
+pub fn payment_key(attempt_id: Uuid) -> Uuid {
+    Uuid::new_v5(&attempt_id, b"payment-gateway-charge")
+}
+
+/// The context that records a payment attempt's result: its command id is
+/// derived from the attempt, so the result is recorded once whoever
+/// completes the attempt.
+fn payment_result_context(attempt_id: Uuid, ctx: &CommandContext) -> CommandContext {
+    let mut result = CommandContext::with_command_id(Uuid::new_v5(&attempt_id, b"payment-result"))
+        .causation_id(attempt_id);
+    result.correlation_id = ctx.correlation_id;
+    result.actor = ctx.actor.clone();
+    result.traceparent = ctx.traceparent.clone();
+    result
 }
 
 /// A line as a client asks for it (the price comes from the catalog).
@@ -155,12 +192,34 @@ impl<S: EventStore> Shop<S> {
         let outcome = match &r {
             Ok(_) => "ok",
             Err(ShopError::BadRequest(_)) | Err(ShopError::NotFound(_)) => "invalid",
-            Err(ShopError::Rule(_)) | Err(ShopError::PaymentDeclined { .. }) => "rejected",
-            Err(ShopError::Conflict(_)) => "conflict",
+            Err(ShopError::Rule(_))
+            | Err(ShopError::PaymentDeclined { .. })
+            | Err(ShopError::KeyReused(_)) => "rejected",
+            Err(ShopError::Conflict(_)) | Err(ShopError::PaymentInProgress(_)) => "conflict",
             Err(ShopError::Unavailable(_)) => "error",
         };
         self.metrics.command(kind, outcome, started.elapsed());
         r
+    }
+
+    /// The first outcome of a repeated request, looked up before anything
+    /// that reads current state validates it, so a repeat answers what the
+    /// first request did whatever changed since. Only requests carrying a
+    /// fingerprint (the HTTP layer sets one with an Idempotency-Key) can be
+    /// repeats; a fresh command id needs no look-up.
+    async fn repeat<A: Aggregate>(
+        handler: &CommandHandler<A, S>,
+        stream: &StreamId,
+        ctx: &CommandContext,
+        rule: impl FnOnce(A::Error) -> ShopError,
+    ) -> Result<Option<CommandOutcome>, ShopError> {
+        if ctx.fingerprint.is_none() {
+            return Ok(None);
+        }
+        handler
+            .repeat_of(stream, ctx)
+            .await
+            .map_err(|e| command_error(e, rule))
     }
 
     /// Registers a product.
@@ -173,6 +232,9 @@ impl<S: EventStore> Shop<S> {
     ) -> Result<CommandOutcome, ShopError> {
         self.timed("register_product", async {
             let stream = product_stream(sku)?;
+            if let Some(first) = Self::repeat(&self.products, &stream, &ctx, product_rule).await? {
+                return Ok(first);
+            }
             let command = ProductCommand::Register {
                 sku: sku.to_owned(),
                 name: name.to_owned(),
@@ -195,6 +257,9 @@ impl<S: EventStore> Shop<S> {
     ) -> Result<CommandOutcome, ShopError> {
         self.timed("change_price", async {
             let stream = product_stream(sku)?;
+            if let Some(first) = Self::repeat(&self.products, &stream, &ctx, product_rule).await? {
+                return Ok(first);
+            }
             self.products
                 .handle(stream, ProductCommand::ChangePrice { price_cents }, ctx)
                 .await
@@ -211,6 +276,9 @@ impl<S: EventStore> Shop<S> {
     ) -> Result<CommandOutcome, ShopError> {
         self.timed("discontinue", async {
             let stream = product_stream(sku)?;
+            if let Some(first) = Self::repeat(&self.products, &stream, &ctx, product_rule).await? {
+                return Ok(first);
+            }
             self.products
                 .handle(stream, ProductCommand::Discontinue, ctx)
                 .await
@@ -227,6 +295,12 @@ impl<S: EventStore> Shop<S> {
         ctx: CommandContext,
     ) -> Result<CommandOutcome, ShopError> {
         self.timed("restock", async {
+            let stream = inventory_stream(sku)?;
+            if let Some(first) =
+                Self::repeat(&self.inventory, &stream, &ctx, inventory_rule).await?
+            {
+                return Ok(first);
+            }
             let (product, version) = self
                 .products
                 .load(&product_stream(sku)?)
@@ -238,7 +312,7 @@ impl<S: EventStore> Shop<S> {
             drop(product);
             self.inventory
                 .handle(
-                    inventory_stream(sku)?,
+                    stream,
                     InventoryCommand::Restock {
                         sku: sku.to_owned(),
                         quantity,
@@ -260,6 +334,10 @@ impl<S: EventStore> Shop<S> {
         ctx: CommandContext,
     ) -> Result<CommandOutcome, ShopError> {
         self.timed("place_order", async {
+            let stream = order_stream(order_id);
+            if let Some(first) = Self::repeat(&self.orders, &stream, &ctx, order_rule).await? {
+                return Ok(first);
+            }
             let mut priced = Vec::with_capacity(lines.len());
             for line in lines {
                 let stream = product_stream(&line.sku)?;
@@ -282,7 +360,7 @@ impl<S: EventStore> Shop<S> {
             }
             self.orders
                 .handle(
-                    order_stream(order_id),
+                    stream,
                     OrderCommand::Place {
                         order_id,
                         customer_id: customer_id.to_owned(),
@@ -296,7 +374,25 @@ impl<S: EventStore> Shop<S> {
         .await
     }
 
-    /// Charges a confirmed order through the gateway and records the result.
+    /// Pays a confirmed order: records a payment attempt, charges the
+    /// gateway with a key derived from the attempt, records the result.
+    ///
+    /// At most one charge per attempt, whatever the timing or crash point:
+    /// - the attempt (`PaymentStarted`) is appended in the order's lane at
+    ///   the version the command saw, before the gateway is called, and an
+    ///   order has one attempt in progress at a time: a concurrent pay with
+    ///   another key is refused (`PaymentInProgress`) before it reaches the
+    ///   gateway;
+    /// - the gateway is called with the attempt's key, which it honours
+    ///   (same key, same result, one charge): requests with the same
+    ///   Idempotency-Key share one attempt and one charge;
+    /// - the result is recorded under a command id derived from the
+    ///   attempt, so whoever completes an attempt records it once;
+    /// - a retry (same key) after a failure between the charge and the
+    ///   record finds its attempt without a result and completes it with
+    ///   the same gateway key: no second charge. An attempt left without a
+    ///   result for [`PAYMENT_TAKEOVER_AFTER`] is completed the same way by
+    ///   a pay with any key.
     pub async fn pay(
         &self,
         order_id: Uuid,
@@ -304,81 +400,163 @@ impl<S: EventStore> Shop<S> {
     ) -> Result<CommandOutcome, ShopError> {
         self.timed("pay", async {
             let stream = order_stream(order_id);
-            let (order, version) = self
+            // 1. This request's attempt, or a new one.
+            let attempt_id = match self
+                .orders
+                .repeat_of(&stream, &ctx)
+                .await
+                .map_err(|e| command_error(e, order_rule))?
+            {
+                Some(_) => ctx.command_id,
+                None => self.start_payment(order_id, &stream, &ctx).await?,
+            };
+            // 2. Its result, if recorded: the first outcome.
+            let result_ctx = payment_result_context(attempt_id, &ctx);
+            if let Some(recorded) = self.payment_result(&stream, &result_ctx).await? {
+                return recorded;
+            }
+            // 3. Charge (once per attempt, by the gateway's key) and record.
+            let (order, _) = self
                 .orders
                 .load(&stream)
                 .await
                 .map_err(|e| command_error(e, order_rule))?;
-            if version == 0 {
-                return Err(ShopError::NotFound(format!("unknown order {order_id}")));
-            }
-            // A retried payment (same Idempotency-Key) answers with what the
-            // first attempt recorded, and never charges again.
-            let first = self
-                .store
-                .events_by_id(&[strata::derived_event_id(ctx.command_id, 0)])
-                .await
-                .map_err(|e| ShopError::Unavailable(e.to_string()))?;
-            if let Some(e) = first.first() {
-                if e.stream_id != stream {
-                    return Err(ShopError::Conflict(
-                        "the Idempotency-Key was used for another request".into(),
-                    ));
+            let amount = match order.payment_attempt() {
+                Some(a) if a.attempt_id == attempt_id => a.amount_cents,
+                // Ended meanwhile by a concurrent completion: its result.
+                _ => {
+                    return match self.payment_result(&stream, &result_ctx).await? {
+                        Some(recorded) => recorded,
+                        None => Err(ShopError::Rule(format!(
+                            "cannot pay an order that is {}",
+                            order.status()
+                        ))),
+                    }
                 }
-                let outcome = CommandOutcome {
-                    stream_id: stream.clone(),
-                    stream_version: e.stream_version,
-                    position: e.position,
-                    events: 1,
-                    duplicate: true,
-                };
-                if e.event_type == "PaymentFailed" {
-                    let reason = e.payload["reason"]
-                        .as_str()
-                        .unwrap_or("declined")
-                        .to_owned();
-                    return Err(ShopError::PaymentDeclined { reason, outcome });
-                }
-                return Ok(outcome);
-            }
-            if order.status() != OrderStatus::Confirmed {
-                return Err(ShopError::Rule(format!(
-                    "cannot pay an order that is {}",
-                    order.status()
-                )));
-            }
-            let amount = order.total_cents();
-            match self.gateway.charge(order_id, amount).await {
-                Ok(payment_ref) => self
-                    .orders
-                    .handle(
-                        stream,
-                        OrderCommand::Pay {
-                            amount_cents: amount,
-                            payment_ref,
-                        },
-                        ctx,
-                    )
-                    .await
-                    .map_err(|e| command_error(e, order_rule)),
+            };
+            let charged = self
+                .gateway
+                .charge(payment_key(attempt_id), order_id, amount)
+                .await;
+            let (command, declined) = match charged {
+                Ok(payment_ref) => (
+                    OrderCommand::Pay {
+                        amount_cents: amount,
+                        payment_ref,
+                    },
+                    None,
+                ),
                 Err(declined) => {
                     let reason = declined.to_string();
-                    let outcome = self
-                        .orders
-                        .handle(
-                            stream,
-                            OrderCommand::FailPayment {
-                                reason: reason.clone(),
-                            },
-                            ctx,
-                        )
-                        .await
-                        .map_err(|e| command_error(e, order_rule))?;
-                    Err(ShopError::PaymentDeclined { reason, outcome })
+                    (
+                        OrderCommand::FailPayment {
+                            reason: reason.clone(),
+                        },
+                        Some(reason),
+                    )
                 }
+            };
+            let outcome = self
+                .orders
+                .handle(stream, command, result_ctx)
+                .await
+                .map_err(|e| command_error(e, order_rule))?;
+            match declined {
+                None => Ok(outcome),
+                Some(reason) => Err(ShopError::PaymentDeclined { reason, outcome }),
             }
         })
         .await
+    }
+
+    /// Starts a payment attempt for `ctx`'s request, or takes over one left
+    /// without a result for too long. Returns the attempt's id.
+    async fn start_payment(
+        &self,
+        order_id: Uuid,
+        stream: &StreamId,
+        ctx: &CommandContext,
+    ) -> Result<Uuid, ShopError> {
+        let (order, version) = self
+            .orders
+            .load(stream)
+            .await
+            .map_err(|e| command_error(e, order_rule))?;
+        if version == 0 {
+            return Err(ShopError::NotFound(format!("unknown order {order_id}")));
+        }
+        if let Some(a) = order.payment_attempt() {
+            if self.abandoned(a.attempt_id).await? {
+                tracing::warn!(order = %order_id, attempt = %a.attempt_id, "completing a payment attempt left without a result");
+                return Ok(a.attempt_id);
+            }
+        }
+        if order.status() != OrderStatus::Confirmed {
+            return Err(ShopError::Rule(format!(
+                "cannot pay an order that is {}",
+                order.status()
+            )));
+        }
+        self.orders
+            .handle(
+                stream.clone(),
+                OrderCommand::StartPayment {
+                    attempt_id: ctx.command_id,
+                },
+                ctx.clone(),
+            )
+            .await
+            .map_err(|e| command_error(e, order_rule))?;
+        Ok(ctx.command_id)
+    }
+
+    /// True when the attempt started longer than [`PAYMENT_TAKEOVER_AFTER`] ago.
+    async fn abandoned(&self, attempt_id: Uuid) -> Result<bool, ShopError> {
+        let started = self
+            .store
+            .events_by_id(&[strata::derived_event_id(attempt_id, 0)])
+            .await
+            .map_err(|e| ShopError::Unavailable(e.to_string()))?;
+        Ok(started.first().is_some_and(|e| {
+            let age = chrono::Utc::now().signed_duration_since(e.recorded_at);
+            age.to_std().is_ok_and(|age| age >= PAYMENT_TAKEOVER_AFTER)
+        }))
+    }
+
+    /// The recorded result of a payment attempt, as the first outcome.
+    async fn payment_result(
+        &self,
+        stream: &StreamId,
+        result_ctx: &CommandContext,
+    ) -> Result<Option<Result<CommandOutcome, ShopError>>, ShopError> {
+        let found = self
+            .store
+            .events_by_id(&[strata::derived_event_id(result_ctx.command_id, 0)])
+            .await
+            .map_err(|e| ShopError::Unavailable(e.to_string()))?;
+        let Some(e) = found.into_iter().next() else {
+            return Ok(None);
+        };
+        if e.stream_id != *stream {
+            return Err(ShopError::Conflict(
+                "the Idempotency-Key was used for another request".into(),
+            ));
+        }
+        let outcome = CommandOutcome {
+            stream_id: stream.clone(),
+            stream_version: e.stream_version,
+            position: e.position,
+            events: 1,
+            duplicate: true,
+        };
+        if e.event_type == "PaymentFailed" {
+            let reason = e.payload["reason"]
+                .as_str()
+                .unwrap_or("declined")
+                .to_owned();
+            return Ok(Some(Err(ShopError::PaymentDeclined { reason, outcome })));
+        }
+        Ok(Some(Ok(outcome)))
     }
 
     /// Cancels an order (reservations are released by the process manager).
@@ -390,6 +568,9 @@ impl<S: EventStore> Shop<S> {
     ) -> Result<CommandOutcome, ShopError> {
         self.timed("cancel", async {
             let stream = order_stream(order_id);
+            if let Some(first) = Self::repeat(&self.orders, &stream, &ctx, order_rule).await? {
+                return Ok(first);
+            }
             let (_, version) = self
                 .orders
                 .load(&stream)
@@ -455,15 +636,13 @@ impl<S: EventStore> CommandSender<FulfilmentCommand> for Shop<S> {
         ctx: CommandContext,
     ) -> strata::aggregate::BoxFuture<'_, Result<(), SendError>> {
         Box::pin(async move {
-            let transient = |e: String| SendError::Transient(e);
             match command {
                 FulfilmentCommand::Inventory { sku, command } => {
                     let stream =
                         inventory_stream(&sku).map_err(|e| SendError::Rejected(e.to_string()))?;
                     match self.inventory.handle(stream, command, ctx).await {
                         Ok(_) => Ok(()),
-                        Err(CommandError::Domain(e)) => Err(SendError::Rejected(e.to_string())),
-                        Err(e) => Err(transient(e.to_string())),
+                        Err(e) => Err(SendError::from_command(e)),
                     }
                 }
                 FulfilmentCommand::Order { order_id, command } => {
@@ -505,14 +684,10 @@ impl<S: EventStore> CommandSender<FulfilmentCommand> for Shop<S> {
                                 .await
                             {
                                 Ok(_) => Ok(()),
-                                Err(CommandError::Domain(e)) => {
-                                    Err(SendError::Rejected(e.to_string()))
-                                }
-                                Err(e) => Err(transient(e.to_string())),
+                                Err(e) => Err(SendError::from_command(e)),
                             }
                         }
-                        Err(CommandError::Domain(e)) => Err(SendError::Rejected(e.to_string())),
-                        Err(e) => Err(transient(e.to_string())),
+                        Err(e) => Err(SendError::from_command(e)),
                     }
                 }
             }

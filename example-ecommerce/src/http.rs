@@ -88,6 +88,14 @@ impl From<ShopError> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rule_violated", m)
             }
             ShopError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            ShopError::PaymentInProgress(m) => {
+                ApiError::new(StatusCode::CONFLICT, "payment_in_progress", m)
+            }
+            ShopError::KeyReused(m) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                m,
+            ),
             ShopError::PaymentDeclined { reason, outcome } => {
                 let mut e = ApiError::new(StatusCode::PAYMENT_REQUIRED, "payment_declined", reason);
                 e.position = Some(outcome.position);
@@ -158,30 +166,58 @@ fn json_rejection(r: &JsonRejection) -> ApiError {
     ApiError::new(status, code, r.body_text())
 }
 
+/// The principal commands run for. There is no authentication yet: every
+/// request is `http`. Command ids derive from (principal, key), so keys
+/// are already scoped per principal once there are several.
+const PRINCIPAL: &str = "http";
+
+/// The namespace of request fingerprints.
+const FINGERPRINT_NAMESPACE: Uuid = Uuid::from_u128(0x8c1f_3a52_77d4_4e09_b6a8_1d2e_5f90_c3b7);
+
+/// The request's `Idempotency-Key`, if any (a UUID).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<Uuid>, ApiError> {
+    uuid_header(headers, IDEMPOTENCY_HEADER)
+}
+
+fn uuid_header(headers: &HeaderMap, name: &str) -> Result<Option<Uuid>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| Uuid::parse_str(s.trim()).ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request(format!("{name} must be a UUID"))),
+    }
+}
+
 /// The command context from the request headers.
-fn context(headers: &HeaderMap) -> Result<CommandContext, ApiError> {
-    let uuid_header = |name: &str| -> Result<Option<Uuid>, ApiError> {
-        match headers.get(name) {
-            None => Ok(None),
-            Some(v) => v
-                .to_str()
-                .ok()
-                .and_then(|s| Uuid::parse_str(s.trim()).ok())
-                .map(Some)
-                .ok_or_else(|| ApiError::bad_request(format!("{name} must be a UUID"))),
+///
+/// With an `Idempotency-Key`, the command id is derived from the key and
+/// the principal ([`strata::client_command_id`]): a client can never spend
+/// an id the process manager uses. `request` is what the request asks
+/// (route, path parameters, body as parsed): its hash is the request's
+/// fingerprint, so a repeat of the key with another request is refused.
+fn context(headers: &HeaderMap, request: &impl Serialize) -> Result<CommandContext, ApiError> {
+    let mut ctx = match idempotency_key(headers)? {
+        Some(key) => {
+            let canonical = serde_json::to_vec(request)
+                .map_err(|e| ApiError::bad_request(format!("unreadable request: {e}")))?;
+            CommandContext::from_client_key(PRINCIPAL, &key.hyphenated().to_string()).fingerprint(
+                Uuid::new_v5(&FINGERPRINT_NAMESPACE, &canonical)
+                    .simple()
+                    .to_string(),
+            )
         }
-    };
-    let mut ctx = match uuid_header(IDEMPOTENCY_HEADER)? {
-        Some(id) => CommandContext::with_command_id(id),
         None => CommandContext::new(),
     };
-    if let Some(c) = uuid_header(CORRELATION_HEADER)? {
+    if let Some(c) = uuid_header(headers, CORRELATION_HEADER)? {
         ctx = ctx.correlation_id(c);
     }
     if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
         ctx.traceparent = Some(tp.chars().take(128).collect());
     }
-    ctx.actor = Some("http".into());
+    ctx.actor = Some(PRINCIPAL.into());
     Ok(ctx)
 }
 
@@ -290,7 +326,7 @@ pub fn ops_router(ops: Ops) -> Router {
 
 // ---- the command API ------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RegisterBody {
     sku: String,
@@ -298,26 +334,26 @@ struct RegisterBody {
     price_cents: i64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct PriceBody {
     price_cents: i64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RestockBody {
     quantity: i64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct LineBody {
     sku: String,
     quantity: i64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct OrderBody {
     #[serde(default)]
@@ -326,7 +362,7 @@ struct OrderBody {
     lines: Vec<LineBody>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 struct CancelBody {
     #[serde(default)]
@@ -338,7 +374,7 @@ async fn register<S: EventStore>(
     headers: HeaderMap,
     ApiJson(b): ApiJson<RegisterBody>,
 ) -> Result<Response, ApiError> {
-    let ctx = context(&headers)?;
+    let ctx = context(&headers, &("register", &b))?;
     Ok(accepted(
         shop.register_product(&b.sku, &b.name, b.price_cents, ctx)
             .await?,
@@ -352,7 +388,7 @@ async fn change_price<S: EventStore>(
     headers: HeaderMap,
     ApiJson(b): ApiJson<PriceBody>,
 ) -> Result<Response, ApiError> {
-    let ctx = context(&headers)?;
+    let ctx = context(&headers, &("change_price", &sku, &b))?;
     Ok(accepted(
         shop.change_price(&sku, b.price_cents, ctx).await?,
         None,
@@ -364,7 +400,7 @@ async fn discontinue<S: EventStore>(
     Path(sku): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let ctx = context(&headers)?;
+    let ctx = context(&headers, &("discontinue", &sku))?;
     Ok(accepted(shop.discontinue(&sku, ctx).await?, None))
 }
 
@@ -374,7 +410,7 @@ async fn restock<S: EventStore>(
     headers: HeaderMap,
     ApiJson(b): ApiJson<RestockBody>,
 ) -> Result<Response, ApiError> {
-    let ctx = context(&headers)?;
+    let ctx = context(&headers, &("restock", &sku, &b))?;
     let q = if b.quantity > 0 && b.quantity <= 1_000_000 {
         b.quantity as u32
     } else {
@@ -391,7 +427,7 @@ async fn place_order<S: EventStore>(
     headers: HeaderMap,
     ApiJson(b): ApiJson<OrderBody>,
 ) -> Result<Response, ApiError> {
-    let ctx = context(&headers)?;
+    let ctx = context(&headers, &("place_order", &b))?;
     let lines = b
         .lines
         .iter()
@@ -404,9 +440,11 @@ async fn place_order<S: EventStore>(
         .collect::<Result<Vec<_>, ApiError>>()?;
     // With an Idempotency-Key and no order id, the order id derives from
     // the key, so a retried request places the same order.
-    let order_id = b
-        .order_id
-        .unwrap_or_else(|| Uuid::new_v5(&ctx.command_id, b"order"));
+    let order_id = match (b.order_id, idempotency_key(&headers)?) {
+        (Some(id), _) => id,
+        (None, Some(key)) => Uuid::new_v5(&key, b"order"),
+        (None, None) => Uuid::new_v5(&ctx.command_id, b"order"),
+    };
     let outcome = shop
         .place_order(order_id, &b.customer_id, &lines, ctx)
         .await?;
@@ -419,7 +457,7 @@ async fn pay<S: EventStore>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let order_id = parse_uuid("order id", &id)?;
-    let ctx = context(&headers)?;
+    let ctx = context(&headers, &("pay", order_id))?;
     Ok(accepted(shop.pay(order_id, ctx).await?, Some(order_id)))
 }
 
@@ -430,7 +468,6 @@ async fn cancel<S: EventStore>(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let order_id = parse_uuid("order id", &id)?;
-    let ctx = context(&headers)?;
     // The body is optional: `{}` or nothing cancels with a default reason.
     let body: CancelBody = if body.iter().all(u8::is_ascii_whitespace) {
         CancelBody::default()
@@ -438,6 +475,7 @@ async fn cancel<S: EventStore>(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?
     };
+    let ctx = context(&headers, &("cancel", order_id, &body))?;
     let reason = body
         .reason
         .unwrap_or_else(|| "cancelled by the customer".to_owned());

@@ -70,6 +70,12 @@ enum Command {
         /// NATS URL (implies --servers).
         #[arg(long, env = "NATS_URL")]
         nats_url: Option<String>,
+        /// JetStream stream name (with --servers).
+        #[arg(long, env = "STRATA_STREAM", default_value = "STRATA")]
+        stream: String,
+        /// Subject prefix of events (with --servers).
+        #[arg(long, env = "STRATA_SUBJECT_PREFIX", default_value = "strata")]
+        subject_prefix: String,
         /// Command API address.
         #[arg(long, default_value = "127.0.0.1:8080")]
         command_listen: String,
@@ -250,6 +256,8 @@ async fn main() -> anyhow::Result<()> {
             servers,
             database_url,
             nats_url,
+            stream,
+            subject_prefix,
             command_listen,
             query_listen,
             exit,
@@ -265,8 +273,8 @@ async fn main() -> anyhow::Result<()> {
                     database_url: database_url
                         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into()),
                     nats_url: nats_url.unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
-                    stream: "STRATA".into(),
-                    subject_prefix: "strata".into(),
+                    stream,
+                    subject_prefix,
                 };
                 let s = args.servers();
                 println!(
@@ -286,7 +294,7 @@ async fn main() -> anyhow::Result<()> {
                 let relay_task = tokio::spawn(relay.run(shutdown.clone()));
                 let result = demo::run(
                     store.clone(),
-                    JetStreamBus::new(client.clone(), s.stream.clone()),
+                    JetStreamBus::new(client.clone(), s.stream.clone(), store.clone()),
                     views,
                     ChangeFeed::nats(client.clone(), s.changes_prefix()),
                     statuses,
@@ -405,7 +413,7 @@ async fn main() -> anyhow::Result<()> {
             let store = pg(&s).await?;
             let client = nats(&s).await?;
             let views = PgViewStore::new(store.pool().clone());
-            let bus = JetStreamBus::new(client.clone(), s.stream.clone());
+            let bus = JetStreamBus::new(client.clone(), s.stream.clone(), store.clone());
             let feed = ChangeFeed::nats(client.clone(), s.changes_prefix());
             let statuses = Statuses::default();
             let tasks = runtime::spawn_projectors(&only, &bus, &views, &feed, &statuses, &shutdown);
@@ -446,7 +454,7 @@ async fn main() -> anyhow::Result<()> {
             let store = pg(&s).await?;
             let client = nats(&s).await?;
             let views = PgViewStore::new(store.pool().clone());
-            let bus = JetStreamBus::new(client.clone(), s.stream.clone());
+            let bus = JetStreamBus::new(client.clone(), s.stream.clone(), store.clone());
             let statuses = Statuses::default();
             serve_ops(ops_listen, &store, client, &statuses, &shutdown).await?;
             let shop = Shop::new(store, demo::demo_gateway(), Arc::new(Metrics::default()));
@@ -456,5 +464,40 @@ async fn main() -> anyhow::Result<()> {
             runtime::join_all(vec![task], http::SHUTDOWN_GRACE).await;
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `demo --servers` takes the stream name and subject prefix from
+    /// `STRATA_STREAM` / `STRATA_SUBJECT_PREFIX` (or the flags), like every
+    /// other subcommand.
+    #[test]
+    fn demo_takes_the_stream_from_the_environment() {
+        std::env::set_var("STRATA_STREAM", "SHOP_DEMO_ENV");
+        std::env::set_var("STRATA_SUBJECT_PREFIX", "shopdemo");
+        let parsed = Cli::try_parse_from(["ecommerce", "demo", "--servers"]);
+        std::env::remove_var("STRATA_STREAM");
+        std::env::remove_var("STRATA_SUBJECT_PREFIX");
+        let Command::Demo {
+            stream,
+            subject_prefix,
+            ..
+        } = parsed.expect("demo parses").command
+        else {
+            panic!("not the demo subcommand");
+        };
+        assert_eq!(stream, "SHOP_DEMO_ENV");
+        assert_eq!(subject_prefix, "shopdemo");
+        let Command::Demo { stream, .. } =
+            Cli::try_parse_from(["ecommerce", "demo", "--servers", "--stream", "OTHER"])
+                .expect("demo parses")
+                .command
+        else {
+            panic!("not the demo subcommand");
+        };
+        assert_eq!(stream, "OTHER");
     }
 }

@@ -340,6 +340,8 @@ impl Projection for OrderDetailsView {
                         d.reason = Some(reason);
                         d.reserved_skus = reserved_skus;
                     }
+                    // In the history only: the order is still confirmed.
+                    OrderEvent::PaymentStarted { .. } => {}
                     OrderEvent::PaymentFailed { .. } => d.failed_payments += 1,
                     OrderEvent::OrderPaid { payment_ref, .. } => {
                         d.status = OrderStatus::Paid.to_string();

@@ -481,4 +481,292 @@ async fn listings_come_in_pages() {
 
 fn urlencode(s: &str) -> String {
     s.bytes().map(|b| format!("%{b:02X}")).collect()
+
+// ---- payments, idempotency keys ----------------------------------------------
+
+/// A shop (with a gateway that takes 20 ms, like the demo's) and its
+/// command API, with a confirmed order of 2 × MUG-01. The process manager
+/// is not running: the reservation is recorded directly.
+async fn confirmed_order<S: EventStore>(store: S) -> (Shop<S>, Router, uuid::Uuid) {
+    use example_ecommerce::domain::order::OrderCommand;
+    let shop = Shop::new(
+        store,
+        PaymentGateway::new(0.0, Duration::from_millis(20), 1),
+        Arc::new(Metrics::default()),
+    );
+    let router = command_router(shop.clone(), ops());
+    for (path, body) in [
+        (
+            "/products",
+            r#"{"sku":"MUG-01","name":"Mug","price_cents":1250}"#,
+        ),
+        ("/inventory/MUG-01/restock", r#"{"quantity":5}"#),
+    ] {
+        let (s, _, _) = call(&router, post(path, body)).await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let (s, _, placed) = call(
+        &router,
+        post(
+            "/orders",
+            r#"{"customer_id":"ada","lines":[{"sku":"MUG-01","quantity":2}]}"#,
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let order_id: uuid::Uuid = placed["order_id"].as_str().unwrap().parse().unwrap();
+    shop.orders
+        .handle(
+            example_ecommerce::domain::order_stream(order_id),
+            OrderCommand::RecordReservation {
+                sku: "MUG-01".into(),
+            },
+            strata::CommandContext::new(),
+        )
+        .await
+        .unwrap();
+    (shop, router, order_id)
+}
+
+fn pay(order_id: uuid::Uuid, key: Option<&str>) -> Request<Body> {
+    let mut req = Request::post(format!("/orders/{order_id}/pay"));
+    if let Some(k) = key {
+        req = req.header("idempotency-key", k);
+    }
+    req.body(Body::empty()).unwrap()
+}
+
+/// Two pays of one order at once charge the card once: with two keys (or
+/// none) the second is refused before it reaches the gateway; with one key
+/// both answer the one charge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pays_charge_once() {
+    let keys = [
+        (
+            Some("3c7b8d52-0000-4000-8000-000000000001"),
+            Some("3c7b8d52-0000-4000-8000-000000000002"),
+        ),
+        (None, None),
+        (
+            Some("3c7b8d52-0000-4000-8000-000000000003"),
+            Some("3c7b8d52-0000-4000-8000-000000000003"),
+        ),
+    ];
+    for (a, b) in keys {
+        let (shop, router, order_id) = confirmed_order(InMemoryEventStore::new()).await;
+        let ((sa, _, ba), (sb, _, bb)) = tokio::join!(
+            call(&router, pay(order_id, a)),
+            call(&router, pay(order_id, b))
+        );
+        assert_eq!(shop.gateway.charges(), 1, "keys {a:?} {b:?}: {ba} {bb}");
+        let mut statuses = [sa, sb];
+        statuses.sort();
+        if a == b && a.is_some() {
+            assert_eq!(statuses, [StatusCode::OK, StatusCode::CREATED], "{ba} {bb}");
+            assert_eq!(ba["position"], bb["position"]);
+        } else {
+            assert_eq!(
+                statuses,
+                [StatusCode::CREATED, StatusCode::CONFLICT],
+                "{ba} {bb}"
+            );
+            let refused = if sa == StatusCode::CONFLICT { &ba } else { &bb };
+            assert_eq!(refused["error"]["code"], json!("payment_in_progress"));
+        }
+        let (order, _) = shop
+            .orders
+            .load(&example_ecommerce::domain::order_stream(order_id))
+            .await
+            .unwrap();
+        assert_eq!(
+            order.status(),
+            example_ecommerce::domain::order::OrderStatus::Paid
+        );
+    }
+}
+
+/// The record of a charge fails (a crash between charge and record,
+/// simulated by a trigger refusing `OrderPaid`): the retry with the same
+/// key completes the started attempt with the same gateway key, so the
+/// card is charged once and the order is paid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_charge_and_record_charges_once() {
+    let db = strata::testing::test_database().await;
+    let (shop, router, order_id) =
+        confirmed_order(strata::PgEventStore::new(db.pool.clone())).await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_paid() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN RAISE EXCEPTION 'simulated crash before the payment is recorded'; END $$; \
+         CREATE TRIGGER refuse_paid BEFORE INSERT ON strata_events FOR EACH ROW \
+         WHEN (NEW.event_type = 'OrderPaid') EXECUTE FUNCTION refuse_paid();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let key = Some("7e1d0c2b-0000-4000-8000-00000000000a");
+    let (s, _, body) = call(&router, pay(order_id, key)).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(shop.gateway.charges(), 1);
+    // Another key meanwhile: refused before the gateway (attempt in progress).
+    let (s, _, body) = call(
+        &router,
+        pay(order_id, Some("7e1d0c2b-0000-4000-8000-00000000000b")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+    assert_eq!(shop.gateway.charges(), 1);
+    sqlx::raw_sql("DROP TRIGGER refuse_paid ON strata_events")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (s, _, body) = call(&router, pay(order_id, key)).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    assert_eq!(shop.gateway.charges(), 1, "the retry charged again");
+    let (s, _, again) = call(&router, pay(order_id, key)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(again["position"], body["position"]);
+    assert_eq!(shop.gateway.charges(), 1);
+    let (order, _) = shop
+        .orders
+        .load(&example_ecommerce::domain::order_stream(order_id))
+        .await
+        .unwrap();
+    assert_eq!(
+        order.status(),
+        example_ecommerce::domain::order::OrderStatus::Paid
+    );
+}
+
+/// The same Idempotency-Key with another body is another request: `422
+/// idempotency_key_reused`, nothing changes. The same body again answers
+/// the first outcome even after the product was discontinued.
+#[tokio::test]
+async fn a_key_answers_its_first_request_only() {
+    let (store, router) = seeded().await;
+    let key = "51d2a0c4-0000-4000-8000-000000000001";
+    let order = |body: &'static str| {
+        Request::post("/orders")
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let first_body = r#"{"customer_id":"ada","lines":[{"sku":"MUG-01","quantity":2}]}"#;
+    let (s, _, first) = call(&router, order(first_body)).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let head = store.head().await.unwrap();
+    let (s, _, other) = call(
+        &router,
+        order(r#"{"customer_id":"ada","lines":[{"sku":"MUG-01","quantity":3}]}"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{other}");
+    assert_eq!(other["error"]["code"], json!("idempotency_key_reused"));
+    assert_eq!(store.head().await.unwrap(), head);
+    // Same body, other formatting: the same request.
+    let (s, _, again) = call(
+        &router,
+        order(r#"{ "lines": [ {"quantity": 2, "sku": "MUG-01"} ], "customer_id": "ada" }"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{again}");
+    // After the product is discontinued, a repeat still answers the order.
+    let (s, _, _) = call(&router, post("/products/MUG-01/discontinue", "")).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, _, again) = call(&router, order(first_body)).await;
+    assert_eq!(s, StatusCode::OK, "{again}");
+    assert_eq!(again["duplicate"], json!(true));
+    assert_eq!(again["position"], first["position"]);
+    assert_eq!(again["order_id"], first["order_id"]);
+    // Another route with the same key: another aggregate, 409.
+    let (s, _, reused) = call(
+        &router,
+        Request::post("/inventory/MUG-01/restock")
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(Body::from(r#"{"quantity":1}"#))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{reused}");
+}
+
+/// A client that spends, on another aggregate, the command id the process
+/// manager derives for its order's reservation (the rule is public) no
+/// longer blocks fulfilment: client keys map into a namespace of their own.
+#[tokio::test]
+async fn a_client_key_cannot_spend_a_process_manager_command_id() {
+    use example_ecommerce::domain::fulfilment::FulfilmentCommand;
+    use example_ecommerce::domain::inventory::InventoryCommand;
+    use strata::CommandSender;
+    let store = InMemoryEventStore::new();
+    let shop = Shop::new(
+        store.clone(),
+        PaymentGateway::always_accepting(),
+        Arc::new(Metrics::default()),
+    );
+    let router = command_router(shop.clone(), ops());
+    for (path, body) in [
+        (
+            "/products",
+            r#"{"sku":"MUG-01","name":"Mug","price_cents":1250}"#,
+        ),
+        (
+            "/products",
+            r#"{"sku":"HAT-01","name":"Hat","price_cents":900}"#,
+        ),
+        ("/inventory/MUG-01/restock", r#"{"quantity":5}"#),
+    ] {
+        let (s, _, _) = call(&router, post(path, body)).await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let (s, _, placed) = call(
+        &router,
+        Request::post("/orders")
+            .header("content-type", "application/json")
+            .header("idempotency-key", "0b9a7c3e-0000-4000-8000-000000000001")
+            .body(Body::from(
+                r#"{"customer_id":"ada","lines":[{"sku":"MUG-01","quantity":1}]}"#,
+            ))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let placed_event = store
+        .read_all(
+            Position(placed["position"].as_u64().unwrap() - 1),
+            1,
+            &strata::EventFilter::all(),
+        )
+        .await
+        .unwrap()
+        .remove(0);
+    let internal = strata::caused_command_id("fulfilment", placed_event.event_id, 0);
+    // The attacker sends the internal id as a key, on another aggregate.
+    let (s, _, _) = call(
+        &router,
+        Request::post("/inventory/HAT-01/restock")
+            .header("content-type", "application/json")
+            .header("idempotency-key", internal.to_string())
+            .body(Body::from(r#"{"quantity":1}"#))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    // The process manager's reservation still goes through.
+    let ctx = strata::CommandContext::with_command_id(internal).actor("process:fulfilment");
+    let order_id: uuid::Uuid = placed["order_id"].as_str().unwrap().parse().unwrap();
+    shop.send(
+        FulfilmentCommand::Inventory {
+            sku: "MUG-01".into(),
+            command: InventoryCommand::Reserve {
+                sku: "MUG-01".into(),
+                order_id,
+                quantity: 1,
+            },
+        },
+        ctx,
+    )
+    .await
+    .expect("the process manager's command is not blocked");
 }

@@ -463,7 +463,7 @@ async fn main() {
     // ---- 2. projector throughput ------------------------------------------------
     let js_rate = project(
         Totals("bench_totals_js"),
-        JetStreamBus::new(client.clone(), cfg.clone()),
+        JetStreamBus::new(client.clone(), cfg.clone(), store.clone()),
         &views,
         head,
     )
@@ -498,7 +498,7 @@ async fn main() {
     );
     let projector = Projector::new(
         Totals("bench_totals_js"),
-        JetStreamBus::new(client.clone(), cfg.clone()),
+        JetStreamBus::new(client.clone(), cfg.clone(), store.clone()),
         views.clone(),
     )
     .with_change_feed(ChangeFeed::nats(client.clone(), changes_prefix.clone()));

@@ -25,6 +25,17 @@ pub enum BusError {
     /// Reading from the event store failed (in-process bus).
     #[error(transparent)]
     Store(#[from] crate::StoreError),
+    /// The bus's stream holds events of another event store (e.g. a fresh
+    /// database beside a stream left by an earlier one): nothing is
+    /// applied. Point the subscriber at its own stream, or delete the
+    /// stream so the relay refills it from the store.
+    #[error("stream {stream} does not belong to this event store: {reason}")]
+    StreamMismatch {
+        /// The stream.
+        stream: String,
+        /// What differs.
+        reason: String,
+    },
     /// A delivery skipped positions: the subscription must restart from the
     /// subscriber's checkpoint.
     #[error("gap in deliveries: expected position {expected}, got {got}")]

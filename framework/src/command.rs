@@ -24,7 +24,7 @@
 //! deciding, the lane also looks the command id up and answers a repeat with
 //! the first outcome, even if the aggregate has moved on since.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -54,6 +54,12 @@ pub struct CommandContext {
     pub actor: Option<String>,
     /// W3C trace context of the request.
     pub traceparent: Option<String>,
+    /// A fingerprint of the request (e.g. a hash of its route and body),
+    /// recorded in the events' metadata. A repeated command id whose
+    /// fingerprint differs from the first one's is refused with
+    /// [`CommandError::CommandMismatch`]. `None` skips the comparison.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
 }
 
 impl CommandContext {
@@ -70,7 +76,21 @@ impl CommandContext {
             causation_id: None,
             actor: None,
             traceparent: None,
+            fingerprint: None,
         }
+    }
+
+    /// A context whose command id is derived from a client's idempotency
+    /// key (see [`client_command_id`]), so a client can never choose an id
+    /// that internal senders (process managers) use.
+    pub fn from_client_key(principal: &str, key: &str) -> Self {
+        Self::with_command_id(client_command_id(principal, key))
+    }
+
+    /// Sets the request fingerprint.
+    pub fn fingerprint(mut self, fingerprint: impl Into<String>) -> Self {
+        self.fingerprint = Some(fingerprint.into());
+        self
     }
 
     /// Sets the correlation id.
@@ -98,8 +118,27 @@ impl CommandContext {
             command_id: Some(self.command_id),
             actor: self.actor.clone(),
             traceparent: self.traceparent.clone(),
+            fingerprint: self.fingerprint.clone(),
         }
     }
+}
+
+/// The namespace of command ids derived from client keys.
+const CLIENT_KEY_NAMESPACE: Uuid = Uuid::from_u128(0x5d2c_6f1e_8a47_4b0c_9e3a_71c4_2f08_b5d1);
+
+/// The command id for a client's idempotency key, scoped to the principal
+/// that sent it: a UUID v5 in a namespace of its own.
+///
+/// Internal command ids (process managers', [`crate::caused_command_id`])
+/// are UUID v5s of event ids; a client would need a SHA-1 preimage to make
+/// its key land on one, so a key can never spend an internal id. Two
+/// principals using the same key get different command ids.
+pub fn client_command_id(principal: &str, key: &str) -> Uuid {
+    let mut name = Vec::with_capacity(principal.len() + key.len() + 1);
+    name.extend_from_slice(principal.as_bytes());
+    name.push(0);
+    name.extend_from_slice(key.as_bytes());
+    Uuid::new_v5(&CLIENT_KEY_NAMESPACE, &name)
 }
 
 impl Default for CommandContext {
@@ -111,6 +150,28 @@ impl Default for CommandContext {
 /// The id of the `index`-th event of a command: a UUID v5 of the command id.
 pub fn derived_event_id(command_id: Uuid, index: usize) -> Uuid {
     Uuid::new_v5(&command_id, &(index as u64).to_be_bytes())
+}
+
+/// Checks that `first`, the first event recorded under `ctx`'s command id,
+/// was recorded by the same command: same stream, same fingerprint.
+fn same_command<E: std::error::Error + 'static>(
+    stream_id: &StreamId,
+    ctx: &CommandContext,
+    first: &crate::EventEnvelope,
+) -> Result<(), CommandError<E>> {
+    if first.stream_id != *stream_id {
+        return Err(CommandError::CommandIdReused {
+            command_id: ctx.command_id,
+        });
+    }
+    if let (Some(now), Some(then)) = (&ctx.fingerprint, &first.metadata.fingerprint) {
+        if now != then {
+            return Err(CommandError::CommandMismatch {
+                command_id: ctx.command_id,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// What a handled command did.
@@ -153,6 +214,14 @@ pub enum CommandError<E: std::error::Error + 'static> {
     /// The command id was already used for another stream. HTTP 409.
     #[error("command id {command_id} was already used on another stream")]
     CommandIdReused {
+        /// The reused id.
+        command_id: Uuid,
+    },
+    /// The command id was already used for a different request (its
+    /// fingerprint differs from the first one's). HTTP 422. Nothing was
+    /// written.
+    #[error("command id {command_id} was already used for a different request")]
+    CommandMismatch {
         /// The reused id.
         command_id: Uuid,
     },
@@ -497,6 +566,63 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         }
     }
 
+    /// The first outcome of the command `ctx` names, if its id was handled
+    /// before (and recorded events): look it up *before* validating a
+    /// command against state that may have changed since (other
+    /// aggregates, the catalog), so a repeat answers what the first request
+    /// did whatever happened in between. The same look-up happens anyway
+    /// inside [`CommandHandler::handle`] for commands a state refuses or
+    /// that record nothing.
+    ///
+    /// Fails with [`CommandError::CommandIdReused`] when the id was used on
+    /// another stream, and [`CommandError::CommandMismatch`] when the first
+    /// request had another fingerprint.
+    pub async fn repeat_of(
+        &self,
+        stream_id: &StreamId,
+        ctx: &CommandContext,
+    ) -> Result<Option<CommandOutcome>, CommandError<A::Error>> {
+        let found = self
+            .inner
+            .store
+            .events_by_id(&[derived_event_id(ctx.command_id, 0)])
+            .await?;
+        let Some(first) = found.into_iter().next() else {
+            return Ok(None);
+        };
+        same_command(stream_id, ctx, &first)?;
+        let outcome = self.outcome_from(stream_id, ctx.command_id, &first).await?;
+        self.count(|s| s.duplicates += 1);
+        Ok(Some(outcome))
+    }
+
+    /// The outcome of the command whose first event is `first`: its events
+    /// are contiguous from there.
+    async fn outcome_from(
+        &self,
+        stream_id: &StreamId,
+        command_id: Uuid,
+        first: &crate::EventEnvelope,
+    ) -> Result<CommandOutcome, StoreError> {
+        let events = self
+            .inner
+            .store
+            .read_stream(stream_id, first.stream_version, 1_000)
+            .await?;
+        let mine: Vec<_> = events
+            .iter()
+            .take_while(|e| e.metadata.command_id == Some(command_id))
+            .collect();
+        let last = mine.last().copied().unwrap_or(first);
+        Ok(CommandOutcome {
+            stream_id: stream_id.clone(),
+            stream_version: last.stream_version,
+            position: last.position,
+            events: mine.len(),
+            duplicate: true,
+        })
+    }
+
     /// Answers repeated command ids with their first outcome. Returns the
     /// commands still to decide.
     async fn answer_repeats(
@@ -525,35 +651,14 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                 rest.push(p);
                 continue;
             };
-            if first.stream_id != *stream_id {
-                let _ = p.reply.send(Err(CommandError::CommandIdReused {
-                    command_id: p.ctx.command_id,
-                }));
+            if let Err(e) = same_command(stream_id, &p.ctx, &first) {
+                let _ = p.reply.send(Err(e));
                 continue;
             }
-            // The command's events are contiguous from `first`.
-            let outcome = match self
-                .inner
-                .store
-                .read_stream(stream_id, first.stream_version, 1_000)
+            let outcome = self
+                .outcome_from(stream_id, p.ctx.command_id, &first)
                 .await
-            {
-                Ok(events) => {
-                    let mine: Vec<_> = events
-                        .iter()
-                        .take_while(|e| e.metadata.command_id == Some(p.ctx.command_id))
-                        .collect();
-                    let last = mine.last().copied().unwrap_or(&first);
-                    Ok(CommandOutcome {
-                        stream_id: stream_id.clone(),
-                        stream_version: last.stream_version,
-                        position: last.position,
-                        events: mine.len(),
-                        duplicate: true,
-                    })
-                }
-                Err(e) => Err(e.into()),
-            };
+                .map_err(CommandError::from);
             first_events.insert(p.ctx.command_id, first);
             self.count(|s| s.duplicates += 1);
             let _ = p.reply.send(outcome);
@@ -685,7 +790,15 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
             }
 
             if events.is_empty() {
-                self.reply_group(stream_id, group, decisions, &seen_ids, &current, None);
+                self.reply_group(
+                    stream_id,
+                    group,
+                    decisions,
+                    &seen_ids,
+                    &current,
+                    None,
+                    &HashSet::new(),
+                );
                 *loaded = Some(Loaded { state, ..current });
                 return leftover;
             }
@@ -705,7 +818,13 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                         verified: true,
                     };
                     // `duplicate`: another process appended exactly these
-                    // events (the same command ids) first.
+                    // events (the same command ids) first. Those sent with
+                    // another fingerprint were other requests.
+                    let mismatched = if outcome.duplicate {
+                        self.mismatched_fingerprints(&group).await
+                    } else {
+                        HashSet::new()
+                    };
                     self.reply_group(
                         stream_id,
                         group,
@@ -713,6 +832,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                         &seen_ids,
                         &current,
                         Some(&outcome),
+                        &mismatched,
                     );
                     if outcome.duplicate || next.version != current.version + count {
                         // Someone else wrote these events: our state may
@@ -779,6 +899,42 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         }
     }
 
+    /// The command ids of `group` whose first recorded event carries
+    /// another fingerprint than the command (a failed look-up counts as
+    /// none: the append was a duplicate, so the ids were recorded).
+    async fn mismatched_fingerprints(&self, group: &[Pending<A>]) -> HashSet<Uuid> {
+        let ids: Vec<Uuid> = group
+            .iter()
+            .filter(|p| p.ctx.fingerprint.is_some())
+            .map(|p| derived_event_id(p.ctx.command_id, 0))
+            .collect();
+        if ids.is_empty() {
+            return HashSet::new();
+        }
+        let found = match self.inner.store.events_by_id(&ids).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "looking up repeated commands failed");
+                return HashSet::new();
+            }
+        };
+        let recorded: HashMap<Uuid, Option<String>> = found
+            .into_iter()
+            .filter_map(|e| e.metadata.command_id.map(|c| (c, e.metadata.fingerprint)))
+            .collect();
+        group
+            .iter()
+            .filter(
+                |p| match (&p.ctx.fingerprint, recorded.get(&p.ctx.command_id)) {
+                    (Some(now), Some(Some(then))) => now != then,
+                    _ => false,
+                },
+            )
+            .map(|p| p.ctx.command_id)
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn reply_group(
         &self,
         stream_id: &StreamId,
@@ -787,6 +943,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         seen_ids: &HashMap<Uuid, usize>,
         before: &Loaded<A>,
         appended: Option<&crate::AppendOutcome>,
+        mismatched: &HashSet<Uuid>,
     ) {
         // Versions and positions count from the append as stored (for a
         // duplicate, the original append), else from the loaded state.
@@ -818,11 +975,21 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                 _ => outcomes.push(None),
             }
         }
+        let fingerprints: Vec<Option<String>> =
+            group.iter().map(|p| p.ctx.fingerprint.clone()).collect();
         let mut decisions = decisions.into_iter();
         for (i, p) in group.into_iter().enumerate() {
             let decision = decisions.next();
             let first_idx = seen_ids.get(&p.ctx.command_id).copied().unwrap_or(i);
-            let result = if first_idx != i {
+            let mismatch = matches!(
+                (&fingerprints[first_idx], &p.ctx.fingerprint),
+                (Some(a), Some(b)) if a != b
+            );
+            let result = if (first_idx != i && mismatch) || mismatched.contains(&p.ctx.command_id) {
+                Err(CommandError::CommandMismatch {
+                    command_id: p.ctx.command_id,
+                })
+            } else if first_idx != i {
                 // A repeat inside the group: the first's outcome, as a duplicate.
                 match &outcomes[first_idx] {
                     Some(o) => {

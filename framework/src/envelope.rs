@@ -151,6 +151,11 @@ pub struct Metadata {
     /// should be followed across processes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// A fingerprint of the request that carried the command (e.g. a hash
+    /// of its route and body): a repeated command id with another
+    /// fingerprint is a different request and is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 impl Default for Metadata {
@@ -161,6 +166,7 @@ impl Default for Metadata {
             command_id: None,
             actor: None,
             traceparent: None,
+            fingerprint: None,
         }
     }
 }

@@ -89,8 +89,8 @@ pub use bus::{BusError, Delivery, EventBus, InProcessBus, Subscription};
 pub use changes::{ChangeFeed, ChangeNotice, ViewChange};
 pub use codec::{DecodeError, DecodeErrorKind, DomainEvent, Upcasters};
 pub use command::{
-    derived_event_id, CommandContext, CommandError, CommandHandler, CommandOutcome, CommandStats,
-    RetryPolicy,
+    client_command_id, derived_event_id, CommandContext, CommandError, CommandHandler,
+    CommandOutcome, CommandStats, RetryPolicy,
 };
 pub use envelope::{EventEnvelope, Metadata, NewEvent, Position, StreamId, MAX_JSON_DEPTH};
 pub use error::{BoxError, InputError, StoreError};

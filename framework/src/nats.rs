@@ -211,40 +211,13 @@ impl<S: EventStore, V: ViewStore> Relay<S, V> {
 
     /// The position the stream has reached, checked against the store.
     async fn resume_point(&self, stream: &mut stream::Stream) -> Result<Position, RelayError> {
-        let info = stream.info().await.map_err(BusError::unavailable)?;
-        let last = info.state.last_sequence;
-        if last == 0 {
-            return Ok(Position::START);
+        match check_stream(stream, &StoreProbe::new(self.store.clone())).await? {
+            Ok(p) => Ok(p),
+            Err(reason) => Err(RelayError::Mismatch {
+                stream: self.config.stream.clone(),
+                reason,
+            }),
         }
-        let mismatch = |reason: String| RelayError::Mismatch {
-            stream: self.config.stream.clone(),
-            reason,
-        };
-        let msg = stream
-            .get_raw_message(last)
-            .await
-            .map_err(BusError::unavailable)?;
-        let stored = self
-            .store
-            .read_all(Position(last - 1), 1, &EventFilter::all())
-            .await?;
-        let Some(stored) = stored.first().filter(|e| e.position.0 == last) else {
-            return Err(mismatch(format!(
-                "stream is at sequence {last}, beyond the store's head"
-            )));
-        };
-        let id = msg
-            .headers
-            .get(headers::EVENT_ID)
-            .map(|v| v.as_str().to_owned())
-            .unwrap_or_default();
-        if id != stored.event_id.to_string() {
-            return Err(mismatch(format!(
-                "message {last} is event {id:?}, the store has {} there",
-                stored.event_id
-            )));
-        }
-        Ok(Position(last))
     }
 
     async fn run_active(&self, shutdown: &CancellationToken) -> Result<(), RelayError> {
@@ -339,6 +312,79 @@ impl<S: EventStore, V: ViewStore> Relay<S, V> {
     }
 }
 
+/// The event at a position of the store, if any.
+type ProbeResult = Result<Option<EventEnvelope>, crate::StoreError>;
+
+/// Reads the event at one position of an event store, whatever its type.
+#[derive(Clone)]
+struct StoreProbe(
+    std::sync::Arc<dyn Fn(Position) -> BoxFuture<'static, ProbeResult> + Send + Sync>,
+);
+
+impl StoreProbe {
+    fn new<S: EventStore>(store: S) -> Self {
+        StoreProbe(std::sync::Arc::new(move |p: Position| {
+            let store = store.clone();
+            Box::pin(async move {
+                let events = store
+                    .read_all(Position(p.0 - 1), 1, &EventFilter::all())
+                    .await?;
+                Ok(events.into_iter().next().filter(|e| e.position == p))
+            })
+        }))
+    }
+
+    async fn at(&self, p: Position) -> Result<Option<EventEnvelope>, crate::StoreError> {
+        (self.0)(p).await
+    }
+}
+
+impl std::fmt::Debug for StoreProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreProbe")
+    }
+}
+
+/// Checks that a JetStream stream holds this store's events: its last
+/// message must be the store's event at that position (sequence =
+/// position), with the same event id. Returns the stream's last sequence,
+/// or (inner `Err`) why the stream belongs to another store.
+///
+/// The relay only ever publishes what the store holds, so a stream of this
+/// store is never ahead of it; a stream beyond the store's head, or with
+/// another event at a position, was filled from another store.
+async fn check_stream(
+    stream: &mut stream::Stream,
+    store: &StoreProbe,
+) -> Result<Result<Position, String>, BusError> {
+    let info = stream.info().await.map_err(BusError::unavailable)?;
+    let last = info.state.last_sequence;
+    if last == 0 {
+        return Ok(Ok(Position::START));
+    }
+    let msg = stream
+        .get_raw_message(last)
+        .await
+        .map_err(BusError::unavailable)?;
+    let Some(stored) = store.at(Position(last)).await? else {
+        return Ok(Err(format!(
+            "stream is at sequence {last}, beyond the store's head"
+        )));
+    };
+    let id = msg
+        .headers
+        .get(headers::EVENT_ID)
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default();
+    if id != stored.event_id.to_string() {
+        return Ok(Err(format!(
+            "message {last} is event {id:?}, the store has {} there",
+            stored.event_id
+        )));
+    }
+    Ok(Ok(Position(last)))
+}
+
 fn publish(e: &EventEnvelope) -> Result<jetstream::context::Publish, RelayError> {
     let body = serde_json::to_vec(e).map_err(crate::StoreError::backend)?;
     let mut p = jetstream::context::Publish::build()
@@ -373,18 +419,28 @@ fn publish(e: &EventEnvelope) -> Result<jetstream::context::Publish, RelayError>
 /// idle heartbeats), so a new event is pushed to the subscriber as soon as
 /// the stream stores it instead of waiting for the next request's round
 /// trip.
+///
+/// # The stream must belong to the subscriber's store
+///
+/// Every subscription first checks the stream against the event store the
+/// bus was made for, as the relay does: the stream's last message must be
+/// the store's event at that position. A stream filled from another store
+/// (a fresh database beside an old stream of the same name) is refused
+/// with [`BusError::StreamMismatch`] before anything is delivered.
 #[derive(Debug, Clone)]
 pub struct JetStreamBus {
     js: jetstream::Context,
     config: StreamConfig,
+    store: StoreProbe,
 }
 
 impl JetStreamBus {
-    /// A bus on the stream the relay publishes to.
-    pub fn new(client: async_nats::Client, config: StreamConfig) -> Self {
+    /// A bus on the stream the relay publishes from `store` to.
+    pub fn new<S: EventStore>(client: async_nats::Client, config: StreamConfig, store: S) -> Self {
         JetStreamBus {
             js: jetstream::new(client),
             config,
+            store: StoreProbe::new(store),
         }
     }
 }
@@ -485,7 +541,17 @@ impl EventBus for JetStreamBus {
         _filter: &EventFilter,
         after: Position,
     ) -> Result<Self::Subscription, BusError> {
-        let stream = self.config.ensure(&self.js).await?;
+        let mut stream = self.config.ensure(&self.js).await?;
+        if let Err(reason) = check_stream(&mut stream, &self.store).await? {
+            tracing::error!(
+                stream = %self.config.stream, subscriber = name, %reason,
+                "refusing to subscribe: the JetStream stream does not belong to this event store"
+            );
+            return Err(BusError::StreamMismatch {
+                stream: self.config.stream.clone(),
+                reason,
+            });
+        }
         // Every event, so positions arrive dense and a gap is detectable
         // (NATS 2.9 has one filter subject per consumer anyway).
         let filter_subject = format!("{}.>", self.config.prefix);

@@ -17,9 +17,9 @@ use uuid::Uuid;
 use crate::aggregate::BoxFuture;
 use crate::bus::{EventBus, Subscription};
 use crate::codec::Upcasters;
-use crate::command::CommandContext;
+use crate::command::{CommandContext, CommandError};
 use crate::envelope::EventEnvelope;
-use crate::projection::{ProjectionError, RunError, RunState, SubscriberStatus};
+use crate::projection::{FailurePolicy, ProjectionError, RunError, RunState, SubscriberStatus};
 use crate::store::EventFilter;
 use crate::view::{validate_name, DeadLetter, SubscriberState, ViewStore};
 
@@ -36,17 +36,72 @@ pub trait ProcessManager: Send + Sync + 'static {
 
     /// The commands an event calls for (pure).
     fn react(&self, event: &EventEnvelope) -> Result<Vec<Self::Command>, ProjectionError>;
+
+    /// What happens after a command failed for good (a rejection or any
+    /// non-transient [`SendError`]); the event is dead-lettered either way,
+    /// after every command it calls for was tried.
+    ///
+    /// The default, [`FailurePolicy::Skip`], records the dead letter and
+    /// goes on, so one bad event never stops the manager for everyone; to
+    /// try such an event again, replay from before it (`admin projections
+    /// reset <manager> --to <position - 1>`: command ids are derived from
+    /// the event, so what succeeded before is not sent twice).
+    /// [`FailurePolicy::Halt`] stops the manager (state `halted`) until an
+    /// operator retries or skips the dead letter (`admin dead-letters
+    /// retry|skip <id>`).
+    fn on_failure(&self) -> FailurePolicy {
+        FailurePolicy::Skip
+    }
 }
 
 /// Why a command could not be sent.
+///
+/// Only [`SendError::Transient`] is retried; the others fail for good and
+/// go to the process manager's dead letters (see [`ProcessManager::on_failure`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
-    /// The target refused it for good (a domain rule): logged, not retried.
+    /// The target refused it (a domain rule): dead-lettered, not retried.
     #[error("command rejected: {0}")]
     Rejected(String),
-    /// Try again later (store or network trouble): retried with backoff.
+    /// It can never succeed as sent (its id was used for another command,
+    /// its events break a store limit, the target's events do not decode):
+    /// dead-lettered, not retried.
+    #[error("command failed for good: {0}")]
+    Failed(String),
+    /// Try again later (store or network trouble, conflicts out of
+    /// retries): retried with backoff.
     #[error("command failed, will retry: {0}")]
     Transient(String),
+}
+
+impl SendError {
+    /// Classifies a command handler's error: domain refusals are
+    /// [`SendError::Rejected`]; conflicts and store trouble are
+    /// [`SendError::Transient`]; a reused command id, bad input or an
+    /// undecodable stream are [`SendError::Failed`].
+    pub fn from_command<E: std::error::Error + 'static>(e: CommandError<E>) -> Self {
+        match e {
+            CommandError::Domain(d) => SendError::Rejected(d.to_string()),
+            CommandError::Conflict { .. } | CommandError::Store(_) => {
+                SendError::Transient(e.to_string())
+            }
+            CommandError::CommandIdReused { .. }
+            | CommandError::CommandMismatch { .. }
+            | CommandError::Input(_)
+            | CommandError::Decode(_) => SendError::Failed(e.to_string()),
+        }
+    }
+
+    /// True for errors worth retrying.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SendError::Transient(_))
+    }
+}
+
+impl<E: std::error::Error + 'static> From<CommandError<E>> for SendError {
+    fn from(e: CommandError<E>) -> Self {
+        SendError::from_command(e)
+    }
 }
 
 /// Delivers a process manager's commands (usually to command handlers).
@@ -179,12 +234,68 @@ where
                         .and_then(|()| self.manager.react(&event));
                     match reacted {
                         Ok(commands) => {
+                            let mut failures = Vec::new();
                             for (i, command) in commands.into_iter().enumerate() {
-                                if !self.send(&event, i, command, shutdown).await {
-                                    // Shutting down: commit what was done.
-                                    self.views.commit(&name, None, vec![], position, to).await?;
-                                    return Ok(());
+                                match self.send(&event, i, command, shutdown).await {
+                                    Sent::Done => {}
+                                    Sent::Failed(reason) => failures.push(reason),
+                                    Sent::Interrupted => {
+                                        // Shutting down: commit what was done.
+                                        self.views
+                                            .commit(&name, None, vec![], position, to)
+                                            .await?;
+                                        return Ok(());
+                                    }
                                 }
+                            }
+                            if !failures.is_empty() {
+                                // Commit what came before, then park the event.
+                                if to > position {
+                                    self.views.commit(&name, None, vec![], position, to).await?;
+                                    position = to;
+                                }
+                                let skip = self.manager.on_failure() == FailurePolicy::Skip;
+                                let error = failures.join("; ");
+                                tracing::error!(
+                                    manager = %name, position = %event.position,
+                                    event_id = %event.event_id, event_type = %event.event_type,
+                                    error = %error, skip,
+                                    "process manager command failed for good; dead-lettered"
+                                );
+                                self.views
+                                    .park(
+                                        DeadLetter {
+                                            id: 0,
+                                            subscriber: name.clone(),
+                                            position: event.position,
+                                            event_id: event.event_id,
+                                            stream_id: event.stream_id.to_string(),
+                                            event_type: event.event_type.clone(),
+                                            error: error.clone(),
+                                            attempts: 1,
+                                            status: String::new(),
+                                            created_at: chrono::Utc::now(),
+                                        },
+                                        position,
+                                        skip,
+                                    )
+                                    .await?;
+                                self.status.send_modify(|s| {
+                                    s.dead_letters += 1;
+                                    s.last_error = Some(error);
+                                });
+                                if !skip {
+                                    // Halted: acknowledge nothing; the event
+                                    // comes again once the letter is retried.
+                                    self.status.send_modify(|s| {
+                                        s.state = RunState::Halted;
+                                        s.position = position;
+                                    });
+                                    return Err(RunError::View(crate::view::ViewError::backend(
+                                        "halted on a dead letter",
+                                    )));
+                                }
+                                position = event.position;
                             }
                         }
                         Err(error) => {
@@ -230,14 +341,13 @@ where
     }
 
     /// Sends one command, retrying transient failures until shutdown.
-    /// Returns false when interrupted by shutdown.
     async fn send(
         &self,
         event: &EventEnvelope,
         index: usize,
         command: M::Command,
         shutdown: &CancellationToken,
-    ) -> bool {
+    ) -> Sent {
         let ctx = CommandContext::with_command_id(caused_command_id(
             self.manager.name(),
             event.event_id,
@@ -251,16 +361,16 @@ where
             match self.sender.send(command.clone(), ctx.clone()).await {
                 Ok(()) => {
                     self.status.send_modify(|s| s.applied += 1);
-                    return true;
+                    return Sent::Done;
                 }
-                Err(SendError::Rejected(reason)) => {
-                    tracing::warn!(manager = self.manager.name(), ?command, %reason, "command rejected");
-                    return true;
+                Err(e @ (SendError::Rejected(_) | SendError::Failed(_))) => {
+                    tracing::warn!(manager = self.manager.name(), ?command, error = %e, "command failed for good");
+                    return Sent::Failed(format!("command {index} ({command:?}): {e}"));
                 }
                 Err(SendError::Transient(reason)) => {
                     tracing::warn!(manager = self.manager.name(), ?command, %reason, "command failed; retrying");
                     tokio::select! {
-                        _ = shutdown.cancelled() => return false,
+                        _ = shutdown.cancelled() => return Sent::Interrupted,
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -268,6 +378,16 @@ where
             }
         }
     }
+}
+
+/// How sending one command ended.
+enum Sent {
+    /// Accepted (or a repeat of an accepted one).
+    Done,
+    /// Failed for good: why.
+    Failed(String),
+    /// Shutdown came first.
+    Interrupted,
 }
 
 /// Given events, a process manager, then the commands: no runtime.

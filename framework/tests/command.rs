@@ -147,6 +147,110 @@ async fn a_repeated_command_id_appends_once<S: EventStore>(store: S) {
     );
 }
 
+/// A command id repeated with another request fingerprint is a different
+/// request: refused, nothing appended, whether the two arrive one after
+/// the other or at once. A repeat with the same fingerprint is looked up
+/// before any decision (`repeat_of`), so it answers the first outcome
+/// whatever the state is now.
+async fn a_repeat_with_another_fingerprint_is_refused<S: EventStore>(store: S) {
+    let handler = CommandHandler::<Counter, _>::new(store.clone());
+    let id = Uuid::new_v4();
+    let first = handler
+        .handle(
+            sid("counter-fp"),
+            CounterCommand::Increment(1),
+            CommandContext::with_command_id(id).fingerprint("a"),
+        )
+        .await
+        .unwrap();
+    let err = handler
+        .handle(
+            sid("counter-fp"),
+            CounterCommand::Increment(2),
+            CommandContext::with_command_id(id).fingerprint("b"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CommandError::CommandMismatch { command_id } if command_id == id),
+        "{err:?}"
+    );
+    let head = store.head().await.unwrap();
+    assert_eq!(head, first.position);
+    // Looked up before deciding: the first outcome, or the refusal.
+    let again = handler
+        .repeat_of(
+            &sid("counter-fp"),
+            &CommandContext::with_command_id(id).fingerprint("a"),
+        )
+        .await
+        .unwrap()
+        .expect("a repeat");
+    assert!(again.duplicate);
+    assert_eq!(
+        (again.position, again.stream_version),
+        (first.position, first.stream_version)
+    );
+    assert!(matches!(
+        handler
+            .repeat_of(
+                &sid("counter-fp"),
+                &CommandContext::with_command_id(id).fingerprint("b")
+            )
+            .await,
+        Err(CommandError::CommandMismatch { .. })
+    ));
+    assert!(handler
+        .repeat_of(&sid("counter-fp"), &CommandContext::new().fingerprint("a"))
+        .await
+        .unwrap()
+        .is_none());
+    // At once: one is handled, the other refused.
+    let id = Uuid::new_v4();
+    let (x, y) = tokio::join!(
+        handler.handle(
+            sid("counter-fp"),
+            CounterCommand::Increment(3),
+            CommandContext::with_command_id(id).fingerprint("x"),
+        ),
+        handler.handle(
+            sid("counter-fp"),
+            CounterCommand::Increment(4),
+            CommandContext::with_command_id(id).fingerprint("y"),
+        ),
+    );
+    let refused = [&x, &y]
+        .iter()
+        .filter(|r| matches!(r, Err(CommandError::CommandMismatch { .. })))
+        .count();
+    assert_eq!(refused, 1, "{x:?} {y:?}");
+    assert_eq!(store.head().await.unwrap(), Position(head.0 + 1));
+}
+
+/// Command ids from client keys live in a namespace of their own, per
+/// principal: never the key itself, never an id a process manager derives.
+#[test]
+fn client_keys_are_scoped() {
+    let key = Uuid::new_v4();
+    let id = strata::client_command_id("http", &key.to_string());
+    assert_eq!(id, strata::client_command_id("http", &key.to_string()));
+    assert_ne!(id, key);
+    assert_ne!(id, strata::client_command_id("other", &key.to_string()));
+    // The ids a process manager would derive from events the key caused.
+    for index in 0..4 {
+        let event = strata::derived_event_id(key, index);
+        assert_ne!(id, strata::caused_command_id("fulfilment", event, 0));
+        let event = strata::derived_event_id(id, index);
+        assert_ne!(
+            strata::client_command_id(
+                "http",
+                &strata::caused_command_id("fulfilment", event, 0).to_string()
+            ),
+            strata::caused_command_id("fulfilment", event, 0)
+        );
+    }
+}
+
 async fn concurrent_duplicates_append_once<S: EventStore>(store: S) {
     let handler = CommandHandler::<Counter, _>::new(store.clone());
     let ctx = CommandContext::new();
@@ -363,6 +467,7 @@ over_both_stores!(
     decides_appends_and_records_metadata,
     a_repeated_command_id_appends_once,
     concurrent_duplicates_append_once,
+    a_repeat_with_another_fingerprint_is_refused,
     upcasts_old_events_and_names_bad_ones
 );
 

@@ -13,8 +13,8 @@ use serde_json::json;
 use strata::nats::{headers, StreamConfig};
 use strata::testing::{nats_client, test_database, unique_stream, wait_until};
 use strata::{
-    AppendRequest, CancellationToken, ChangeFeed, CommandContext, CommandHandler, DocChange,
-    EventBus, EventEnvelope, EventFilter, EventStore, ExpectedVersion, FailurePolicy,
+    AppendRequest, CancellationToken, ChangeFeed, CommandContext, CommandError, CommandHandler,
+    DocChange, EventBus, EventEnvelope, EventFilter, EventStore, ExpectedVersion, FailurePolicy,
     InMemoryEventStore, InMemoryViewStore, InProcessBus, JetStreamBus, NewEvent, PgEventStore,
     PgViewStore, Position, ProjectionError, ProjectionTest, Projector, ReaderConfig, Relay,
     RunState, StoredDoc, StreamId, SubscriberState, ViewChange, ViewId, ViewReader, ViewStore,
@@ -331,7 +331,7 @@ async fn projector_killed_at_random_points_applies_each_event_once() {
     let views = PgViewStore::new(db.pool.clone());
     let client = nats_client().await;
     let cfg = unique_stream();
-    let bus = JetStreamBus::new(client.clone(), cfg.clone());
+    let bus = JetStreamBus::new(client.clone(), cfg.clone(), store.clone());
     let relay = Relay::new(store.clone(), views.clone(), client.clone(), cfg.clone());
     let stop_relay = CancellationToken::new();
     let relay_task = tokio::spawn(relay.run(stop_relay.clone()));
@@ -392,7 +392,7 @@ async fn redelivery_after_commit_without_ack_changes_nothing() {
     let views = PgViewStore::new(db.pool.clone());
     let client = nats_client().await;
     let cfg = unique_stream();
-    let bus = JetStreamBus::new(client.clone(), cfg.clone());
+    let bus = JetStreamBus::new(client.clone(), cfg.clone(), store.clone());
     let stop_relay = CancellationToken::new();
     let relay_task = tokio::spawn(
         Relay::new(store.clone(), views.clone(), client.clone(), cfg.clone())
@@ -471,7 +471,7 @@ async fn a_jetstream_subscription_survives_idle_spells() {
     let views = PgViewStore::new(db.pool.clone());
     let client = nats_client().await;
     let cfg = unique_stream();
-    let bus = JetStreamBus::new(client.clone(), cfg.clone());
+    let bus = JetStreamBus::new(client.clone(), cfg.clone(), store.clone());
     let stop = CancellationToken::new();
     let relay = tokio::spawn(
         Relay::new(store.clone(), views.clone(), client.clone(), cfg.clone()).run(stop.clone()),
@@ -726,7 +726,7 @@ async fn read_your_writes_across_processes() {
     );
     let projector = Projector::new(
         totals(),
-        JetStreamBus::new(client.clone(), cfg.clone()),
+        JetStreamBus::new(client.clone(), cfg.clone(), store.clone()),
         views.clone(),
     )
     .with_change_feed(ChangeFeed::nats(client.clone(), changes_prefix.clone()));
@@ -852,10 +852,7 @@ impl<S: EventStore> strata::CommandSender<(StreamId, CounterCommand)> for Send<S
         Box::pin(async move {
             match self.0.handle(stream, command, ctx).await {
                 Ok(_) => Ok(()),
-                Err(strata::CommandError::Domain(e)) => {
-                    Err(strata::SendError::Rejected(e.to_string()))
-                }
-                Err(e) => Err(strata::SendError::Transient(e.to_string())),
+                Err(e) => Err(strata::SendError::from_command(e)),
             }
         })
     }
@@ -1221,4 +1218,254 @@ async fn listings_page_with_a_cursor() {
     assert_eq!(pages, 3);
     let all: Vec<String> = (0..25).map(|i| format!("k{i:02}")).collect();
     assert_eq!(keys, all);
+
+/// `Mirror`, halting on a command that fails for good.
+struct HaltingMirror;
+
+impl strata::ProcessManager for HaltingMirror {
+    type Command = (StreamId, CounterCommand);
+    fn name(&self) -> &str {
+        "halting_mirror"
+    }
+    fn filter(&self) -> EventFilter {
+        Mirror.filter()
+    }
+    fn react(&self, e: &EventEnvelope) -> Result<Vec<Self::Command>, ProjectionError> {
+        Mirror.react(e)
+    }
+    fn on_failure(&self) -> FailurePolicy {
+        FailurePolicy::Halt
+    }
+}
+
+/// Three source events; the command id the manager derives for the second
+/// one was spent first on another stream (as a client could once do with
+/// an Idempotency-Key). Returns the store, its handler and that event.
+async fn spent_command_id(
+    manager: &str,
+) -> (
+    InMemoryEventStore,
+    CommandHandler<Counter, InMemoryEventStore>,
+    EventEnvelope,
+) {
+    let store = InMemoryEventStore::new();
+    let handler = CommandHandler::<Counter, _>::new(store.clone());
+    for (i, by) in [1u64, 2, 3].into_iter().enumerate() {
+        handler
+            .handle(
+                StreamId::new(format!("counter-src-{i}")).unwrap(),
+                CounterCommand::Increment(by),
+                CommandContext::new(),
+            )
+            .await
+            .unwrap();
+    }
+    let second = store
+        .read_all(Position(1), 1, &EventFilter::all())
+        .await
+        .unwrap()
+        .remove(0);
+    handler
+        .handle(
+            StreamId::new("counter-elsewhere").unwrap(),
+            CounterCommand::Increment(1),
+            CommandContext::with_command_id(strata::caused_command_id(manager, second.event_id, 0)),
+        )
+        .await
+        .unwrap();
+    (store, handler, second)
+}
+
+/// A command that fails for good (here `CommandIdReused`) is not retried
+/// forever: the event goes to the manager's dead letters and the manager
+/// goes on (the default policy, skip) or halts until the letter is
+/// resolved (policy halt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_manager_commands_that_fail_for_good_are_dead_lettered() {
+    assert!(matches!(
+        strata::SendError::from_command(CommandError::<common::CounterError>::CommandIdReused {
+            command_id: uuid::Uuid::nil()
+        }),
+        strata::SendError::Failed(_)
+    ));
+    assert!(
+        strata::SendError::from_command(CommandError::<common::CounterError>::Conflict {
+            stream_id: StreamId::new("counter-x").unwrap(),
+            attempts: 8,
+            actual: 3
+        })
+        .is_transient()
+    );
+    assert!(matches!(
+        strata::SendError::from_command(CommandError::Domain(common::CounterError::Zero)),
+        strata::SendError::Rejected(_)
+    ));
+    let mirror = StreamId::new("counter-mirror").unwrap();
+
+    // Skip: dead-lettered, and the later events are still handled.
+    let (store, handler, second) = spent_command_id("mirror").await;
+    let views = InMemoryViewStore::new();
+    let runner = strata::ProcessManagerRunner::new(
+        Mirror,
+        InProcessBus::new(store.clone()),
+        views.clone(),
+        Send(handler.clone()),
+    );
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(stop.clone()));
+    wait_checkpoint(&views, "mirror", store.head().await.unwrap()).await;
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(handler.load(&mirror).await.unwrap().0.value, 1 + 3);
+    let letters = views.dead_letters(Some("mirror")).await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].event_id, second.event_id);
+    assert_eq!(letters[0].position, second.position);
+    assert!(
+        letters[0].error.contains("already used"),
+        "{}",
+        letters[0].error
+    );
+    assert_eq!(
+        views.checkpoint("mirror").await.unwrap().state,
+        SubscriberState::Running
+    );
+
+    // Halt: stops before the event until an operator resolves the letter.
+    let (store, handler, second) = spent_command_id("halting_mirror").await;
+    let views = InMemoryViewStore::new();
+    let runner = strata::ProcessManagerRunner::new(
+        HaltingMirror,
+        InProcessBus::new(store.clone()),
+        views.clone(),
+        Send(handler.clone()),
+    );
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(stop.clone()));
+    wait_until(Duration::from_secs(10), "the manager to halt", || async {
+        views.checkpoint("halting_mirror").await.unwrap().state == SubscriberState::Halted
+    })
+    .await;
+    let cp = views.checkpoint("halting_mirror").await.unwrap();
+    assert_eq!(cp.position, Position(second.position.0 - 1));
+    let letters = views.dead_letters(Some("halting_mirror")).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].status, "parked");
+    assert!(views
+        .resolve_dead_letter(letters[0].id, true)
+        .await
+        .unwrap());
+    wait_checkpoint(&views, "halting_mirror", store.head().await.unwrap()).await;
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(handler.load(&mirror).await.unwrap().0.value, 1 + 3);
+}
+
+/// A projector and a process manager on a fresh database whose JetStream
+/// stream (same name) was filled from another store apply nothing: the
+/// subscription is refused with a typed error, as the relay refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_refuse_a_stream_of_another_store() {
+    let (a, b) = (test_database().await, test_database().await);
+    let store_a = PgEventStore::new(a.pool.clone());
+    let store_b = PgEventStore::new(b.pool.clone());
+    let views_b = PgViewStore::new(b.pool.clone());
+    let client = nats_client().await;
+    let cfg = unique_stream();
+    for _ in 0..5 {
+        store_a.append(inc("counter-src-a", 1)).await.unwrap();
+    }
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(
+        Relay::new(
+            store_a.clone(),
+            PgViewStore::new(a.pool.clone()),
+            client.clone(),
+            cfg.clone(),
+        )
+        .run(stop.clone()),
+    );
+    let js = jetstream::new(client.clone());
+    cfg.ensure(&js).await.unwrap();
+    wait_until(Duration::from_secs(30), "the relay to publish", || async {
+        stream_contents(&js, &cfg).await.len() == 5
+    })
+    .await;
+    stop.cancel();
+    relay.await.unwrap();
+
+    let refused = |r: Result<_, strata::BusError>| match r {
+        Err(strata::BusError::StreamMismatch { stream, reason }) => {
+            assert_eq!(stream, cfg.stream);
+            reason
+        }
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("subscribed to another store's stream"),
+    };
+    // A fresh store: the stream is beyond its head.
+    let bus_b = JetStreamBus::new(client.clone(), cfg.clone(), store_b.clone());
+    let reason = refused(
+        bus_b
+            .subscribe("probe", &EventFilter::all(), Position::START)
+            .await,
+    );
+    assert!(reason.contains("beyond the store's head"), "{reason}");
+    // A projector and a process manager over it say why and apply nothing.
+    let projector = Projector::new(totals(), bus_b.clone(), views_b.clone());
+    let projector_status = projector.status();
+    let handler_b = CommandHandler::<Counter, _>::new(store_b.clone());
+    let manager = strata::ProcessManagerRunner::new(
+        Mirror,
+        bus_b.clone(),
+        views_b.clone(),
+        Send(handler_b.clone()),
+    );
+    let manager_status = manager.status();
+    let stop = CancellationToken::new();
+    let tasks = [
+        tokio::spawn(projector.run(stop.clone())),
+        tokio::spawn(manager.run(stop.clone())),
+    ];
+    wait_until(
+        Duration::from_secs(10),
+        "both to refuse the stream",
+        || async {
+            let says =
+                |e: &Option<String>| e.as_deref().is_some_and(|e| e.contains("does not belong"));
+            says(&projector_status.borrow().last_error) && says(&manager_status.borrow().last_error)
+        },
+    )
+    .await;
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(store_b.head().await.unwrap(), Position::START);
+    assert_eq!(
+        views_b.checkpoint("mirror").await.unwrap().position,
+        Position::START
+    );
+    assert_eq!(
+        views_b
+            .checkpoint("counter_totals_v1")
+            .await
+            .unwrap()
+            .position,
+        Position::START
+    );
+    // A store with events of its own at those positions: other event ids.
+    for _ in 0..5 {
+        store_b.append(inc("counter-src-b", 2)).await.unwrap();
+    }
+    let reason = refused(
+        bus_b
+            .subscribe("probe", &EventFilter::all(), Position::START)
+            .await,
+    );
+    assert!(reason.contains("the store has"), "{reason}");
+    // The stream's own store subscribes.
+    JetStreamBus::new(client.clone(), cfg.clone(), store_a.clone())
+        .subscribe("probe", &EventFilter::all(), Position::START)
+        .await
+        .expect("the stream belongs to store A");
 }

@@ -125,6 +125,7 @@ fn react_to_order(event: &OrderEvent) -> Vec<FulfilmentCommand> {
             .collect(),
         OrderEvent::LineReserved { .. }
         | OrderEvent::OrderConfirmed { .. }
+        | OrderEvent::PaymentStarted { .. }
         | OrderEvent::PaymentFailed { .. } => vec![],
     }
 }

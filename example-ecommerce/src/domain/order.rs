@@ -7,6 +7,11 @@
 //!   ▼                                  ▼
 //! Rejected / Cancelled            Rejected / Cancelled
 //! ```
+//!
+//! A payment is an *attempt*: `StartPayment` records `PaymentStarted`
+//! before the gateway is called (one attempt at a time; a confirmed order
+//! with an attempt in progress cannot start another one nor be
+//! cancelled), and `Pay` / `FailPayment` record its result and end it.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -85,6 +90,18 @@ pub enum OrderEvent {
         /// after the rejection, so all of them are to be released.
         line_skus: Vec<String>,
     },
+    /// A payment attempt started: the gateway is about to be charged with
+    /// a key derived from the attempt id. Ends with `OrderPaid` or
+    /// `PaymentFailed`.
+    #[serde(rename = "PaymentStarted")]
+    PaymentStarted {
+        /// The order.
+        order_id: Uuid,
+        /// The attempt (the command id of the request that started it).
+        attempt_id: Uuid,
+        /// The amount to charge, in cents (the order's total).
+        amount_cents: i64,
+    },
     /// A payment attempt failed; the order stays confirmed.
     #[serde(rename = "PaymentFailed")]
     PaymentFailed {
@@ -151,14 +168,22 @@ pub enum OrderCommand {
         /// Why.
         reason: String,
     },
-    /// Record the payment of a confirmed order.
+    /// Start a payment attempt of a confirmed order (nothing if this
+    /// attempt is already in progress).
+    StartPayment {
+        /// The attempt's id.
+        attempt_id: Uuid,
+    },
+    /// Record the payment of a confirmed order (ends the attempt in
+    /// progress, if any).
     Pay {
         /// The amount charged in cents: must be the order's total.
         amount_cents: i64,
         /// The payment gateway's reference.
         payment_ref: String,
     },
-    /// Record a failed payment attempt of a confirmed order.
+    /// Record a failed payment attempt of a confirmed order (ends the
+    /// attempt in progress, if any).
     FailPayment {
         /// Why.
         reason: String,
@@ -288,6 +313,21 @@ pub enum OrderError {
     /// A blank reason.
     #[error("a reason must not be blank")]
     MissingReason,
+    /// Another payment attempt is in progress.
+    #[error("payment attempt {attempt_id} of this order is in progress")]
+    PaymentInProgress {
+        /// The attempt in progress.
+        attempt_id: Uuid,
+    },
+}
+
+/// A payment attempt that has started and not ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentAttempt {
+    /// The attempt's id.
+    pub attempt_id: Uuid,
+    /// The amount to charge, in cents.
+    pub amount_cents: i64,
 }
 
 /// An order.
@@ -302,6 +342,8 @@ pub struct Order {
     paid_cents: i64,
     payment_ref: Option<String>,
     failed_payments: u32,
+    #[serde(default)]
+    payment_attempt: Option<PaymentAttempt>,
 }
 
 impl Order {
@@ -343,6 +385,11 @@ impl Order {
     /// How many payment attempts failed.
     pub fn failed_payments(&self) -> u32 {
         self.failed_payments
+    }
+
+    /// The payment attempt in progress, if any.
+    pub fn payment_attempt(&self) -> Option<PaymentAttempt> {
+        self.payment_attempt
     }
 
     fn invalid(&self, action: &'static str) -> OrderError {
@@ -477,6 +524,22 @@ impl Aggregate for Order {
                 }]),
                 _ => Err(self.invalid("reject")),
             },
+            OrderCommand::StartPayment { attempt_id } => {
+                if self.status != Confirmed {
+                    return Err(self.invalid("pay"));
+                }
+                match self.payment_attempt {
+                    Some(a) if a.attempt_id == *attempt_id => Ok(vec![]),
+                    Some(a) => Err(OrderError::PaymentInProgress {
+                        attempt_id: a.attempt_id,
+                    }),
+                    None => Ok(vec![OrderEvent::PaymentStarted {
+                        order_id: self.order_id,
+                        attempt_id: *attempt_id,
+                        amount_cents: self.total_cents,
+                    }]),
+                }
+            }
             OrderCommand::Pay {
                 amount_cents,
                 payment_ref,
@@ -510,6 +573,13 @@ impl Aggregate for Order {
             }
             OrderCommand::Cancel { reason } => match self.status {
                 Rejected | Cancelled => Ok(vec![]),
+                // The gateway may be charging: cancel once the attempt ended.
+                Confirmed if self.payment_attempt.is_some() => Err(OrderError::PaymentInProgress {
+                    attempt_id: self
+                        .payment_attempt
+                        .map(|a| a.attempt_id)
+                        .unwrap_or_default(),
+                }),
                 Placed | Confirmed | Paid => Ok(vec![OrderEvent::OrderCancelled {
                     order_id: self.order_id,
                     reason: require_reason(reason)?,
@@ -550,12 +620,26 @@ impl Aggregate for Order {
             }
             OrderEvent::OrderConfirmed { .. } => self.status = OrderStatus::Confirmed,
             OrderEvent::OrderRejected { .. } => self.status = OrderStatus::Rejected,
-            OrderEvent::PaymentFailed { .. } => self.failed_payments += 1,
+            OrderEvent::PaymentStarted {
+                attempt_id,
+                amount_cents,
+                ..
+            } => {
+                self.payment_attempt = Some(PaymentAttempt {
+                    attempt_id: *attempt_id,
+                    amount_cents: *amount_cents,
+                });
+            }
+            OrderEvent::PaymentFailed { .. } => {
+                self.failed_payments += 1;
+                self.payment_attempt = None;
+            }
             OrderEvent::OrderPaid {
                 amount_cents,
                 payment_ref,
                 ..
             } => {
+                self.payment_attempt = None;
                 self.status = OrderStatus::Paid;
                 self.paid_cents = *amount_cents;
                 self.payment_ref = Some(payment_ref.clone());
@@ -955,6 +1039,69 @@ mod tests {
                 amount_cents: 4900,
                 payment_ref: "pay-2".into(),
             }]);
+    }
+
+    #[test]
+    fn one_payment_attempt_at_a_time() {
+        let a = Uuid::from_u128(0xa);
+        let b = Uuid::from_u128(0xb);
+        let started = OrderEvent::PaymentStarted {
+            order_id: id(),
+            attempt_id: a,
+            amount_cents: 4900,
+        };
+        let order = AggregateTest::<Order>::given(confirmed())
+            .when(OrderCommand::StartPayment { attempt_id: a })
+            .then_expect_events([started.clone()]);
+        assert_eq!(
+            order.payment_attempt(),
+            Some(PaymentAttempt {
+                attempt_id: a,
+                amount_cents: 4900
+            })
+        );
+        let mut given = confirmed();
+        given.push(started);
+        // The same attempt again records nothing; another one is refused,
+        // and so is a cancel while the gateway may be charging.
+        AggregateTest::<Order>::given(given.clone())
+            .when(OrderCommand::StartPayment { attempt_id: a })
+            .then_expect_events([]);
+        AggregateTest::<Order>::given(given.clone())
+            .when(OrderCommand::StartPayment { attempt_id: b })
+            .then_expect_error(|e| *e == OrderError::PaymentInProgress { attempt_id: a });
+        AggregateTest::<Order>::given(given.clone())
+            .when(OrderCommand::Cancel {
+                reason: reason("x"),
+            })
+            .then_expect_error(|e| *e == OrderError::PaymentInProgress { attempt_id: a });
+        // A result ends the attempt.
+        let mut failed = given.clone();
+        failed.push(OrderEvent::PaymentFailed {
+            order_id: id(),
+            reason: reason("declined"),
+        });
+        AggregateTest::<Order>::given(failed)
+            .when(OrderCommand::StartPayment { attempt_id: b })
+            .then_expect_events([OrderEvent::PaymentStarted {
+                order_id: id(),
+                attempt_id: b,
+                amount_cents: 4900,
+            }]);
+        let order = AggregateTest::<Order>::given(given)
+            .when(OrderCommand::Pay {
+                amount_cents: 4900,
+                payment_ref: "pay-1".into(),
+            })
+            .then_expect_events([OrderEvent::OrderPaid {
+                order_id: id(),
+                amount_cents: 4900,
+                payment_ref: "pay-1".into(),
+            }]);
+        assert_eq!(order.payment_attempt(), None);
+        AggregateTest::<Order>::given([placed()])
+            .when(OrderCommand::StartPayment { attempt_id: a })
+            .then_expect_error(is_invalid(OrderStatus::Placed, "pay"));
     }
 
     #[test]

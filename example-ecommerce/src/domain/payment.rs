@@ -1,8 +1,15 @@
 //! A simulated payment gateway: latency, random declines from a seeded
-//! generator (deterministic for a seed and call order), and an optional
-//! rule declining large amounts.
+//! generator (deterministic for a seed and call order), an optional rule
+//! declining large amounts, and idempotency keys as real gateways have
+//! them: a charge with a key already used answers the first result and
+//! charges nothing (also while the first is still in flight).
+//!
+//! The keys are kept in this process's memory: two processes charging
+//! with the same key are two gateways here, where a real gateway is one.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -45,7 +52,13 @@ pub struct PaymentGateway {
     latency: Duration,
     decline_above_cents: Option<i64>,
     rng: Mutex<StdRng>,
+    /// Results by idempotency key.
+    results: Mutex<HashMap<Uuid, Arc<ChargeCell>>>,
+    /// Charges that reached the (simulated) issuer.
+    charged: AtomicU64,
 }
+
+type ChargeCell = tokio::sync::OnceCell<Result<String, PaymentDeclined>>;
 
 impl PaymentGateway {
     /// A gateway that declines with probability `failure_rate` (clamped to
@@ -62,6 +75,8 @@ impl PaymentGateway {
             latency,
             decline_above_cents: None,
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            results: Mutex::new(HashMap::new()),
+            charged: AtomicU64::new(0),
         }
     }
 
@@ -91,16 +106,44 @@ impl PaymentGateway {
         self.decline_above_cents
     }
 
-    /// Charges `amount_cents` for an order: after the latency, a payment
-    /// reference (`pay-` and 16 hex digits) or why it was declined.
+    /// How many charges reached the issuer (each idempotency key counts
+    /// once, whatever its result and however often it was sent).
+    pub fn charges(&self) -> u64 {
+        self.charged.load(Ordering::SeqCst)
+    }
+
+    /// Charges `amount_cents` for an order under the idempotency key `key`:
+    /// after the latency, a payment reference (`pay-` and 16 hex digits) or
+    /// why it was declined. A key seen before answers its first result and
+    /// charges nothing; concurrent calls with one key wait for the same
+    /// charge.
     ///
     /// The random draws happen before the wait, so the outcomes follow
     /// the order of the calls, not of their completions.
     pub async fn charge(
         &self,
+        key: Uuid,
         order_id: Uuid,
         amount_cents: i64,
     ) -> Result<String, PaymentDeclined> {
+        let cell = Arc::clone(
+            self.results
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(key)
+                .or_default(),
+        );
+        cell.get_or_init(|| self.charge_once(order_id, amount_cents))
+            .await
+            .clone()
+    }
+
+    async fn charge_once(
+        &self,
+        order_id: Uuid,
+        amount_cents: i64,
+    ) -> Result<String, PaymentDeclined> {
+        self.charged.fetch_add(1, Ordering::SeqCst);
         let (roll, reference) = {
             let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
             (rng.gen::<f64>(), rng.gen::<u64>())
@@ -135,7 +178,11 @@ mod tests {
     async fn run(gateway: &PaymentGateway) -> Vec<Result<String, PaymentDeclined>> {
         let mut out = Vec::new();
         for n in 0..50 {
-            out.push(gateway.charge(Uuid::from_u128(n), 1000).await);
+            out.push(
+                gateway
+                    .charge(Uuid::from_u128(n), Uuid::from_u128(n), 1000)
+                    .await,
+            );
         }
         out
     }
@@ -154,7 +201,7 @@ mod tests {
     #[tokio::test]
     async fn references_look_like_references() {
         let reference = PaymentGateway::always_accepting()
-            .charge(Uuid::nil(), 1)
+            .charge(Uuid::new_v4(), Uuid::nil(), 1)
             .await
             .unwrap();
         assert!(reference.starts_with("pay-"));
@@ -173,9 +220,9 @@ mod tests {
     async fn amounts_above_the_limit_are_declined() {
         let gateway = PaymentGateway::always_accepting().with_decline_above(5000);
         let id = Uuid::from_u128(1);
-        assert!(gateway.charge(id, 5000).await.is_ok());
+        assert!(gateway.charge(Uuid::new_v4(), id, 5000).await.is_ok());
         assert_eq!(
-            gateway.charge(id, 5001).await,
+            gateway.charge(Uuid::new_v4(), id, 5001).await,
             Err(PaymentDeclined::AboveLimit {
                 order_id: id,
                 amount_cents: 5001,
@@ -183,9 +230,31 @@ mod tests {
             })
         );
         assert!(matches!(
-            gateway.charge(id, 0).await,
+            gateway.charge(Uuid::new_v4(), id, 0).await,
             Err(PaymentDeclined::InvalidAmount { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_key_charges_once_and_answers_the_first_result() {
+        let gateway = Arc::new(PaymentGateway::new(0.5, Duration::from_millis(20), 3));
+        let key = Uuid::new_v4();
+        let order = Uuid::new_v4();
+        let calls: Vec<_> = (0..4)
+            .map(|_| {
+                let g = Arc::clone(&gateway);
+                tokio::spawn(async move { g.charge(key, order, 1000).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for c in calls {
+            results.push(c.await.unwrap());
+        }
+        assert!(results.windows(2).all(|w| w[0] == w[1]), "{results:?}");
+        assert_eq!(gateway.charge(key, order, 1000).await, results[0]);
+        assert_eq!(gateway.charges(), 1);
+        let _ = gateway.charge(Uuid::new_v4(), order, 1000).await;
+        assert_eq!(gateway.charges(), 2);
     }
 
     #[test]
@@ -208,7 +277,7 @@ mod tests {
     async fn charging_takes_the_latency() {
         let gateway = PaymentGateway::new(0.0, Duration::from_millis(20), 1);
         let start = tokio::time::Instant::now();
-        assert!(gateway.charge(Uuid::nil(), 1).await.is_ok());
+        assert!(gateway.charge(Uuid::new_v4(), Uuid::nil(), 1).await.is_ok());
         assert!(start.elapsed() >= Duration::from_millis(20));
     }
 }
