@@ -459,7 +459,13 @@ async fn listings_come_in_pages() {
         })
         .collect();
     views
-        .commit(&view.subscriber(), Some(&view), docs, Position(0), Position(1))
+        .commit(
+            &view.subscriber(),
+            Some(&view),
+            docs,
+            Position(0),
+            Position(1),
+        )
         .await
         .unwrap();
     let router = queries(ViewReader::new(views, ReaderConfig::default()));
@@ -473,7 +479,11 @@ async fn listings_come_in_pages() {
     assert_eq!(page["next"], Value::Null);
     let (_, _, all) = call(&router, get("/products".into())).await;
     assert_eq!(all["data"].as_array().unwrap().len(), 5);
-    for bad in ["/products?limit=0", "/products?limit=1001", "/products?limit=x"] {
+    for bad in [
+        "/products?limit=0",
+        "/products?limit=1001",
+        "/products?limit=x",
+    ] {
         let (s, _, body) = call(&router, get(bad.into())).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {body}");
     }
@@ -481,6 +491,7 @@ async fn listings_come_in_pages() {
 
 fn urlencode(s: &str) -> String {
     s.bytes().map(|b| format!("%{b:02X}")).collect()
+}
 
 // ---- payments, idempotency keys ----------------------------------------------
 

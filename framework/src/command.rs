@@ -714,6 +714,9 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
             // Same command id twice in one group: the later ones repeat the first.
             let mut seen_ids: HashMap<Uuid, usize> = HashMap::new();
             let mut fits = group.len();
+            // Commands whose events the store cannot hold: answered alone,
+            // so they never fail the commands they share an append with.
+            let mut unstorable: HashMap<usize, crate::InputError> = HashMap::new();
             for (i, p) in group.iter().enumerate() {
                 if seen_ids.contains_key(&p.ctx.command_id) {
                     decisions.push(Ok(0));
@@ -750,6 +753,11 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                                 }
                             }
                         }
+                        if let Some(e) = encoded.iter().find_map(|e| e.check_storable().err()) {
+                            unstorable.insert(i, e);
+                            decisions.push(Ok(0));
+                            continue;
+                        }
                         for e in &new {
                             state.evolve(e);
                         }
@@ -761,6 +769,21 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
             }
             let leftover: Vec<Pending<A>> = group.split_off(fits);
             decisions.truncate(fits);
+            if !unstorable.is_empty() {
+                // Refuse those, and decide the others again without them.
+                let mut rest = Vec::with_capacity(group.len());
+                for (i, p) in group.into_iter().enumerate() {
+                    match unstorable.remove(&i) {
+                        Some(e) => self.fail_all(vec![p], |_| CommandError::Input(e.clone())),
+                        None => rest.push(p),
+                    }
+                }
+                group = rest;
+                group.extend(leftover);
+                *loaded = Some(current);
+                attempt -= 1;
+                continue;
+            }
 
             // A refusal (or a no-op) decided on a cached state may be due to
             // the state being stale: decide again on the stream as stored.

@@ -643,3 +643,73 @@ async fn a_stale_cached_state_never_causes_a_wrong_refusal() {
     assert_eq!(one.load(&stream).await.unwrap().0.value, 7);
     assert!(one.stats().conflicts_retried >= 1);
 }
+
+// ---- a command the store cannot hold fails alone ------------------------------
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", content = "data")]
+enum NoteEvent {
+    #[serde(rename = "NoteWritten")]
+    Written { text: String },
+}
+
+impl DomainEvent for NoteEvent {}
+
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+struct Notebook {
+    notes: u64,
+}
+
+impl strata::Aggregate for Notebook {
+    const STREAM_TYPE: &'static str = "notebook";
+    type Command = String;
+    type Event = NoteEvent;
+    type Error = std::convert::Infallible;
+
+    fn decide(&self, text: &String) -> Result<Vec<NoteEvent>, Self::Error> {
+        Ok(vec![NoteEvent::Written { text: text.clone() }])
+    }
+
+    fn evolve(&mut self, _: &NoteEvent) {
+        self.notes += 1;
+    }
+}
+
+/// Commands of one stream are decided and appended together; one whose
+/// events hold text Postgres cannot store (U+0000) is refused as bad input
+/// and the commands beside it still land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unstorable_command_fails_alone_in_its_lane() {
+    let db = test_database().await;
+    let handler = CommandHandler::<Notebook, _>::new(PgEventStore::new(db.pool.clone()));
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let h = handler.clone();
+            tokio::spawn(async move {
+                let text = if i % 4 == 0 {
+                    format!("bad \u{0} {i}")
+                } else {
+                    format!("good {i}")
+                };
+                (
+                    i,
+                    h.handle(sid("notebook-1"), text, CommandContext::new())
+                        .await,
+                )
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (i, r) = t.await.unwrap();
+        if i % 4 == 0 {
+            assert!(
+                matches!(r, Err(CommandError::Input(_))),
+                "command {i}: {r:?}"
+            );
+        } else {
+            assert!(r.is_ok(), "command {i} failed beside a bad one: {r:?}");
+        }
+    }
+    let (state, version) = handler.load(&sid("notebook-1")).await.unwrap();
+    assert_eq!((state.notes, version), (30, 30));
+}

@@ -1218,6 +1218,7 @@ async fn listings_page_with_a_cursor() {
     assert_eq!(pages, 3);
     let all: Vec<String> = (0..25).map(|i| format!("k{i:02}")).collect();
     assert_eq!(keys, all);
+}
 
 /// `Mirror`, halting on a command that fails for good.
 struct HaltingMirror;
