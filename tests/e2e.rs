@@ -279,13 +279,10 @@ async fn separate_processes_survive_kills_and_views_equal_a_fold() {
 
 /// Reads a live stream (Server-Sent Events) in the background and keeps
 /// the positions of the `state` events it carries.
-fn follow_live(
-    http: &reqwest::Client,
-    url: String,
-) -> (
-    std::sync::Arc<std::sync::Mutex<Vec<(u64, String)>>>,
-    tokio::task::JoinHandle<()>,
-) {
+/// The `(position, event)` pairs a live stream carried.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(u64, String)>>>;
+
+fn follow_live(http: &reqwest::Client, url: String) -> (Seen, tokio::task::JoinHandle<()>) {
     use futures::StreamExt;
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let (http, out) = (http.clone(), std::sync::Arc::clone(&seen));
@@ -409,7 +406,7 @@ async fn rebuilding_every_view_while_the_shop_runs_fails_no_reader() {
             let mut n = 0u64;
             while running.load(Ordering::Relaxed) {
                 n += 1;
-                let sku = if n % 2 == 0 { "MUG-01" } else { "TEE-01" };
+                let sku = ["MUG-01", "TEE-01"][(n & 1) as usize];
                 let (s, r) = post(
                     &http,
                     format!("{cmd}/inventory/{sku}/restock"),

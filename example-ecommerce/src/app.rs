@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use strata::{
     Aggregate, CommandContext, CommandError, CommandHandler, CommandOutcome, CommandSender,
-    EventEnvelope, EventFilter, EventStore, ProcessManager, ProjectionError, SendError, StreamId,
+    EventStore, ProcessManager, ProjectionError, Recorded, SendError, StreamId,
 };
 use uuid::Uuid;
 
@@ -601,31 +601,15 @@ impl<S: EventStore> Shop<S> {
 pub struct Fulfilment;
 
 impl ProcessManager for Fulfilment {
+    type Event = ShopEvent;
     type Command = FulfilmentCommand;
 
     fn name(&self) -> &str {
         "fulfilment"
     }
 
-    fn filter(&self) -> EventFilter {
-        EventFilter::stream_types([Order::STREAM_TYPE, Inventory::STREAM_TYPE])
-    }
-
-    fn react(&self, e: &EventEnvelope) -> Result<Vec<FulfilmentCommand>, ProjectionError> {
-        let event = if e.stream_type == Order::STREAM_TYPE {
-            ShopEvent::Order(
-                strata::codec::decode(&e.event_type, e.payload.clone()).map_err(|k| {
-                    ProjectionError::new(format!("{} at {}: {k}", e.event_type, e.position))
-                })?,
-            )
-        } else {
-            ShopEvent::Inventory(
-                strata::codec::decode(&e.event_type, e.payload.clone()).map_err(|k| {
-                    ProjectionError::new(format!("{} at {}: {k}", e.event_type, e.position))
-                })?,
-            )
-        };
-        Ok(react(&event))
+    fn react(&self, e: Recorded<'_, ShopEvent>) -> Result<Vec<FulfilmentCommand>, ProjectionError> {
+        Ok(react(e.event))
     }
 }
 

@@ -607,7 +607,8 @@ async fn a_crash_between_charge_and_record_charges_once() {
         confirmed_order(strata::PgEventStore::new(db.pool.clone())).await;
     sqlx::raw_sql(
         "CREATE FUNCTION refuse_paid() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN RAISE EXCEPTION 'simulated crash before the payment is recorded'; END $$; \
+         BEGIN RAISE EXCEPTION 'simulated crash before the payment is recorded' \
+         USING ERRCODE = 'XX000'; END $$; \
          CREATE TRIGGER refuse_paid BEFORE INSERT ON strata_events FOR EACH ROW \
          WHEN (NEW.event_type = 'OrderPaid') EXECUTE FUNCTION refuse_paid();",
     )

@@ -53,9 +53,7 @@ mod model {
     //! A counter aggregate and a projection of totals per counter.
 
     use serde::{Deserialize, Serialize};
-    use strata::{
-        Aggregate, DomainEvent, EventEnvelope, EventFilter, NewEvent, Projection, ProjectionError,
-    };
+    use strata::{Aggregate, DomainEvent, NewEvent, Projection, ProjectionError, Recorded};
 
     /// Pads the payload to about 150 bytes of JSON.
     const NOTE: &str = "benchmark increment, padded so that the JSON payload of each event is about one hundred and fifty bytes long, like a real one";
@@ -66,7 +64,9 @@ mod model {
         #[serde(rename = "CounterIncremented")]
         Incremented { by: u64, note: String },
     }
-    impl DomainEvent for Ev {}
+    impl DomainEvent for Ev {
+        const STREAM_TYPE: Option<&'static str> = Some("counter");
+    }
 
     pub fn increment(by: u64) -> Ev {
         Ev::Incremented {
@@ -113,26 +113,22 @@ mod model {
     pub struct Totals(pub &'static str);
 
     impl Projection for Totals {
+        type Event = Ev;
         type Doc = Total;
         fn name(&self) -> &str {
             self.0
         }
-        fn filter(&self) -> EventFilter {
-            EventFilter::stream_types(["counter"])
-        }
-        fn keys(&self, e: &EventEnvelope) -> Vec<String> {
-            vec![e.stream_id.to_string()]
+        fn keys(&self, e: Recorded<'_, Ev>) -> Vec<String> {
+            vec![e.stream_id().to_string()]
         }
         fn apply(
             &self,
             _key: &str,
             doc: Option<Total>,
-            e: &EventEnvelope,
+            e: Recorded<'_, Ev>,
         ) -> Result<Option<Total>, ProjectionError> {
-            let event: Ev = strata::codec::decode(&e.event_type, e.payload.clone())
-                .map_err(|k| ProjectionError::new(k.to_string()))?;
             let mut t = doc.unwrap_or_default();
-            let Ev::Incremented { by, .. } = event;
+            let Ev::Incremented { by, .. } = e.event;
             t.value += by;
             t.events += 1;
             Ok(Some(t))
@@ -699,7 +695,7 @@ async fn paced(
                     ms(Instant::now())
                 },
                 async {
-                    let read = r.get(&v, &key, Some(p)).await;
+                    let read = r.get(v.name(), &key, Some(p)).await;
                     read.ok().map(|_| ms(Instant::now()))
                 }
             );

@@ -13,8 +13,8 @@ use serde_json::json;
 use sqlx::Row;
 use strata::testing::test_database;
 use strata::{
-    AppendRequest, CancellationToken, EventEnvelope, EventFilter, EventStore, ExpectedVersion,
-    NewEvent, PgEventStore, PgViewStore, Projection, ProjectionError, RebuildOptions, StreamId,
+    AppendRequest, CancellationToken, EventEnvelope, EventStore, ExpectedVersion, NewEvent,
+    PgEventStore, PgViewStore, Projection, ProjectionError, RebuildOptions, Recorded, StreamId,
 };
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -25,22 +25,21 @@ struct Total {
 
 struct Totals;
 
+/// Raw envelopes (the escape hatch): reads the payload's `by` itself.
 impl Projection for Totals {
+    type Event = EventEnvelope;
     type Doc = Total;
     fn name(&self) -> &str {
         "bench_totals"
     }
-    fn filter(&self) -> EventFilter {
-        EventFilter::all()
-    }
-    fn keys(&self, e: &EventEnvelope) -> Vec<String> {
-        vec![e.stream_id.to_string()]
+    fn keys(&self, e: Recorded<'_, EventEnvelope>) -> Vec<String> {
+        vec![e.stream_id().to_string()]
     }
     fn apply(
         &self,
         _: &str,
         doc: Option<Total>,
-        e: &EventEnvelope,
+        e: Recorded<'_, EventEnvelope>,
     ) -> Result<Option<Total>, ProjectionError> {
         let mut t = doc.unwrap_or_default();
         t.events += 1;

@@ -43,6 +43,12 @@ use crate::store::StreamEvent;
 /// schema version ([`DomainEvent::schema_version`]) and an upcaster
 /// ([`Upcasters`]) from the old one.
 pub trait DomainEvent: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
+    /// The stream type whose streams hold these events (the aggregate's
+    /// `STREAM_TYPE`), when they belong to one. Projections and process
+    /// managers that follow these events subscribe to it; `None` follows
+    /// every stream type.
+    const STREAM_TYPE: Option<&'static str> = None;
+
     /// The current schema version of `event_type`'s payload (default 1).
     fn schema_version(event_type: &str) -> u32 {
         let _ = event_type;

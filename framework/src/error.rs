@@ -92,9 +92,10 @@ pub enum InputError {
     /// above (a constraint or trigger an operator added, a limit of the
     /// backend). Only this append is refused; appends that shared its
     /// group commit are written. Retrying the same data gives the same error.
-    #[error("the event store refused the data of this append: {reason}")]
+    #[error("the event store cannot hold this append's data")]
     RefusedByBackend {
-        /// The backend's message.
+        /// The backend's message: for logs, not for clients (the error's
+        /// text leaves it out).
         reason: String,
     },
 }

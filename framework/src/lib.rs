@@ -66,6 +66,8 @@ pub mod codec;
 pub mod command;
 pub mod envelope;
 pub mod error;
+#[doc(hidden)]
+pub mod event_set;
 pub mod follow;
 pub mod harness;
 pub mod memory;
@@ -94,6 +96,7 @@ pub use command::{
 };
 pub use envelope::{EventEnvelope, Metadata, NewEvent, Position, StreamId, MAX_JSON_DEPTH};
 pub use error::{BoxError, InputError, StoreError};
+pub use event_set::{decode_event, EventSet, Recorded};
 pub use follow::Follower;
 pub use harness::{AggregateTest, EncodedEvent, Then};
 pub use memory::InMemoryEventStore;

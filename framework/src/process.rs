@@ -19,23 +19,33 @@ use crate::bus::{EventBus, Subscription};
 use crate::codec::Upcasters;
 use crate::command::{CommandContext, CommandError};
 use crate::envelope::EventEnvelope;
+use crate::event_set::{EventSet, Recorded};
 use crate::projection::{FailurePolicy, ProjectionError, RunError, RunState, SubscriberStatus};
 use crate::store::EventFilter;
 use crate::view::{validate_name, DeadLetter, SubscriberState, ViewStore};
 
-/// A process manager: reacts to events with commands.
+/// A process manager: reacts to typed events with commands.
 pub trait ProcessManager: Send + Sync + 'static {
+    /// The events it follows (decoded once by the runner; see
+    /// [`EventSet`]).
+    type Event: EventSet;
+
     /// The commands it sends.
     type Command: Send + Sync + Clone + std::fmt::Debug + 'static;
 
     /// Its name (and checkpoint name): `[a-z][a-z0-9_]{0,39}`.
     fn name(&self) -> &str;
 
-    /// Which events it follows.
-    fn filter(&self) -> EventFilter;
+    /// Which events to subscribe to (default: what the event set names).
+    fn filter(&self) -> EventFilter {
+        Self::Event::filter()
+    }
 
     /// The commands an event calls for (pure).
-    fn react(&self, event: &EventEnvelope) -> Result<Vec<Self::Command>, ProjectionError>;
+    fn react(
+        &self,
+        event: Recorded<'_, Self::Event>,
+    ) -> Result<Vec<Self::Command>, ProjectionError>;
 
     /// What happens after a command failed for good (a rejection or any
     /// non-transient [`SendError`]); the event is dead-lettered either way,
@@ -230,8 +240,15 @@ where
                     let reacted = self
                         .upcasters
                         .apply(&mut event)
+                        .and_then(|()| M::Event::decode(&event))
                         .map_err(ProjectionError::from)
-                        .and_then(|()| self.manager.react(&event));
+                        .and_then(|decoded| match decoded {
+                            Some(e) => self.manager.react(Recorded {
+                                event: &e,
+                                envelope: &event,
+                            }),
+                            None => Ok(Vec::new()),
+                        });
                     match reacted {
                         Ok(commands) => {
                             let mut failures = Vec::new();
@@ -400,8 +417,16 @@ pub fn process_test<M: ProcessManager>(
         .into_iter()
         .filter(|e| filter.matches(e))
         .flat_map(|e| {
+            let event = match M::Event::decode(&e) {
+                Ok(Some(event)) => event,
+                Ok(None) => return Vec::new(),
+                Err(err) => panic!("event at {} does not decode: {err}", e.position),
+            };
             manager
-                .react(&e)
+                .react(Recorded {
+                    event: &event,
+                    envelope: &e,
+                })
                 .unwrap_or_else(|err| panic!("react failed at {}: {err}", e.position))
         })
         .collect()

@@ -24,6 +24,7 @@ use crate::bus::{BusError, Delivery, EventBus, Subscription};
 use crate::changes::{ChangeFeed, ViewChange};
 use crate::codec::{DecodeError, Upcasters};
 use crate::envelope::{EventEnvelope, Position};
+use crate::event_set::{EventSet, Recorded};
 use crate::store::EventFilter;
 use crate::view::{
     DeadLetter, DocChange, StoredDoc, SubscriberState, ViewError, ViewId, ViewStore,
@@ -65,8 +66,19 @@ pub enum FailurePolicy {
     Skip,
 }
 
-/// A view built from events: keyed documents.
+/// A view built from events: keyed documents of a typed document type,
+/// from typed events.
+///
+/// The runtime subscribes to what [`Self::Event`] names, upcasts and
+/// decodes each event once, asks [`keys`](Self::keys) which documents it
+/// touches and [`apply`](Self::apply)s it to each; documents are stored as
+/// JSON through serde. An event outside the set is skipped.
 pub trait Projection: Send + Sync + 'static {
+    /// The events it follows: a [`DomainEvent`](crate::DomainEvent), an
+    /// [`event_set!`](crate::event_set) over several, or
+    /// [`EventEnvelope`] for raw events.
+    type Event: EventSet;
+
     /// The document type.
     type Doc: Serialize + DeserializeOwned + Send + Sync + 'static;
 
@@ -78,18 +90,20 @@ pub trait Projection: Send + Sync + 'static {
         1
     }
 
-    /// Which events the projection needs.
-    fn filter(&self) -> EventFilter;
+    /// Which events to subscribe to (default: what the event set names).
+    fn filter(&self) -> EventFilter {
+        Self::Event::filter()
+    }
 
     /// The keys of the documents an event touches.
-    fn keys(&self, event: &EventEnvelope) -> Vec<String>;
+    fn keys(&self, event: Recorded<'_, Self::Event>) -> Vec<String>;
 
     /// The new document for `key` after `event` (`None` deletes it).
     fn apply(
         &self,
         key: &str,
         doc: Option<Self::Doc>,
-        event: &EventEnvelope,
+        event: Recorded<'_, Self::Event>,
     ) -> Result<Option<Self::Doc>, ProjectionError>;
 
     /// What to do after an event failed every attempt.
@@ -388,20 +402,33 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
         }
         let filter = self.projection.filter();
         let last = batch.last().map_or(from, |d| d.envelope.position);
-        let events: Vec<EventEnvelope> = batch.iter().map(|d| d.envelope.clone()).collect();
+        // Each matching event upcast and decoded once; keys asked once.
+        let events: Vec<Decoded<P::Event>> = batch
+            .iter()
+            .filter(|d| filter.matches(&d.envelope))
+            .map(|d| {
+                let mut envelope = d.envelope.clone();
+                let event = self
+                    .upcasters
+                    .apply(&mut envelope)
+                    .and_then(|()| P::Event::decode(&envelope))
+                    .map_err(ProjectionError::from);
+                let keys = match &event {
+                    Ok(Some(e)) => self.projection.keys(Recorded {
+                        event: e,
+                        envelope: &envelope,
+                    }),
+                    _ => Vec::new(),
+                };
+                Decoded {
+                    envelope,
+                    event,
+                    keys,
+                }
+            })
+            .collect();
         let keys: Vec<String> = {
-            // Keys of the events as the projection will see them: upcast.
-            let mut keys: Vec<String> = events
-                .iter()
-                .filter(|e| filter.matches(e))
-                .flat_map(|e| {
-                    let mut e = e.clone();
-                    match self.upcasters.apply(&mut e) {
-                        Ok(()) => self.projection.keys(&e),
-                        Err(_) => Vec::new(),
-                    }
-                })
-                .collect();
+            let mut keys: Vec<String> = events.iter().flat_map(|d| d.keys.clone()).collect();
             keys.sort();
             keys.dedup();
             keys
@@ -413,15 +440,13 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
         let mut changes: HashMap<String, Option<StoredDoc>> = HashMap::new();
         let mut to = from;
         let mut applied = 0u64;
-        for mut event in events {
+        for decoded in &events {
+            let event = &decoded.envelope;
             let position = event.position;
-            if !filter.matches(&event) {
-                to = position;
-                continue;
-            }
-            let result = match self.upcasters.apply(&mut event) {
-                Ok(()) => self.apply_event(&event, &changes, &loaded).await,
-                Err(e) => Err((ProjectionError::from(e), 1)),
+            let result = match &decoded.event {
+                Ok(None) => Ok(HashMap::new()),
+                Ok(Some(e)) => self.apply_event(e, decoded, &changes, &loaded).await,
+                Err(e) => Err((e.clone(), 1)),
             };
             match result {
                 Ok(new_docs) => {
@@ -495,14 +520,15 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
     /// Returns the new documents, or the error and the attempts made.
     async fn apply_event(
         &self,
-        event: &EventEnvelope,
+        event: &P::Event,
+        decoded: &Decoded<P::Event>,
         changes: &HashMap<String, Option<StoredDoc>>,
         loaded: &HashMap<String, StoredDoc>,
     ) -> Result<HashMap<String, Option<StoredDoc>>, (ProjectionError, u32)> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_apply(event, changes, loaded) {
+            match self.try_apply(event, decoded, changes, loaded) {
                 Ok(docs) => return Ok(docs),
                 Err(e) if attempt >= self.config.attempts => return Err((e, attempt)),
                 Err(_) => {
@@ -514,12 +540,17 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
 
     fn try_apply(
         &self,
-        event: &EventEnvelope,
+        event: &P::Event,
+        decoded: &Decoded<P::Event>,
         changes: &HashMap<String, Option<StoredDoc>>,
         loaded: &HashMap<String, StoredDoc>,
     ) -> Result<HashMap<String, Option<StoredDoc>>, ProjectionError> {
         let mut out = HashMap::new();
-        for key in self.projection.keys(event) {
+        let recorded = Recorded {
+            event,
+            envelope: &decoded.envelope,
+        };
+        for key in decoded.keys.iter().cloned() {
             let current: Option<&StoredDoc> = match changes.get(&key) {
                 Some(c) => c.as_ref(),
                 None => loaded.get(&key),
@@ -528,12 +559,12 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
                 Some(d) => Some(serde_json::from_value(d.doc.clone())?),
                 None => None,
             };
-            let new = self.projection.apply(&key, doc, event)?;
+            let new = self.projection.apply(&key, doc, recorded)?;
             let stored = match new {
                 Some(doc) => Some(StoredDoc {
                     key: key.clone(),
                     doc: serde_json::to_value(doc)?,
-                    position: event.position,
+                    position: recorded.position(),
                 }),
                 None => None,
             };
@@ -616,6 +647,13 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
     }
 }
 
+/// An event of a batch, upcast and decoded once, with the keys it touches.
+struct Decoded<E> {
+    envelope: EventEnvelope,
+    event: Result<Option<E>, ProjectionError>,
+    keys: Vec<String>,
+}
+
 /// Why an active run ended (all are retried by [`Projector::run`]).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RunError {
@@ -664,14 +702,23 @@ impl<P: Projection> ProjectionTest<P> {
                 continue;
             }
             self.upcasters.apply(&mut e).expect("upcast");
-            for key in self.projection.keys(&e) {
+            let event = match P::Event::decode(&e) {
+                Ok(Some(event)) => event,
+                Ok(None) => continue,
+                Err(err) => panic!("event at {} does not decode: {err}", e.position),
+            };
+            let recorded = Recorded {
+                event: &event,
+                envelope: &e,
+            };
+            for key in self.projection.keys(recorded) {
                 let doc = self
                     .docs
                     .get(&key)
                     .map(|d| serde_json::from_value(d.clone()).expect("document decodes"));
                 match self
                     .projection
-                    .apply(&key, doc, &e)
+                    .apply(&key, doc, recorded)
                     .unwrap_or_else(|err| panic!("projection failed at {}: {err}", e.position))
                 {
                     Some(d) => {

@@ -68,7 +68,7 @@ fn poison(stream: &str) -> AppendRequest {
         ExpectedVersion::Any,
         vec![NewEvent::new(
             "CounterIncremented",
-            json!({ "poison": true }),
+            json!({ "by": 0, "poison": true }),
         )],
     )
 }
@@ -820,20 +820,21 @@ async fn concurrent_misses_load_once() {
 struct Mirror;
 
 impl strata::ProcessManager for Mirror {
+    type Event = CounterEvent;
     type Command = (StreamId, CounterCommand);
     fn name(&self) -> &str {
         "mirror"
     }
-    fn filter(&self) -> EventFilter {
-        EventFilter::event_types(["CounterIncremented"])
-    }
-    fn react(&self, e: &EventEnvelope) -> Result<Vec<Self::Command>, ProjectionError> {
-        if !e.stream_id.as_str().starts_with("counter-src") {
+    fn react(
+        &self,
+        e: strata::Recorded<'_, CounterEvent>,
+    ) -> Result<Vec<Self::Command>, ProjectionError> {
+        let CounterEvent::Incremented { by } = *e.event else {
+            return Ok(vec![]);
+        };
+        if !e.stream_id().as_str().starts_with("counter-src") {
             return Ok(vec![]);
         }
-        let by = e.payload["by"]
-            .as_u64()
-            .ok_or_else(|| ProjectionError::new("no by"))?;
         Ok(vec![(
             StreamId::new("counter-mirror").map_err(|e| ProjectionError::new(e.to_string()))?,
             CounterCommand::Increment(by),
@@ -1224,14 +1225,15 @@ async fn listings_page_with_a_cursor() {
 struct HaltingMirror;
 
 impl strata::ProcessManager for HaltingMirror {
+    type Event = CounterEvent;
     type Command = (StreamId, CounterCommand);
     fn name(&self) -> &str {
         "halting_mirror"
     }
-    fn filter(&self) -> EventFilter {
-        Mirror.filter()
-    }
-    fn react(&self, e: &EventEnvelope) -> Result<Vec<Self::Command>, ProjectionError> {
+    fn react(
+        &self,
+        e: strata::Recorded<'_, CounterEvent>,
+    ) -> Result<Vec<Self::Command>, ProjectionError> {
         Mirror.react(e)
     }
     fn on_failure(&self) -> FailurePolicy {

@@ -40,7 +40,9 @@ pub enum ProductEvent {
     },
 }
 
-impl DomainEvent for ProductEvent {}
+impl DomainEvent for ProductEvent {
+    const STREAM_TYPE: Option<&'static str> = Some("product");
+}
 
 /// What a product can be asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]

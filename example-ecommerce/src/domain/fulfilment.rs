@@ -20,13 +20,15 @@ use super::inventory::{Inventory, InventoryCommand, InventoryEvent};
 use super::order::{Order, OrderCommand, OrderEvent};
 use strata::Aggregate;
 
-/// An event the process manager listens to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ShopEvent {
-    /// From an order stream.
-    Order(OrderEvent),
-    /// From an inventory stream.
-    Inventory(InventoryEvent),
+strata::event_set! {
+    /// An event the process manager listens to.
+    #[derive(PartialEq, Eq)]
+    pub enum ShopEvent {
+        /// From an order stream.
+        Order(OrderEvent),
+        /// From an inventory stream.
+        Inventory(InventoryEvent),
+    }
 }
 
 /// A command the process manager sends.

@@ -77,7 +77,9 @@ pub enum InventoryEvent {
     },
 }
 
-impl DomainEvent for InventoryEvent {}
+impl DomainEvent for InventoryEvent {
+    const STREAM_TYPE: Option<&'static str> = Some("inventory");
+}
 
 /// What a sku's stock can be asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -144,7 +144,9 @@ pub enum OrderEvent {
     },
 }
 
-impl DomainEvent for OrderEvent {}
+impl DomainEvent for OrderEvent {
+    const STREAM_TYPE: Option<&'static str> = Some("order");
+}
 
 /// What an order can be asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]

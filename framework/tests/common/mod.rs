@@ -2,9 +2,7 @@
 #![allow(dead_code)]
 
 use serde::{Deserialize, Serialize};
-use strata::{
-    Aggregate, DomainEvent, EventEnvelope, EventFilter, FailurePolicy, Projection, ProjectionError,
-};
+use strata::{Aggregate, DomainEvent, FailurePolicy, Projection, ProjectionError, Recorded};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
@@ -15,7 +13,9 @@ pub enum CounterEvent {
     Reset,
 }
 
-impl DomainEvent for CounterEvent {}
+impl DomainEvent for CounterEvent {
+    const STREAM_TYPE: Option<&'static str> = Some("counter");
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum CounterCommand {
@@ -100,30 +100,26 @@ impl Totals {
 }
 
 impl Projection for Totals {
+    type Event = CounterEvent;
     type Doc = Total;
     fn name(&self) -> &str {
         self.name
     }
-    fn filter(&self) -> EventFilter {
-        EventFilter::stream_types(["counter"])
-    }
-    fn keys(&self, e: &EventEnvelope) -> Vec<String> {
-        vec![e.stream_id.to_string()]
+    fn keys(&self, e: Recorded<'_, CounterEvent>) -> Vec<String> {
+        vec![e.stream_id().to_string()]
     }
     fn apply(
         &self,
         _key: &str,
         doc: Option<Total>,
-        e: &EventEnvelope,
+        e: Recorded<'_, CounterEvent>,
     ) -> Result<Option<Total>, ProjectionError> {
-        if e.payload.get("poison").is_some() {
+        if e.envelope.payload.get("poison").is_some() {
             return Err(ProjectionError::new("poison payload"));
         }
-        let event: CounterEvent = strata::codec::decode(&e.event_type, e.payload.clone())
-            .map_err(|k| ProjectionError::new(k.to_string()))?;
         let mut t = doc.unwrap_or_default();
         t.events += 1;
-        match event {
+        match e.event {
             CounterEvent::Incremented { by } => t.value += by,
             CounterEvent::Reset => t.value = 0,
         }
