@@ -49,6 +49,17 @@ pub enum QueryError {
     /// The view store failed. HTTP 503.
     #[error(transparent)]
     View(#[from] ViewError),
+    /// A stored document does not fit the type asked for (the projection's
+    /// document type changed without a new version). HTTP 500; rebuild.
+    #[error("document {key:?} of view {view} does not fit its type: {reason}")]
+    Document {
+        /// The view.
+        view: String,
+        /// The key.
+        key: String,
+        /// What serde said.
+        reason: String,
+    },
 }
 
 impl QueryError {
@@ -513,6 +524,26 @@ impl<V: ViewStore> ViewReader<V> {
             return Ok(fresh);
         }
         Ok((*read).clone())
+    }
+
+    /// One document of view `name` as the projection's document type `D`
+    /// (see [`get`](Self::get); `None` when the key has no document).
+    pub async fn get_doc<D: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        key: &str,
+        min: Option<Position>,
+    ) -> Result<Option<D>, QueryError> {
+        let Some(doc) = self.get(name, key, min).await?.doc else {
+            return Ok(None);
+        };
+        serde_json::from_value(doc.doc)
+            .map(Some)
+            .map_err(|e| QueryError::Document {
+                view: name.to_owned(),
+                key: key.to_owned(),
+                reason: e.to_string(),
+            })
     }
 
     /// A page of view `name`'s documents in key order, after key `after`

@@ -1472,3 +1472,42 @@ async fn subscribers_refuse_a_stream_of_another_store() {
         .await
         .expect("the stream belongs to store A");
 }
+
+/// The reader hands back the projection's document type.
+#[tokio::test]
+async fn a_reader_returns_typed_documents() {
+    let store = InMemoryEventStore::new();
+    let views = InMemoryViewStore::new();
+    for by in [2, 3] {
+        store.append(inc("counter-1", by)).await.unwrap();
+    }
+    let projector = Projector::new(totals(), InProcessBus::new(store.clone()), views.clone());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(projector.run(stop.clone()));
+    let reader = ViewReader::new(views, ReaderConfig::default());
+    let head = store.head().await.unwrap();
+    let total: Option<Total> = reader
+        .get_doc("counter_totals", "counter-1", Some(head))
+        .await
+        .unwrap();
+    assert_eq!(
+        total,
+        Some(Total {
+            value: 5,
+            events: 2
+        })
+    );
+    let wrong = reader
+        .get_doc::<Vec<String>>("counter_totals", "counter-1", None)
+        .await;
+    assert!(matches!(wrong, Err(strata::QueryError::Document { .. })));
+    assert_eq!(
+        reader
+            .get_doc::<Total>("counter_totals", "counter-9", None)
+            .await
+            .unwrap(),
+        None
+    );
+    stop.cancel();
+    task.await.unwrap();
+}
