@@ -372,7 +372,7 @@ impl Upcasters {
     }
 }
 
-fn decode_error(envelope: &EventEnvelope, kind: DecodeErrorKind) -> DecodeError {
+pub(crate) fn decode_error(envelope: &EventEnvelope, kind: DecodeErrorKind) -> DecodeError {
     DecodeError {
         event_id: envelope.event_id,
         stream_id: envelope.stream_id.to_string(),

@@ -13,7 +13,7 @@
 //! payload that does not fit is an error, retried and then dead-lettered
 //! like any failure to apply.
 
-use crate::codec::{DecodeError, DecodeErrorKind, DomainEvent};
+use crate::codec::{decode_error as error, DecodeError, DecodeErrorKind, DomainEvent};
 use crate::envelope::{EventEnvelope, Position, StreamId};
 use crate::store::EventFilter;
 
@@ -26,17 +26,6 @@ pub trait EventSet: Sized + Send + Sync + 'static {
     /// The typed event of an (upcast) envelope: `Ok(None)` when the event
     /// is not in the set, an error when its payload does not fit.
     fn decode(envelope: &EventEnvelope) -> Result<Option<Self>, DecodeError>;
-}
-
-fn error(envelope: &EventEnvelope, kind: DecodeErrorKind) -> DecodeError {
-    DecodeError {
-        event_id: envelope.event_id,
-        stream_id: envelope.stream_id.to_string(),
-        position: envelope.position,
-        event_type: envelope.event_type.clone(),
-        schema_version: envelope.schema_version,
-        kind,
-    }
 }
 
 /// Decodes `envelope` as `E` if it is one of `E`'s events: its stream type

@@ -281,18 +281,7 @@ where
                                 );
                                 self.views
                                     .park(
-                                        DeadLetter {
-                                            id: 0,
-                                            subscriber: name.clone(),
-                                            position: event.position,
-                                            event_id: event.event_id,
-                                            stream_id: event.stream_id.to_string(),
-                                            event_type: event.event_type.clone(),
-                                            error: error.clone(),
-                                            attempts: 1,
-                                            status: String::new(),
-                                            created_at: chrono::Utc::now(),
-                                        },
+                                        DeadLetter::for_event(&name, &event, error.clone(), 1),
                                         position,
                                         skip,
                                     )
@@ -321,18 +310,7 @@ where
                             tracing::error!(manager = %name, position = %event.position, error = %error, "process manager failed on an event; dead-lettered and skipped");
                             self.views
                                 .park(
-                                    DeadLetter {
-                                        id: 0,
-                                        subscriber: name.clone(),
-                                        position: event.position,
-                                        event_id: event.event_id,
-                                        stream_id: event.stream_id.to_string(),
-                                        event_type: event.event_type.clone(),
-                                        error: error.to_string(),
-                                        attempts: 1,
-                                        status: String::new(),
-                                        created_at: chrono::Utc::now(),
-                                    },
+                                    DeadLetter::for_event(&name, &event, error.to_string(), 1),
                                     position,
                                     true,
                                 )

@@ -478,18 +478,12 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
                     );
                     self.views
                         .park(
-                            DeadLetter {
-                                id: 0,
-                                subscriber: view.subscriber(),
-                                position,
-                                event_id: event.event_id,
-                                stream_id: event.stream_id.to_string(),
-                                event_type: event.event_type.clone(),
-                                error: error.to_string(),
+                            DeadLetter::for_event(
+                                &view.subscriber(),
+                                event,
+                                error.to_string(),
                                 attempts,
-                                status: String::new(),
-                                created_at: chrono::Utc::now(),
-                            },
+                            ),
                             start,
                             skip,
                         )

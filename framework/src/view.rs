@@ -230,6 +230,30 @@ pub struct DeadLetter {
     pub created_at: DateTime<Utc>,
 }
 
+impl DeadLetter {
+    /// A new letter (not stored yet) for `event`, which `subscriber` could
+    /// not handle after `attempts` tries.
+    pub fn for_event(
+        subscriber: &str,
+        event: &crate::EventEnvelope,
+        error: String,
+        attempts: u32,
+    ) -> Self {
+        DeadLetter {
+            id: 0,
+            subscriber: subscriber.to_owned(),
+            position: event.position,
+            event_id: event.event_id,
+            stream_id: event.stream_id.to_string(),
+            event_type: event.event_type.clone(),
+            error,
+            attempts,
+            status: String::new(),
+            created_at: Utc::now(),
+        }
+    }
+}
+
 /// Proof that this instance is the active one for a subscriber.
 pub struct Lease {
     inner: Box<dyn LeaseHandle>,
