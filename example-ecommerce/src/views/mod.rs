@@ -1,0 +1,56 @@
+//! The shop's read side: five [`Projection`]s, each a view of keyed JSON
+//! documents built from the domain's events.
+//!
+//! | view | key | document | fed by |
+//! |------|-----|----------|--------|
+//! | [`CatalogView`] (`catalog`) | sku | [`CatalogItem`] | product and inventory events |
+//! | [`OrderDetailsView`] (`order_details`) | order id | [`OrderDetails`] | order events |
+//! | [`CustomerOrdersView`] (`customer_orders`) | customer id | [`CustomerOrders`] | `OrderPlaced` |
+//! | [`LowStockView`] (`low_stock`) | sku | [`LowStock`] | inventory events |
+//! | [`SalesDashboardView`] (`sales_dashboard`) | `<YYYY-MM-DD>:<sku>` | [`DailySales`] | `OrderShipped` |
+//!
+//! Every projection is pure: the runtime decodes each event once into the
+//! domain's typed event (the projection's `Event`: one aggregate's events,
+//! or a [`strata::event_set!`] over several) and the projection folds it
+//! into the document. A payload that does not decode is a
+//! [`ProjectionError`] (the projector retries, then dead-letters and
+//! halts).
+
+use crate::domain::catalog::ProductEvent;
+use crate::domain::inventory::InventoryEvent;
+
+mod catalog;
+mod customer_orders;
+mod low_stock;
+mod order_details;
+mod sales_dashboard;
+#[cfg(test)]
+mod tests;
+
+pub use catalog::{CatalogItem, CatalogView};
+pub use customer_orders::{CustomerOrder, CustomerOrders, CustomerOrdersView};
+pub use low_stock::{LowStock, LowStockView};
+pub use order_details::{HistoryEntry, OrderDetails, OrderDetailsView};
+pub use sales_dashboard::{DailySales, SalesDashboardView};
+
+/// The names of the shop's views, in the order of this module.
+pub const VIEW_NAMES: [&str; 5] = [
+    CatalogView::NAME,
+    OrderDetailsView::NAME,
+    CustomerOrdersView::NAME,
+    LowStockView::NAME,
+    SalesDashboardView::NAME,
+];
+
+/// A sku is "low on stock" while fewer units than this are available.
+pub const LOW_STOCK_THRESHOLD: u32 = 5;
+
+strata::event_set! {
+    /// What the catalog follows: product and stock events.
+    pub enum CatalogEvent {
+        /// A product's events.
+        Product(ProductEvent),
+        /// A sku's stock events.
+        Inventory(InventoryEvent),
+    }
+}
