@@ -1,0 +1,247 @@
+//! The query API: views by name through the cached reader, with
+//! `min_position` waits and paged listings.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use strata::{Position, ViewReader, ViewStore};
+
+use super::commands::{not_found, parse_uuid};
+use super::*;
+
+// ---- the query API ---------------------------------------------------------
+
+/// What the query API reads.
+pub struct QueryState<V> {
+    /// Cached views.
+    pub reader: ViewReader<V>,
+    /// Change announcements (for live updates).
+    pub feed: strata::ChangeFeed,
+}
+
+impl<V> Clone for QueryState<V> {
+    fn clone(&self) -> Self {
+        QueryState {
+            reader: self.reader.clone(),
+            feed: self.feed.clone(),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct MinPosition {
+    min_position: Option<String>,
+}
+
+/// A listing's query: a minimum position and a page.
+#[derive(Deserialize, Default)]
+struct ListQuery {
+    min_position: Option<String>,
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+/// Documents per page of a listing when the client names no limit.
+pub const DEFAULT_PAGE: usize = 100;
+/// The largest page a client may ask for.
+pub const MAX_PAGE: usize = 1_000;
+
+fn min_position(q: &MinPosition, headers: &HeaderMap) -> Result<Option<Position>, ApiError> {
+    let raw = q.min_position.clone().or_else(|| {
+        headers
+            .get(MIN_POSITION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    });
+    match raw {
+        None => Ok(None),
+        Some(s) => s
+            .trim()
+            .parse::<u64>()
+            .map(|p| Some(Position(p)))
+            .map_err(|_| ApiError::bad_request("min_position must be a non-negative integer")),
+    }
+}
+
+fn page_limit(raw: Option<&str>) -> Result<usize, ApiError> {
+    match raw {
+        None => Ok(DEFAULT_PAGE),
+        Some(s) => match s.trim().parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+            _ => Err(ApiError::bad_request(format!(
+                "limit must be 1 to {MAX_PAGE}"
+            ))),
+        },
+    }
+}
+
+fn page_after(raw: Option<String>) -> Result<Option<String>, ApiError> {
+    match raw {
+        Some(a) if a.is_empty() || a.len() > 256 => Err(ApiError::bad_request(
+            "after must be a key from a page's next, 1 to 256 bytes",
+        )),
+        other => Ok(other),
+    }
+}
+
+async fn one<V: ViewStore>(
+    state: &QueryState<V>,
+    view_name: &str,
+    key: &str,
+    min: Option<Position>,
+) -> Result<Response, ApiError> {
+    let read = state.reader.get(view_name, key, min).await?;
+    match read.doc {
+        Some(d) => Ok(Json(
+            json!({ "data": d.doc, "position": d.position.0, "checkpoint": read.checkpoint.0 }),
+        )
+        .into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no {view_name} document {key:?}"),
+        )),
+    }
+}
+
+/// A page of a view: `{"data": [...], "next": key-or-null}`; pass `next`
+/// back as `?after=` for the following page.
+async fn many<V: ViewStore>(
+    state: &QueryState<V>,
+    view_name: &str,
+    q: ListQuery,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let min = min_position(
+        &MinPosition {
+            min_position: q.min_position,
+        },
+        headers,
+    )?;
+    let limit = page_limit(q.limit.as_deref())?;
+    let after = page_after(q.after)?;
+    let page = state
+        .reader
+        .list(view_name, after.as_deref(), limit, min)
+        .await?;
+    let data: Vec<Value> = page.docs.into_iter().map(|d| d.doc).collect();
+    Ok(Json(json!({ "data": data, "next": page.next })).into_response())
+}
+
+async fn get_products<V: ViewStore>(
+    State(s): State<QueryState<V>>,
+    Query(q): Query<ListQuery>,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    many(&s, "catalog", q, &h).await
+}
+
+async fn get_product<V: ViewStore>(
+    State(s): State<QueryState<V>>,
+    Path(sku): Path<String>,
+    Query(q): Query<MinPosition>,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    crate::domain::validate_sku(&sku).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    one(&s, "catalog", &sku, min_position(&q, &h)?).await
+}
+
+async fn get_order<V: ViewStore>(
+    State(s): State<QueryState<V>>,
+    Path(id): Path<String>,
+    Query(q): Query<MinPosition>,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = parse_uuid("order id", &id)?;
+    one(&s, "order_details", &id.to_string(), min_position(&q, &h)?).await
+}
+
+async fn get_customer_orders<V: ViewStore>(
+    State(s): State<QueryState<V>>,
+    Path(id): Path<String>,
+    Query(q): Query<MinPosition>,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    // The same rule the order applies when it is placed: characters, not
+    // bytes, so every id that can be written can be read.
+    if id.trim().is_empty() || id.chars().count() > crate::domain::order::MAX_CUSTOMER_ID_LEN {
+        return Err(ApiError::bad_request(format!(
+            "customer id must be 1 to {} characters",
+            crate::domain::order::MAX_CUSTOMER_ID_LEN
+        )));
+    }
+    let min = min_position(&q, &h)?;
+    let read = s.reader.get("customer_orders", &id, min).await?;
+    let Some(doc) = read.doc else {
+        return Ok(Json(json!({ "data": { "customer_id": id, "orders": [] } })).into_response());
+    };
+    // Join each order's current status from the order details view.
+    let mut data = doc.doc;
+    if let Some(orders) = data.get_mut("orders").and_then(Value::as_array_mut) {
+        for o in orders.iter_mut() {
+            if let Some(oid) = o.get("order_id").and_then(Value::as_str).map(str::to_owned) {
+                if let Ok(r) = s.reader.get("order_details", &oid, None).await {
+                    if let Some(d) = r.doc {
+                        o["status"] = d.doc["status"].clone();
+                    }
+                }
+            }
+        }
+    }
+    Ok(Json(json!({ "data": data, "checkpoint": read.checkpoint.0 })).into_response())
+}
+
+async fn get_low_stock<V: ViewStore>(
+    State(s): State<QueryState<V>>,
+    Query(q): Query<ListQuery>,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    many(&s, "low_stock", q, &h).await
+}
+
+async fn get_dashboard<V: ViewStore>(
+    State(s): State<QueryState<V>>,
+    Query(q): Query<ListQuery>,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    many(&s, "sales_dashboard", q, &h).await
+}
+
+/// The query API. Its live streams end when `shutdown` is cancelled.
+pub fn query_router<V: ViewStore>(
+    state: QueryState<V>,
+    ops: Ops,
+    shutdown: strata::CancellationToken,
+) -> Router {
+    let live = crate::live::Live::new(state.clone(), crate::live::LiveConfig::default())
+        .with_shutdown(shutdown);
+    // `/metrics` also reports the live streams.
+    let ops = {
+        let (gauges, live) = (Arc::clone(&ops.gauges), live.clone());
+        Ops {
+            gauges: Arc::new(move || {
+                let mut samples = gauges();
+                samples.extend(live.samples());
+                samples
+            }),
+            ..ops
+        }
+    };
+    Router::new()
+        .route("/products", get(get_products::<V>))
+        .route("/products/{sku}", get(get_product::<V>))
+        .route("/orders/{id}", get(get_order::<V>))
+        .route("/customers/{id}/orders", get(get_customer_orders::<V>))
+        .route("/low-stock", get(get_low_stock::<V>))
+        .route("/dashboard", get(get_dashboard::<V>))
+        .with_state(state)
+        .merge(live.router())
+        .merge(ops_router(ops))
+        .fallback(not_found)
+}
