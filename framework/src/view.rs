@@ -176,6 +176,8 @@ pub enum SubscriberState {
     Retired,
 }
 
+// The text form is how the Postgres store keeps the state.
+#[cfg(feature = "postgres")]
 impl SubscriberState {
     fn as_str(self) -> &'static str {
         match self {
@@ -678,10 +680,12 @@ impl ViewStore for InMemoryViewStore {
     }
 }
 
+#[cfg(feature = "postgres")]
 pub(crate) fn state_str(s: SubscriberState) -> &'static str {
     s.as_str()
 }
 
+#[cfg(feature = "postgres")]
 pub(crate) fn parse_state(s: &str) -> SubscriberState {
     SubscriberState::parse(s)
 }
