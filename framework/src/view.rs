@@ -634,6 +634,7 @@ impl ViewStore for InMemoryViewStore {
     }
 
     async fn reset(&self, subscriber: &str, position: Position) -> ViewResult<()> {
+        validate_name(subscriber)?;
         let mut m = self.lock();
         let cp = m
             .checkpoints
