@@ -2,6 +2,7 @@
 //! of event stores, view stores and event buses, and connection defaults
 //! that fail loudly.
 
+pub mod bus_conformance;
 pub mod conformance;
 pub mod view_conformance;
 
