@@ -699,7 +699,7 @@ async fn paced(
                     ms(Instant::now())
                 },
                 async {
-                    let read = r.get(&v, &key, Some(p)).await;
+                    let read = r.get(v.name(), &key, Some(p)).await;
                     read.ok().map(|_| ms(Instant::now()))
                 }
             );

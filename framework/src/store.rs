@@ -476,7 +476,8 @@ mod tests {
     #[test]
     fn validate_refuses_malformed_events() {
         let e = NewEvent::new("E", json!(1));
-        let cases: Vec<(AppendRequest, fn(&InputError) -> bool)> = vec![
+        type Case = (AppendRequest, fn(&InputError) -> bool);
+        let cases: Vec<Case> = vec![
             (
                 AppendRequest::new(
                     sid("s-1"),
@@ -494,10 +495,9 @@ mod tests {
                 request(ExpectedVersion::Any, vec![e.clone().with_schema_version(0)]),
                 |e| matches!(e, InputError::InvalidSchemaVersion),
             ),
-            (
-                request(ExpectedVersion::Any, vec![e.clone(), e.clone()]),
-                |e| matches!(e, InputError::RepeatedEventId { .. }),
-            ),
+            (request(ExpectedVersion::Any, vec![e.clone(), e]), |e| {
+                matches!(e, InputError::RepeatedEventId { .. })
+            }),
             (
                 request(
                     ExpectedVersion::Any,
