@@ -4,6 +4,11 @@
 //! `(key, doc jsonb, position)`. Table names cannot be bound as parameters;
 //! they are built only from a [`ViewId`], whose name is validated to
 //! `[a-z][a-z0-9_]{0,39}`. Every value is bound.
+//!
+//! Keys are compared bytewise (`COLLATE "C"`), whatever the database's
+//! collation, so listings come in the same key order as in memory and
+//! the primary key index serves `ORDER BY key` and `key > $after`. (Tables
+//! made before this keep the database's collation until rebuilt.)
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -107,7 +112,8 @@ impl ViewStore for PgViewStore {
             .map_err(be)?;
         let ddl = format!(
             "CREATE TABLE IF NOT EXISTS {table} (\
-               key TEXT PRIMARY KEY, doc JSONB NOT NULL, position BIGINT NOT NULL)"
+               key TEXT COLLATE \"C\" PRIMARY KEY, doc JSONB NOT NULL, \
+               position BIGINT NOT NULL)"
         );
         sqlx::query(&ddl).execute(&mut *tx).await.map_err(be)?;
         tx.commit().await.map_err(be)?;
