@@ -169,6 +169,18 @@ impl ViewStore for PgViewStore {
         from: Position,
         to: Position,
     ) -> ViewResult<()> {
+        // The version's table is gone (dropped after a rebuild switched
+        // away from it): nothing was written, and the writer is fenced.
+        let fenced_if_dropped = |e: sqlx::Error| {
+            if is_missing_table(&e) {
+                ViewError::Fenced {
+                    subscriber: subscriber.to_owned(),
+                    expected: from,
+                }
+            } else {
+                be(e)
+            }
+        };
         let (mut keys, mut docs, mut positions) = (Vec::new(), Vec::new(), Vec::new());
         let mut deleted = Vec::new();
         // Last change per key wins (the runtime already folds a batch).
@@ -227,7 +239,7 @@ impl ViewStore for PgViewStore {
                 .bind(&deleted)
                 .fetch_one(&self.pool)
                 .await
-                .map_err(be)?
+                .map_err(fenced_if_dropped)?
             }
             _ => sqlx::query_scalar(&format!("{CHECKPOINT} SELECT count(*) FROM moved"))
                 .bind(subscriber)

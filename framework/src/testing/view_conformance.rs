@@ -192,6 +192,24 @@ pub async fn commit_is_atomic_and_fenced<V: ViewStore>(views: V) {
     assert_eq!(position(&views, &sub).await, Position(7));
     assert_eq!(views.list(&view, None, 100).await.unwrap(), all);
 
+    // A subscriber never prepared has no checkpoint to move from: fenced,
+    // and nothing is written or recorded.
+    assert_fenced(
+        views
+            .commit("a_process", None, vec![], Position(0), Position(1))
+            .await,
+        "a_process",
+        0,
+    );
+    assert_fenced(
+        views
+            .park(letter("a_process", 1, "early"), Position(0), true)
+            .await,
+        "a_process",
+        0,
+    );
+    assert!(views.dead_letters(None).await.unwrap().is_empty());
+
     // Subscribers without documents (process managers).
     views.checkpoint("a_process").await.unwrap();
     views
@@ -669,6 +687,29 @@ pub async fn rebuild_and_switch_versions<V: ViewStore>(views: V) {
         views.get(&v2, "a").await.unwrap().doc,
         Some(doc("a", 3, 11))
     );
+    // A late commit of the dropped version's projector, from any position
+    // (its checkpoint is gone), is fenced and brings nothing back.
+    for from in [0, 12] {
+        assert_fenced(
+            views
+                .commit(
+                    &v1.subscriber(),
+                    Some(&v1),
+                    vec![put("z", 1, 14)],
+                    Position(from),
+                    Position(14),
+                )
+                .await,
+            &v1.subscriber(),
+            from,
+        );
+    }
+    assert!(views.list(&v1, None, 10).await.unwrap().is_empty());
+    assert_eq!(
+        views.active("orders").await.unwrap().map(|a| a.version),
+        Some(2)
+    );
+    // Asking for the checkpoint again starts it afresh.
     assert_eq!(position(&views, &v1.subscriber()).await, Position::START);
 
     // An unknown view has nothing to switch.
