@@ -277,15 +277,12 @@ async fn separate_processes_survive_kills_and_views_equal_a_fold() {
     let _ = js.delete_stream(&cfg.stream).await;
 }
 
+/// What a live-stream follower has seen: (position, event name) per event.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(u64, String)>>>;
+
 /// Reads a live stream (Server-Sent Events) in the background and keeps
 /// the positions of the `state` events it carries.
-fn follow_live(
-    http: &reqwest::Client,
-    url: String,
-) -> (
-    std::sync::Arc<std::sync::Mutex<Vec<(u64, String)>>>,
-    tokio::task::JoinHandle<()>,
-) {
+fn follow_live(http: &reqwest::Client, url: String) -> (Seen, tokio::task::JoinHandle<()>) {
     use futures::StreamExt;
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let (http, out) = (http.clone(), std::sync::Arc::clone(&seen));
@@ -409,7 +406,11 @@ async fn rebuilding_every_view_while_the_shop_runs_fails_no_reader() {
             let mut n = 0u64;
             while running.load(Ordering::Relaxed) {
                 n += 1;
-                let sku = if n % 2 == 0 { "MUG-01" } else { "TEE-01" };
+                let sku = if n.is_multiple_of(2) {
+                    "MUG-01"
+                } else {
+                    "TEE-01"
+                };
                 let (s, r) = post(
                     &http,
                     format!("{cmd}/inventory/{sku}/restock"),
