@@ -597,9 +597,10 @@ async fn concurrent_pays_charge_once() {
 }
 
 /// The record of a charge fails (a crash between charge and record,
-/// simulated by a trigger refusing `OrderPaid`): the retry with the same
-/// key completes the started attempt with the same gateway key, so the
-/// card is charged once and the order is paid.
+/// simulated by a trigger failing `OrderPaid` with an internal error; a
+/// plain `RAISE`, SQLSTATE P0001, is the store refusing the data: a 400):
+/// the retry with the same key completes the started attempt with the same
+/// gateway key, so the card is charged once and the order is paid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_charge_and_record_charges_once() {
     let db = strata::testing::test_database().await;
@@ -607,7 +608,8 @@ async fn a_crash_between_charge_and_record_charges_once() {
         confirmed_order(strata::PgEventStore::new(db.pool.clone())).await;
     sqlx::raw_sql(
         "CREATE FUNCTION refuse_paid() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN RAISE EXCEPTION 'simulated crash before the payment is recorded'; END $$; \
+         BEGIN RAISE EXCEPTION 'simulated crash before the payment is recorded' \
+           USING ERRCODE = 'internal_error'; END $$; \
          CREATE TRIGGER refuse_paid BEFORE INSERT ON strata_events FOR EACH ROW \
          WHEN (NEW.event_type = 'OrderPaid') EXECUTE FUNCTION refuse_paid();",
     )
