@@ -15,6 +15,11 @@ test:
 ci:
     bash .ci/run
 
+# The core without `postgres`, `nats` and `admin`, and each feature alone,
+# built without warnings (`cargo check`), as CI checks them.
+check-features:
+    bash .ci/check-features
+
 # Format the code.
 fmt:
     cargo fmt --all

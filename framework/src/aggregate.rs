@@ -167,3 +167,67 @@ impl SnapshotStore for InMemorySnapshotStore {
         Box::pin(async { Ok(()) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_is_never_due() {
+        for (before, after) in [(0, 1), (0, 1_000), (99, 100)] {
+            assert!(!SnapshotPolicy::Never.due(before, after));
+        }
+        assert_eq!(SnapshotPolicy::default(), SnapshotPolicy::Never);
+    }
+
+    #[test]
+    fn every_n_is_due_when_an_append_crosses_a_multiple() {
+        let every = SnapshotPolicy::Every(10);
+        let cases = [
+            (0, 9, false),
+            (0, 10, true),
+            (9, 10, true),
+            (10, 11, false),
+            (10, 19, false),
+            (11, 20, true),
+            (5, 25, true), // crossing two multiples at once
+            (19, 21, true),
+            (20, 20, false), // nothing appended
+        ];
+        for (before, after, due) in cases {
+            assert_eq!(every.due(before, after), due, "{before} -> {after}");
+        }
+        let each = SnapshotPolicy::Every(1);
+        assert!(each.due(0, 1) && each.due(7, 8));
+    }
+
+    #[test]
+    fn every_zero_never_snapshots_and_does_not_divide_by_zero() {
+        assert!(!SnapshotPolicy::Every(0).due(0, 100));
+    }
+
+    fn snapshot(version: u64) -> Snapshot {
+        Snapshot {
+            stream_id: StreamId::new("s-1").unwrap(),
+            stream_type: "thing".into(),
+            version,
+            position: Position(version * 10),
+            schema_version: 1,
+            state: serde_json::json!({ "version": version }),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_memory_snapshot_store_keeps_the_newest() {
+        let store = InMemorySnapshotStore::new();
+        let id = StreamId::new("s-1").unwrap();
+        assert_eq!(store.load(&id).await.unwrap(), None);
+        store.save(snapshot(5)).await.unwrap();
+        store.save(snapshot(3)).await.unwrap();
+        assert_eq!(store.load(&id).await.unwrap(), Some(snapshot(5)));
+        store.save(snapshot(8)).await.unwrap();
+        assert_eq!(store.load(&id).await.unwrap(), Some(snapshot(8)));
+        let other = StreamId::new("s-2").unwrap();
+        assert_eq!(store.load(&other).await.unwrap(), None);
+    }
+}

@@ -243,3 +243,105 @@ impl<S: EventStore> EventBus for InProcessBus<S> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::envelope::{Metadata, StreamId};
+
+    fn at(position: u64) -> Delivery {
+        Delivery::unacked(EventEnvelope {
+            position: Position(position),
+            event_id: uuid::Uuid::new_v4(),
+            stream_id: StreamId::new("s-1").unwrap(),
+            stream_type: "thing".into(),
+            stream_version: position,
+            event_type: "Added".into(),
+            schema_version: 1,
+            payload: json!({}),
+            metadata: Metadata::new(),
+            recorded_at: chrono::Utc::now(),
+        })
+    }
+
+    fn batch(positions: &[u64]) -> Vec<Delivery> {
+        positions.iter().map(|&p| at(p)).collect()
+    }
+
+    fn positions(ds: &[Delivery]) -> Vec<u64> {
+        ds.iter().map(|d| d.envelope.position.0).collect()
+    }
+
+    fn split(ps: &[u64], after: u64) -> (Vec<u64>, Vec<u64>) {
+        let (fresh, old) = in_order(batch(ps), Position(after)).expect("in order");
+        (positions(&fresh), positions(&old))
+    }
+
+    fn gap(ps: &[u64], after: u64) -> (u64, u64) {
+        match in_order(batch(ps), Position(after)) {
+            Err(BusError::Gap { expected, got }) => (expected.0, got.0),
+            other => panic!("expected a gap for {ps:?} after {after}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_dense_batch_passes_in_position_order() {
+        assert_eq!(split(&[1, 2, 3], 0), (vec![1, 2, 3], vec![]));
+        assert_eq!(split(&[7, 5, 6], 4), (vec![5, 6, 7], vec![]));
+        assert_eq!(split(&[], 4), (vec![], vec![]));
+    }
+
+    #[test]
+    fn redeliveries_at_or_below_the_checkpoint_are_set_apart() {
+        assert_eq!(split(&[3, 4, 5, 6], 4), (vec![5, 6], vec![3, 4]));
+        assert_eq!(split(&[2, 1], 4), (vec![], vec![1, 2]));
+    }
+
+    #[test]
+    fn the_same_event_twice_in_a_batch_is_kept_once() {
+        assert_eq!(split(&[5, 6, 5, 6, 7], 4), (vec![5, 6, 7], vec![]));
+    }
+
+    #[test]
+    fn a_gap_is_reported_with_what_was_expected() {
+        assert_eq!(gap(&[6, 7], 4), (5, 6));
+        assert_eq!(gap(&[5, 6, 8], 4), (7, 8));
+        assert_eq!(gap(&[3, 4, 9], 4), (5, 9));
+        assert_eq!(gap(&[2], 0), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn acking_an_unacked_batch_is_harmless() {
+        ack_batch(batch(&[1, 2, 3])).await;
+        ack_batch(Vec::new()).await;
+        assert!(at(1).ack().await.is_ok());
+    }
+
+    /// Counts acks, to show `ack_batch` acknowledges only the highest.
+    struct Counting(u64, std::sync::Arc<std::sync::Mutex<Vec<u64>>>);
+
+    impl Ack for Counting {
+        fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), BusError>> {
+            self.1.lock().unwrap().push(self.0);
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn ack_batch_acknowledges_only_the_highest_position() {
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let deliveries: Vec<Delivery> = [4, 9, 6]
+            .into_iter()
+            .map(|p| {
+                Delivery::with_ack(
+                    at(p).envelope,
+                    Box::new(Counting(p, std::sync::Arc::clone(&acked))),
+                )
+            })
+            .collect();
+        ack_batch(deliveries).await;
+        assert_eq!(*acked.lock().unwrap(), vec![9]);
+    }
+}

@@ -31,11 +31,13 @@
 //!   gap-safe global order and group commit.
 //! - [`follow`]: [`Follower`], the catch-up-then-wait loop over the global
 //!   order that relays, rebuilds and readers share.
-//! - `testing` (feature `testing`): fresh test databases and the store
-//!   conformance suite.
+//! - `testing` (feature `testing`): fresh test databases and the
+//!   conformance suites of event stores, view stores and event buses.
 //!
 //! The core ([`envelope`], [`store`], [`memory`], [`follow`]) depends on no
 //! infrastructure crate; Postgres lives behind its own module and feature.
+//! CI builds the crate without the `postgres`, `nats` and `admin` features,
+//! and with each alone (`just check-features`).
 //!
 //! # Quick start
 //!

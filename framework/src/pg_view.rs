@@ -4,6 +4,11 @@
 //! `(key, doc jsonb, position)`. Table names cannot be bound as parameters;
 //! they are built only from a [`ViewId`], whose name is validated to
 //! `[a-z][a-z0-9_]{0,39}`. Every value is bound.
+//!
+//! Keys are compared bytewise (`COLLATE "C"`), whatever the database's
+//! collation, so listings come in the same key order as in memory and
+//! the primary key index serves `ORDER BY key` and `key > $after`. (Tables
+//! made before this keep the database's collation until rebuilt.)
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -107,7 +112,8 @@ impl ViewStore for PgViewStore {
             .map_err(be)?;
         let ddl = format!(
             "CREATE TABLE IF NOT EXISTS {table} (\
-               key TEXT PRIMARY KEY, doc JSONB NOT NULL, position BIGINT NOT NULL)"
+               key TEXT COLLATE \"C\" PRIMARY KEY, doc JSONB NOT NULL, \
+               position BIGINT NOT NULL)"
         );
         sqlx::query(&ddl).execute(&mut *tx).await.map_err(be)?;
         tx.commit().await.map_err(be)?;
@@ -143,8 +149,13 @@ impl ViewStore for PgViewStore {
         ))
         .bind(keys)
         .fetch_all(&self.pool)
-        .await
-        .map_err(be)?;
+        .await;
+        // A version not created yet has no documents (as `get` and `list`).
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) if is_missing_table(&e) => return Ok(HashMap::new()),
+            Err(e) => return Err(be(e)),
+        };
         rows.iter()
             .map(|r| doc_from_row(r).map(|d| (d.key.clone(), d)))
             .collect()
@@ -158,6 +169,18 @@ impl ViewStore for PgViewStore {
         from: Position,
         to: Position,
     ) -> ViewResult<()> {
+        // The version's table is gone (dropped after a rebuild switched
+        // away from it): nothing was written, and the writer is fenced.
+        let fenced_if_dropped = |e: sqlx::Error| {
+            if is_missing_table(&e) {
+                ViewError::Fenced {
+                    subscriber: subscriber.to_owned(),
+                    expected: from,
+                }
+            } else {
+                be(e)
+            }
+        };
         let (mut keys, mut docs, mut positions) = (Vec::new(), Vec::new(), Vec::new());
         let mut deleted = Vec::new();
         // Last change per key wins (the runtime already folds a batch).
@@ -216,7 +239,7 @@ impl ViewStore for PgViewStore {
                 .bind(&deleted)
                 .fetch_one(&self.pool)
                 .await
-                .map_err(be)?
+                .map_err(fenced_if_dropped)?
             }
             _ => sqlx::query_scalar(&format!("{CHECKPOINT} SELECT count(*) FROM moved"))
                 .bind(subscriber)
@@ -429,13 +452,17 @@ impl ViewStore for PgViewStore {
 
     async fn switch_version(&self, name: &str, to: u32) -> ViewResult<bool> {
         let mut tx = self.pool.begin().await.map_err(be)?;
-        let active: i32 = sqlx::query_scalar(
+        let active: Option<i32> = sqlx::query_scalar(
             "SELECT active_version FROM strata_view_versions WHERE name = $1 FOR UPDATE",
         )
         .bind(name)
-        .fetch_one(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(be)?;
+        // An unknown view has no version to switch from: nothing changes.
+        let Some(active) = active else {
+            return Ok(false);
+        };
         let old = ViewId::new(name, active as u32)?;
         let new = ViewId::new(name, to)?;
         // Lock the old checkpoint: its projector cannot commit meanwhile.
@@ -474,17 +501,21 @@ impl ViewStore for PgViewStore {
     }
 
     async fn retire_active(&self, name: &str) -> ViewResult<Position> {
-        let active = self.active_version(name, 1).await?;
+        // Reads the active version without registering the view.
+        let active = self.active(name).await?.map_or(1, |a| a.version);
         let old = ViewId::new(name, active)?;
-        let position: Option<i64> = sqlx::query_scalar(
-            "UPDATE strata_checkpoints SET state = 'retired', updated_at = now() \
-             WHERE subscriber = $1 RETURNING position",
+        // A version whose projector has not checkpointed yet is retired
+        // too: its first commit must fail like any later one.
+        let position: i64 = sqlx::query_scalar(
+            "INSERT INTO strata_checkpoints (subscriber, state) VALUES ($1, 'retired') \
+             ON CONFLICT (subscriber) DO UPDATE SET state = 'retired', updated_at = now() \
+             RETURNING position",
         )
         .bind(old.subscriber())
-        .fetch_optional(&self.pool)
+        .fetch_one(&self.pool)
         .await
         .map_err(be)?;
-        Ok(Position(position.unwrap_or(0) as u64))
+        Ok(Position(position as u64))
     }
 
     async fn drop_version(&self, view: &ViewId) -> ViewResult<()> {

@@ -397,3 +397,231 @@ pub(crate) fn decide(
     }
     Ok(Decision::Write { current })
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::envelope::Metadata;
+
+    fn sid(s: &str) -> StreamId {
+        StreamId::new(s).unwrap()
+    }
+
+    fn request(expected: ExpectedVersion, events: Vec<NewEvent>) -> AppendRequest {
+        AppendRequest::new(sid("s-1"), "thing", expected, events)
+    }
+
+    fn one(expected: ExpectedVersion) -> AppendRequest {
+        request(expected, vec![NewEvent::new("Added", json!({ "n": 1 }))])
+    }
+
+    fn input_error(r: Result<ValidAppend>) -> InputError {
+        match r {
+            Err(StoreError::Input(e)) => e,
+            other => panic!("expected an input error, got {other:?}"),
+        }
+    }
+
+    const LIMITS: StoreLimits = StoreLimits {
+        max_events_per_append: 3,
+        max_payload_bytes: 20,
+    };
+
+    #[test]
+    fn validate_serialises_payloads_and_metadata_once() {
+        let meta = Metadata::new().with_actor("alice");
+        let events = vec![
+            NewEvent::new("Added", json!({ "n": 1 })).with_metadata(meta.clone()),
+            NewEvent::new("Removed", json!([1, 2])),
+        ];
+        let valid = validate(request(ExpectedVersion::Any, events.clone()), &LIMITS).unwrap();
+        assert_eq!(valid.payloads, [r#"{"n":1}"#, "[1,2]"]);
+        assert_eq!(valid.metadata[0], serde_json::to_string(&meta).unwrap());
+        assert_eq!(valid.request.events, events);
+    }
+
+    #[test]
+    fn validate_enforces_the_event_count_limit() {
+        let events = |n: usize| (0..n).map(|_| NewEvent::new("E", json!(1))).collect();
+        assert!(validate(request(ExpectedVersion::Any, events(3)), &LIMITS).is_ok());
+        assert!(matches!(
+            input_error(validate(request(ExpectedVersion::Any, events(4)), &LIMITS)),
+            InputError::TooManyEvents { count: 4, max: 3 }
+        ));
+        assert!(matches!(
+            input_error(validate(request(ExpectedVersion::Any, events(0)), &LIMITS)),
+            InputError::EmptyAppend
+        ));
+    }
+
+    #[test]
+    fn validate_enforces_the_payload_limit_in_serialised_bytes() {
+        // `{"s":"…"}` is 8 bytes around the string.
+        let at_limit = NewEvent::new("E", json!({ "s": "x".repeat(12) }));
+        let over = NewEvent::new("E", json!({ "s": "x".repeat(13) }));
+        assert!(validate(request(ExpectedVersion::Any, vec![at_limit]), &LIMITS).is_ok());
+        let id = over.event_id;
+        match input_error(validate(request(ExpectedVersion::Any, vec![over]), &LIMITS)) {
+            InputError::PayloadTooLarge {
+                event_id,
+                size,
+                max,
+            } => assert_eq!((event_id, size, max), (id, 21, 20)),
+            other => panic!("expected PayloadTooLarge, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn validate_refuses_malformed_events() {
+        let e = NewEvent::new("E", json!(1));
+        type Case = (AppendRequest, fn(&InputError) -> bool);
+        let cases: Vec<Case> = vec![
+            (
+                AppendRequest::new(
+                    sid("s-1"),
+                    "no spaces",
+                    ExpectedVersion::Any,
+                    vec![e.clone()],
+                ),
+                |e| matches!(e, InputError::InvalidTypeName { .. }),
+            ),
+            (
+                request(ExpectedVersion::Any, vec![NewEvent::new("a.b", json!(1))]),
+                |e| matches!(e, InputError::InvalidTypeName { .. }),
+            ),
+            (
+                request(ExpectedVersion::Any, vec![e.clone().with_schema_version(0)]),
+                |e| matches!(e, InputError::InvalidSchemaVersion),
+            ),
+            (request(ExpectedVersion::Any, vec![e.clone(), e]), |e| {
+                matches!(e, InputError::RepeatedEventId { .. })
+            }),
+            (
+                request(
+                    ExpectedVersion::Any,
+                    vec![NewEvent::new("E", json!("a\u{0}"))],
+                ),
+                |e| matches!(e, InputError::NulCharacter { .. }),
+            ),
+        ];
+        for (r, is_expected) in cases {
+            let err = input_error(validate(r.clone(), &StoreLimits::default()));
+            assert!(is_expected(&err), "wrong error {err:?} for {r:?}");
+        }
+    }
+
+    #[test]
+    fn expected_version_admits() {
+        let cases = [
+            (ExpectedVersion::Any, 0, true),
+            (ExpectedVersion::Any, 7, true),
+            (ExpectedVersion::NoStream, 0, true),
+            (ExpectedVersion::NoStream, 1, false),
+            (ExpectedVersion::Exact(3), 3, true),
+            (ExpectedVersion::Exact(3), 2, false),
+            (ExpectedVersion::Exact(3), 4, false),
+            (ExpectedVersion::Exact(0), 0, true),
+        ];
+        for (expected, current, admitted) in cases {
+            assert_eq!(
+                expected.admits(current),
+                admitted,
+                "{expected} at {current}"
+            );
+        }
+        assert_eq!(ExpectedVersion::from_seen(0), ExpectedVersion::NoStream);
+        assert_eq!(ExpectedVersion::from_seen(4), ExpectedVersion::Exact(4));
+    }
+
+    #[test]
+    fn decide_writes_at_the_expected_version() {
+        let none = HashMap::new();
+        assert_eq!(
+            decide(&one(ExpectedVersion::NoStream), 0, &none).unwrap(),
+            Decision::Write { current: 0 }
+        );
+        assert_eq!(
+            decide(&one(ExpectedVersion::Exact(5)), 5, &none).unwrap(),
+            Decision::Write { current: 5 }
+        );
+        assert_eq!(
+            decide(&one(ExpectedVersion::Any), 9, &none).unwrap(),
+            Decision::Write { current: 9 }
+        );
+        for (expected, current) in [
+            (ExpectedVersion::NoStream, 2),
+            (ExpectedVersion::Exact(5), 4),
+            (ExpectedVersion::Exact(5), 6),
+            (ExpectedVersion::Exact(1), 0),
+        ] {
+            match decide(&one(expected), current, &none) {
+                Err(StoreError::Conflict {
+                    stream_id,
+                    expected: e,
+                    actual,
+                }) => assert_eq!((stream_id, e, actual), (sid("s-1"), expected, current)),
+                other => panic!("expected a conflict for {expected} at {current}, got {other:?}"),
+            }
+        }
+    }
+
+    fn stored(stream: &str, version: u64, position: u64) -> StoredId {
+        StoredId {
+            stream_id: sid(stream),
+            stream_version: version,
+            position: Position(position),
+        }
+    }
+
+    #[test]
+    fn decide_returns_the_first_outcome_for_the_same_append() {
+        let events = vec![NewEvent::new("E", json!(1)), NewEvent::new("E", json!(2))];
+        let existing: HashMap<Uuid, StoredId> = [
+            (events[0].event_id, stored("s-1", 3, 10)),
+            (events[1].event_id, stored("s-1", 4, 12)),
+        ]
+        .into_iter()
+        .collect();
+        // Even with a stale expected version: it is a retry, not a conflict.
+        let decision = decide(&request(ExpectedVersion::Exact(2), events), 9, &existing).unwrap();
+        assert_eq!(
+            decision,
+            Decision::Duplicate(AppendOutcome {
+                stream_id: sid("s-1"),
+                first_version: 3,
+                stream_version: 4,
+                first_position: Position(10),
+                position: Position(12),
+                duplicate: true,
+            })
+        );
+    }
+
+    #[test]
+    fn decide_refuses_ids_reused_in_another_shape() {
+        let events = vec![NewEvent::new("E", json!(1)), NewEvent::new("E", json!(2))];
+        let (a, b) = (events[0].event_id, events[1].event_id);
+        let r = request(ExpectedVersion::Any, events);
+        let cases: Vec<(Vec<(Uuid, StoredId)>, Uuid)> = vec![
+            // Stored on another stream.
+            (vec![(a, stored("s-2", 1, 1)), (b, stored("s-2", 2, 2))], a),
+            // Only the first is stored.
+            (vec![(a, stored("s-1", 1, 1))], a),
+            // Only a later one is stored.
+            (vec![(b, stored("s-1", 1, 1))], b),
+            // Both, but not as consecutive versions.
+            (vec![(a, stored("s-1", 1, 1)), (b, stored("s-1", 3, 3))], a),
+            // Both, in the other order.
+            (vec![(a, stored("s-1", 2, 2)), (b, stored("s-1", 1, 1))], a),
+        ];
+        for (existing, reused) in cases {
+            let existing: HashMap<Uuid, StoredId> = existing.into_iter().collect();
+            match decide(&r, 5, &existing) {
+                Err(StoreError::EventIdReused { event_id }) => assert_eq!(event_id, reused),
+                other => panic!("expected EventIdReused for {existing:?}, got {other:?}"),
+            }
+        }
+    }
+}

@@ -176,6 +176,8 @@ pub enum SubscriberState {
     Retired,
 }
 
+// The text form is how the Postgres store keeps the state.
+#[cfg(feature = "postgres")]
 impl SubscriberState {
     fn as_str(self) -> &'static str {
         match self {
@@ -483,16 +485,17 @@ impl ViewStore for InMemoryViewStore {
         to: Position,
     ) -> ViewResult<()> {
         let mut m = self.lock();
-        let cp = m
-            .checkpoints
-            .entry(subscriber.to_owned())
-            .or_insert_with(new_checkpoint);
-        if cp.position != from || cp.state != SubscriberState::Running {
-            return Err(ViewError::Fenced {
-                subscriber: subscriber.to_owned(),
-                expected: from,
-            });
-        }
+        // No checkpoint (never prepared, or its version dropped): fenced,
+        // as a checkpoint elsewhere would be.
+        let cp = match m.checkpoints.get_mut(subscriber) {
+            Some(cp) if cp.position == from && cp.state == SubscriberState::Running => cp,
+            _ => {
+                return Err(ViewError::Fenced {
+                    subscriber: subscriber.to_owned(),
+                    expected: from,
+                })
+            }
+        };
         cp.position = to;
         if let Some(view) = view {
             let docs = m.docs.entry(view.clone()).or_default();
@@ -541,10 +544,12 @@ impl ViewStore for InMemoryViewStore {
 
     async fn park(&self, mut letter: DeadLetter, from: Position, skip: bool) -> ViewResult<()> {
         let mut m = self.lock();
-        let cp = m
-            .checkpoints
-            .entry(letter.subscriber.clone())
-            .or_insert_with(new_checkpoint);
+        let Some(cp) = m.checkpoints.get_mut(&letter.subscriber) else {
+            return Err(ViewError::Fenced {
+                subscriber: letter.subscriber,
+                expected: from,
+            });
+        };
         if cp.position != from {
             return Err(ViewError::Fenced {
                 subscriber: letter.subscriber,
@@ -656,6 +661,7 @@ impl ViewStore for InMemoryViewStore {
     }
 
     async fn reset(&self, subscriber: &str, position: Position) -> ViewResult<()> {
+        validate_name(subscriber)?;
         let mut m = self.lock();
         let cp = m
             .checkpoints
@@ -702,10 +708,12 @@ impl ViewStore for InMemoryViewStore {
     }
 }
 
+#[cfg(feature = "postgres")]
 pub(crate) fn state_str(s: SubscriberState) -> &'static str {
     s.as_str()
 }
 
+#[cfg(feature = "postgres")]
 pub(crate) fn parse_state(s: &str) -> SubscriberState {
     SubscriberState::parse(s)
 }

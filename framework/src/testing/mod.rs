@@ -1,7 +1,10 @@
-//! Test helpers: fresh Postgres databases per test, the store conformance
-//! suite, and connection defaults that fail loudly.
+//! Test helpers: fresh Postgres databases per test, the conformance suites
+//! of event stores, view stores and event buses, and connection defaults
+//! that fail loudly.
 
+pub mod bus_conformance;
 pub mod conformance;
+pub mod view_conformance;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
