@@ -20,7 +20,7 @@
 //!   layer shares: [`EventEnvelope`], [`NewEvent`], [`Metadata`],
 //!   [`StreamId`], [`Position`]; typed events ([`DomainEvent`]) to and from
 //!   envelopes, with [`Upcasters`] for old schema versions; the errors.
-//! - [`write`]: [`Aggregate`], the pure decider, and its snapshots;
+//! - [`write`](mod@write): [`Aggregate`], the pure decider, and its snapshots;
 //!   [`CommandHandler`]: load → decide → append, with per-stream lanes,
 //!   conflict retries, idempotent command ids, snapshots; [`AggregateTest`],
 //!   given / when / then for aggregates.
