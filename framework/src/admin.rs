@@ -32,14 +32,14 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::aggregate::BoxFuture;
-use crate::changes::ChangeFeed;
 use crate::envelope::{EventEnvelope, NewEvent, Position, StreamId};
-use crate::nats::StreamConfig;
-use crate::projection::{Projection, ProjectionTest};
-use crate::rebuild::{RebuildError, RebuildOptions, RebuildProgress, RebuildReport};
+use crate::propagation::changes::ChangeFeed;
+use crate::propagation::nats::StreamConfig;
 use crate::store::{AppendRequest, EventFilter, EventStore, ExpectedVersion};
-use crate::view::{ViewId, ViewStore};
+use crate::views::projection::{Projection, ProjectionTest};
+use crate::views::rebuild::{RebuildError, RebuildOptions, RebuildProgress, RebuildReport};
+use crate::views::store::{ViewId, ViewStore};
+use crate::write::aggregate::BoxFuture;
 use crate::{PgEventStore, PgViewStore};
 
 /// `admin` arguments: a global `--json` and a command.
@@ -261,7 +261,7 @@ where
     ) -> BoxFuture<'static, Result<RebuildReport, RebuildError>> {
         let projection = (self.0)();
         Box::pin(async move {
-            crate::rebuild::rebuild(
+            crate::views::rebuild::rebuild(
                 projection,
                 store,
                 views,
@@ -1198,7 +1198,7 @@ async fn view_snapshot(
     // The table name comes from a validated view name and version.
     let rows = sqlx::query(&format!(
         "SELECT key, doc FROM {} ORDER BY key",
-        crate::pg_view::view_table(view)
+        crate::views::postgres::view_table(view)
     ))
     .fetch_all(&mut *tx)
     .await;
@@ -1279,7 +1279,7 @@ async fn verify_jetstream(
             let id = m
                 .headers
                 .as_ref()
-                .and_then(|h| h.get(crate::nats::headers::EVENT_ID))
+                .and_then(|h| h.get(crate::propagation::nats::headers::EVENT_ID))
                 .map(|v| v.as_str().to_owned())
                 .unwrap_or_default();
             if seq != e.position.0 || id != e.event_id.to_string() {

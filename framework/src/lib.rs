@@ -6,38 +6,56 @@
 //!
 //! # Layout
 //!
-//! - [`envelope`]: the wire format: [`EventEnvelope`], [`NewEvent`],
-//!   [`Metadata`], [`StreamId`], [`Position`].
-//! - [`store`]: the [`EventStore`] trait with its request and outcome types;
-//!   the append rules every implementation shares.
-//! - [`memory`]: [`InMemoryEventStore`], the embedded default.
-//! - [`codec`]: typed events ([`DomainEvent`]) to and from envelopes, with
-//!   [`Upcasters`] for old schema versions.
-//! - [`aggregate`]: [`Aggregate`], the pure decider (`decide`, `evolve`),
-//!   and snapshots.
-//! - [`command`]: [`CommandHandler`]: load → decide → append, with
-//!   per-stream lanes, conflict retries, idempotent command ids, snapshots.
-//! - [`harness`]: [`AggregateTest`], given / when / then for aggregates.
-//! - [`bus`]: [`EventBus`] with [`InProcessBus`]; `nats` (feature `nats`):
-//!   the JetStream [`Relay`] and [`JetStreamBus`].
-//! - [`view`]: keyed-document views, checkpoints and dead letters
-//!   ([`ViewStore`], [`InMemoryViewStore`], `PgViewStore`).
-//! - [`projection`]: [`Projection`] (pure) and the [`Projector`] runtime.
-//! - [`changes`]: [`ChangeFeed`], announcements of changed documents.
-//! - [`query`]: [`ViewReader`], cached reads with read-your-writes.
-//! - [`process`]: [`ProcessManager`] and its runner.
-//! - [`rebuild`]: online projection rebuilds into a new view version.
-//! - `postgres` (feature `postgres`, on by default): [`PgEventStore`], with
-//!   gap-safe global order and group commit.
-//! - [`follow`]: [`Follower`], the catch-up-then-wait loop over the global
-//!   order that relays, rebuilds and readers share.
+//! The folders follow an event along its path, from the command that makes
+//! it to the query that reads it:
+//!
+//! ```text
+//!  write/             store/            propagation/             views/
+//!  CommandHandler ──► EventStore ──► Relay ──► EventBus ──► Projector ──► ViewStore ──► ViewReader
+//!       ▲                                         │             └── ChangeFeed ──────────────┘
+//!       └──────────── commands ◄── process ◄──────┘             (propagation/)
+//! ```
+//!
+//! - [`envelope`], [`codec`], [`error`] (at the top): the wire format every
+//!   layer shares: [`EventEnvelope`], [`NewEvent`], [`Metadata`],
+//!   [`StreamId`], [`Position`]; typed events ([`DomainEvent`]) to and from
+//!   envelopes, with [`Upcasters`] for old schema versions; the errors;
+//!   [`EventSet`] and [`Recorded`] (`event_set`), the typed events the read
+//!   side follows, decoded once.
+//! - [`write`](mod@write): [`Aggregate`], the pure decider, and its snapshots;
+//!   [`CommandHandler`]: load → decide → append, with per-stream lanes,
+//!   conflict retries, idempotent command ids, snapshots; [`AggregateTest`],
+//!   given / when / then for aggregates.
+//! - [`store`]: the single source of truth. The [`EventStore`] trait with
+//!   its request and outcome types and the append rules every
+//!   implementation shares; [`InMemoryEventStore`], the embedded default;
+//!   [`Follower`], the catch-up-then-wait loop over the global order that
+//!   the relay, rebuilds and readers share; `store::postgres` (feature
+//!   `postgres`, on by default): [`PgEventStore`], with gap-safe global
+//!   order and group commit.
+//! - [`propagation`]: the relay and the buses carry events out of the store:
+//!   `propagation::nats` (feature `nats`): the JetStream [`Relay`] (stream
+//!   sequence = store position) and [`JetStreamBus`]; [`EventBus`] with
+//!   [`InProcessBus`] and the gap check; [`ChangeFeed`], which announces
+//!   the documents a projector changed.
+//! - [`views`]: [`Projection`] (pure) and the [`Projector`] runtime;
+//!   keyed-document views, checkpoints, dead letters, leases and versions
+//!   ([`ViewStore`], [`InMemoryViewStore`], `PgViewStore`); [`ViewReader`],
+//!   cached reads with read-your-writes; online rebuilds ([`rebuild()`]).
+//! - [`process`]: [`ProcessManager`] and its runner: events in, commands
+//!   out, back to the write side.
+//! - `admin` (feature `admin`): the admin CLI building blocks.
 //! - `testing` (feature `testing`): fresh test databases and the
 //!   conformance suites of event stores, view stores and event buses.
 //!
-//! The core ([`envelope`], [`store`], [`memory`], [`follow`]) depends on no
-//! infrastructure crate; Postgres lives behind its own module and feature.
-//! CI builds the crate without the `postgres`, `nats` and `admin` features,
-//! and with each alone (`just check-features`).
+//! Postgres and NATS code sits in modules named after them
+//! (`store::postgres`, `views::postgres`, `propagation::nats`) behind the
+//! features of the same names; the traits, the in-memory implementations
+//! and the pure pieces depend on no infrastructure crate. The flat module
+//! paths of earlier versions (`strata::aggregate`, `strata::view`,
+//! `strata::nats`, …) remain as re-exports of the modules above. CI builds
+//! the crate without the `postgres`, `nats` and `admin` features, and with
+//! each alone (`just check-features`).
 //!
 //! # Quick start
 //!
@@ -61,71 +79,71 @@
 
 #[cfg(feature = "admin")]
 pub mod admin;
-pub mod aggregate;
-pub mod bus;
-pub mod changes;
 pub mod codec;
-pub mod command;
 pub mod envelope;
 pub mod error;
 #[doc(hidden)]
 pub mod event_set;
-pub mod follow;
-pub mod harness;
-pub mod memory;
-#[cfg(feature = "nats")]
-pub mod nats;
-#[cfg(feature = "postgres")]
-mod pg_view;
-#[cfg(feature = "postgres")]
-pub mod postgres;
 pub mod process;
-pub mod projection;
-pub mod query;
-pub mod rebuild;
+pub mod propagation;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
-pub mod view;
+pub mod views;
+pub mod write;
 
-pub use aggregate::{Aggregate, InMemorySnapshotStore, Snapshot, SnapshotPolicy, SnapshotStore};
-pub use bus::{BusError, Delivery, EventBus, InProcessBus, Subscription};
-pub use changes::{ChangeFeed, ChangeNotice, ViewChange};
+// The flat module paths of earlier versions, so code written against them
+// keeps building.
+#[cfg(feature = "nats")]
+pub use propagation::nats;
+pub use propagation::{bus, changes};
+#[cfg(feature = "postgres")]
+pub use store::postgres;
+pub use store::{follow, memory};
+pub use views::store as view;
+pub use views::{projection, query, rebuild};
+pub use write::{aggregate, command, harness};
+
 pub use codec::{DecodeError, DecodeErrorKind, DomainEvent, Upcasters};
-pub use command::{
-    client_command_id, derived_event_id, CommandContext, CommandError, CommandHandler,
-    CommandOutcome, CommandStats, RetryPolicy,
-};
 pub use envelope::{EventEnvelope, Metadata, NewEvent, Position, StreamId, MAX_JSON_DEPTH};
 pub use error::{BoxError, InputError, StoreError};
 pub use event_set::{decode_event, EventSet, Recorded};
-pub use follow::Follower;
-pub use harness::{AggregateTest, EncodedEvent, Then};
-pub use memory::InMemoryEventStore;
-#[cfg(feature = "nats")]
-pub use nats::{JetStreamBus, Relay, RelayStatus, StreamConfig};
-#[cfg(feature = "postgres")]
-pub use pg_view::{view_table, PgViewStore};
-#[cfg(feature = "postgres")]
-pub use postgres::{PgEventStore, PgSnapshotStore, PgStoreConfig, StoreStats};
 pub use process::{
     caused_command_id, process_test, CommandSender, ProcessManager, ProcessManagerRunner, SendError,
 };
-pub use projection::{
-    FailurePolicy, Projection, ProjectionError, ProjectionTest, Projector, ProjectorConfig,
-    RunState, SubscriberStatus,
-};
-pub use query::{CacheStats, QueryError, ReaderConfig, ViewReader};
-pub use rebuild::{rebuild, RebuildError, RebuildOptions, RebuildProgress, RebuildReport};
+pub use propagation::bus::{BusError, Delivery, EventBus, InProcessBus, Subscription};
+pub use propagation::changes::{ChangeFeed, ChangeNotice, ViewChange};
+#[cfg(feature = "nats")]
+pub use propagation::nats::{JetStreamBus, Relay, RelayStatus, StreamConfig};
+pub use store::follow::Follower;
+pub use store::memory::InMemoryEventStore;
+#[cfg(feature = "postgres")]
+pub use store::postgres::{PgEventStore, PgSnapshotStore, PgStoreConfig, StoreStats};
 pub use store::{
     AppendOutcome, AppendRequest, EventFilter, EventStore, ExpectedVersion, StoreLimits,
     StreamEvent,
 };
 pub use tokio_util::sync::CancellationToken;
-pub use view::{
+#[cfg(feature = "postgres")]
+pub use views::postgres::{view_table, PgViewStore};
+pub use views::projection::{
+    FailurePolicy, Projection, ProjectionError, ProjectionTest, Projector, ProjectorConfig,
+    RunState, SubscriberStatus,
+};
+pub use views::query::{CacheStats, QueryError, ReaderConfig, ViewReader};
+pub use views::rebuild::{rebuild, RebuildError, RebuildOptions, RebuildProgress, RebuildReport};
+pub use views::store::{
     ActiveView, Checkpoint, DeadLetter, DocChange, InMemoryViewStore, StoredDoc, SubscriberState,
     ViewError, ViewId, ViewPage, ViewRead, ViewStore,
 };
+pub use write::aggregate::{
+    Aggregate, InMemorySnapshotStore, Snapshot, SnapshotPolicy, SnapshotStore,
+};
+pub use write::command::{
+    client_command_id, derived_event_id, CommandContext, CommandError, CommandHandler,
+    CommandOutcome, CommandStats, RetryPolicy,
+};
+pub use write::harness::{AggregateTest, EncodedEvent, Then};
 
 /// Re-exported so users need not pin their own versions.
 #[cfg(feature = "postgres")]

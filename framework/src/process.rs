@@ -14,15 +14,17 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::aggregate::BoxFuture;
-use crate::bus::{EventBus, Subscription};
 use crate::codec::Upcasters;
-use crate::command::{CommandContext, CommandError};
 use crate::envelope::EventEnvelope;
 use crate::event_set::{EventSet, Recorded};
-use crate::projection::{FailurePolicy, ProjectionError, RunError, RunState, SubscriberStatus};
+use crate::propagation::bus::{EventBus, Subscription};
 use crate::store::EventFilter;
-use crate::view::{validate_name, DeadLetter, SubscriberState, ViewStore};
+use crate::views::projection::{
+    FailurePolicy, ProjectionError, RunError, RunState, SubscriberStatus,
+};
+use crate::views::store::{validate_name, DeadLetter, SubscriberState, ViewStore};
+use crate::write::aggregate::BoxFuture;
+use crate::write::command::{CommandContext, CommandError};
 
 /// A process manager: reacts to typed events with commands.
 pub trait ProcessManager: Send + Sync + 'static {
@@ -203,7 +205,7 @@ where
             self.status.send_modify(|s| s.state = RunState::Halted);
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(Duration::from_secs(1)) => return Err(RunError::View(crate::view::ViewError::backend("halted"))),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => return Err(RunError::View(crate::ViewError::backend("halted"))),
             }
         }
         self.status.send_modify(|s| {
@@ -225,9 +227,9 @@ where
                 }
                 lease_checked = Instant::now();
             }
-            let (batch, stale) = crate::bus::in_order(batch, position)?;
+            let (batch, stale) = crate::propagation::bus::in_order(batch, position)?;
             if batch.is_empty() {
-                crate::bus::ack_batch(stale).await;
+                crate::propagation::bus::ack_batch(stale).await;
                 continue;
             }
             let mut to = position;
@@ -297,7 +299,7 @@ where
                                         s.state = RunState::Halted;
                                         s.position = position;
                                     });
-                                    return Err(RunError::View(crate::view::ViewError::backend(
+                                    return Err(RunError::View(crate::ViewError::backend(
                                         "halted on a dead letter",
                                     )));
                                 }
@@ -326,7 +328,7 @@ where
                 self.views.commit(&name, None, vec![], position, to).await?;
                 position = to;
             }
-            crate::bus::ack_batch(batch).await;
+            crate::propagation::bus::ack_batch(batch).await;
             let lag = sub.backlog();
             self.status.send_modify(|s| {
                 s.position = position;

@@ -96,7 +96,7 @@ pub async fn test_database() -> TestDatabase {
         .connect_with(opts)
         .await
         .unwrap_or_else(|e| panic!("cannot connect to test database {name}: {e}"));
-    crate::postgres::migrate(&pool)
+    crate::store::postgres::migrate(&pool)
         .await
         .unwrap_or_else(|e| panic!("migrations failed on {name}: {e}"));
     let url = with_database(&admin_url, &name);
@@ -186,9 +186,9 @@ pub async fn nats_client() -> async_nats::Client {
 }
 
 /// A stream name and subject prefix no other test uses.
-pub fn unique_stream() -> crate::nats::StreamConfig {
+pub fn unique_stream() -> crate::StreamConfig {
     let id = uuid::Uuid::new_v4().simple().to_string();
-    crate::nats::StreamConfig::new(format!("T_{}", &id[..16]), format!("t{}", &id[..12]))
+    crate::StreamConfig::new(format!("T_{}", &id[..16]), format!("t{}", &id[..12]))
 }
 
 #[cfg(test)]

@@ -9,11 +9,11 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::aggregate::BoxFuture;
 use crate::envelope::{EventEnvelope, Position};
 use crate::error::BoxError;
-use crate::follow::Follower;
+use crate::store::follow::Follower;
 use crate::store::{EventFilter, EventStore};
+use crate::write::aggregate::BoxFuture;
 
 /// Errors of the bus.
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,7 @@
 //! one; the live projector's next commit on the old version fails, and it
 //! moves to the new version, from the new version's checkpoint. The switch
 //! is announced on the change feed, so readers follow it at once (without
-//! the announcement, within [`VERSION_TTL`](crate::query::VERSION_TTL));
+//! the announcement, within [`VERSION_TTL`](crate::views::query::VERSION_TTL));
 //! the old version is dropped after a grace period longer than that.
 //!
 //! Interrupted (Ctrl-C, crash), a rebuild resumes where it stopped: the
@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::InProcessBus;
-use crate::changes::{ChangeFeed, ViewChange};
 use crate::envelope::Position;
-use crate::projection::{Projection, Projector, ProjectorConfig};
+use crate::propagation::bus::InProcessBus;
+use crate::propagation::changes::{ChangeFeed, ViewChange};
 use crate::store::EventStore;
-use crate::view::{ViewError, ViewId, ViewStore};
+use crate::views::projection::{Projection, Projector, ProjectorConfig};
+use crate::views::store::{ViewError, ViewId, ViewStore};
 
 /// Progress of a rebuild, reported about five times a second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -168,7 +168,7 @@ where
             position: st.position,
             head,
         });
-        if st.state == crate::projection::RunState::Halted {
+        if st.state == crate::views::projection::RunState::Halted {
             finish(stop, task).await;
             return Err(RebuildError::Halted {
                 view: name,

@@ -264,7 +264,7 @@ pub struct Lease {
 /// The backend side of a [`Lease`].
 pub trait LeaseHandle: Send {
     /// True while the lease is still held (e.g. its connection is alive).
-    fn still_held(&mut self) -> crate::aggregate::BoxFuture<'_, bool>;
+    fn still_held(&mut self) -> crate::write::aggregate::BoxFuture<'_, bool>;
 }
 
 impl Lease {
@@ -440,7 +440,7 @@ fn new_checkpoint() -> Checkpoint {
 struct MemLease(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>);
 
 impl LeaseHandle for MemLease {
-    fn still_held(&mut self) -> crate::aggregate::BoxFuture<'_, bool> {
+    fn still_held(&mut self) -> crate::write::aggregate::BoxFuture<'_, bool> {
         Box::pin(async { true })
     }
 }

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::envelope::Position;
-use crate::view::StoredDoc;
+use crate::views::store::StoredDoc;
 
 /// Announcements larger than this (encoded) go out without their documents,
 /// as keys only; readers then load the documents when asked.
@@ -150,13 +150,13 @@ impl ChangeFeed {
     }
 
     /// Subscribes to every view's announcements.
-    pub async fn subscribe(&self) -> Result<ChangeSubscription, crate::bus::BusError> {
+    pub async fn subscribe(&self) -> Result<ChangeSubscription, crate::propagation::bus::BusError> {
         #[cfg(feature = "nats")]
         if let Some((client, prefix)) = &self.nats {
             let sub = client
                 .subscribe(format!("{prefix}.>"))
                 .await
-                .map_err(crate::bus::BusError::unavailable)?;
+                .map_err(crate::propagation::bus::BusError::unavailable)?;
             let connects = client.statistics().connects.load(Ordering::Relaxed);
             return Ok(ChangeSubscription {
                 inner: SubInner::Nats {

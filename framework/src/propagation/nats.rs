@@ -19,12 +19,12 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::aggregate::BoxFuture;
-use crate::bus::{Ack, BusError, Delivery, EventBus, Subscription};
 use crate::envelope::{EventEnvelope, Position};
-use crate::follow::Follower;
+use crate::propagation::bus::{Ack, BusError, Delivery, EventBus, Subscription};
+use crate::store::follow::Follower;
 use crate::store::{EventFilter, EventStore};
-use crate::view::ViewStore;
+use crate::views::store::ViewStore;
+use crate::write::aggregate::BoxFuture;
 
 /// Where events go in JetStream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,7 +126,7 @@ pub enum RelayError {
     Store(#[from] crate::StoreError),
     /// Taking the relay lease failed.
     #[error(transparent)]
-    Lease(#[from] crate::view::ViewError),
+    Lease(#[from] crate::views::store::ViewError),
     /// The lease's connection closed: another relay may be active.
     #[error("the relay lease was lost")]
     LeaseLost,

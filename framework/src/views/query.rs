@@ -27,9 +27,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::changes::{ChangeFeed, ChangeNotice};
 use crate::envelope::Position;
-use crate::view::{ActiveView, StoredDoc, ViewError, ViewId, ViewPage, ViewRead, ViewStore};
+use crate::propagation::changes::{ChangeFeed, ChangeNotice};
+use crate::views::store::{
+    ActiveView, StoredDoc, ViewError, ViewId, ViewPage, ViewRead, ViewStore,
+};
 
 /// Errors of queries.
 #[derive(Debug, thiserror::Error)]
@@ -292,7 +294,7 @@ impl<V: ViewStore> ViewReader<V> {
     /// Applies one announcement to the cache: documents it carries are
     /// cached as read at its position (unless a newer read is cached);
     /// without documents, the changed keys are invalidated.
-    async fn absorb(&self, view: &ViewId, change: &crate::changes::ViewChange) {
+    async fn absorb(&self, view: &ViewId, change: &crate::propagation::changes::ViewChange) {
         let cache = &self.inner.cache;
         let Some(docs) = &change.docs else {
             for key in &change.keys {
@@ -322,7 +324,7 @@ impl<V: ViewStore> ViewReader<V> {
     }
 
     /// Takes in one announcement.
-    async fn take(&self, change: &crate::changes::ViewChange) {
+    async fn take(&self, change: &crate::propagation::changes::ViewChange) {
         let Ok(view) = ViewId::new(&change.view, change.version) else {
             return;
         };
@@ -362,7 +364,7 @@ impl<V: ViewStore> ViewReader<V> {
         &self,
         feed: &ChangeFeed,
         shutdown: CancellationToken,
-    ) -> Result<(), crate::bus::BusError> {
+    ) -> Result<(), crate::propagation::bus::BusError> {
         let mut sub = feed.subscribe().await?;
         let reader = self.clone();
         self.set_listening(true);
@@ -421,14 +423,14 @@ impl<V: ViewStore> ViewReader<V> {
     /// switch, which comes as a [`ChangeNotice::Reset`]), each after its
     /// documents are in the cache. For live updates that follow views by
     /// name; needs [`listen`](Self::listen).
-    pub fn changes(&self) -> crate::changes::ChangeSubscription {
-        crate::changes::ChangeSubscription::notices(self.inner.out.subscribe())
+    pub fn changes(&self) -> crate::propagation::changes::ChangeSubscription {
+        crate::propagation::changes::ChangeSubscription::notices(self.inner.out.subscribe())
     }
 
     /// The active version of view `name` (version 1 while no projector
     /// has registered it). Reads only.
     pub async fn active(&self, name: &str) -> Result<ViewId, QueryError> {
-        crate::view::validate_name(name)?;
+        crate::views::store::validate_name(name)?;
         let v = self.version(name).await?.unwrap_or(DEFAULT_VERSION);
         Ok(ViewId::new(name, v)?)
     }
@@ -443,7 +445,7 @@ impl<V: ViewStore> ViewReader<V> {
     /// connection: announcements wake it; the store is asked only as a
     /// safety net, once per interval for all waiters of a view.
     pub async fn wait_for(&self, name: &str, position: Position) -> Result<Position, QueryError> {
-        crate::view::validate_name(name)?;
+        crate::views::store::validate_name(name)?;
         let tx = self.checkpoint_tx(name);
         if *tx.borrow() >= position {
             return Ok(*tx.borrow());
@@ -485,7 +487,7 @@ impl<V: ViewStore> ViewReader<V> {
         key: &str,
         min: Option<Position>,
     ) -> Result<ViewRead, QueryError> {
-        crate::view::validate_name(name)?;
+        crate::views::store::validate_name(name)?;
         if let Some(min) = min {
             self.wait_for(name, min).await?;
         }
@@ -556,7 +558,7 @@ impl<V: ViewStore> ViewReader<V> {
         limit: usize,
         min: Option<Position>,
     ) -> Result<ViewPage, QueryError> {
-        crate::view::validate_name(name)?;
+        crate::views::store::validate_name(name)?;
         if let Some(min) = min {
             self.wait_for(name, min).await?;
         }

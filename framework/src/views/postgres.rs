@@ -17,7 +17,7 @@ use sqlx::types::Json;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 
 use crate::envelope::Position;
-use crate::view::{
+use crate::views::store::{
     parse_state, state_str, validate_name, ActiveView, Checkpoint, DeadLetter, DocChange, Lease,
     LeaseHandle, StoredDoc, ViewError, ViewId, ViewRead, ViewResult, ViewStore,
 };
@@ -63,7 +63,7 @@ struct PgLease {
 }
 
 impl LeaseHandle for PgLease {
-    fn still_held(&mut self) -> crate::aggregate::BoxFuture<'_, bool> {
+    fn still_held(&mut self) -> crate::write::aggregate::BoxFuture<'_, bool> {
         Box::pin(async move { self.conn.ping().await.is_ok() })
     }
 }
@@ -391,7 +391,7 @@ impl ViewStore for PgViewStore {
              WHERE subscriber = $1",
         )
         .bind(subscriber)
-        .bind(state_str(crate::view::SubscriberState::Running))
+        .bind(state_str(crate::views::store::SubscriberState::Running))
         .execute(&self.pool)
         .await
         .map_err(be)?;

@@ -34,11 +34,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::aggregate::{Aggregate, Snapshot, SnapshotPolicy, SnapshotStore};
 use crate::codec::{encode, unstored_decode_error, DecodeError, Upcasters};
 use crate::envelope::{Metadata, NewEvent, Position, StreamId};
 use crate::error::{InputError, StoreError};
 use crate::store::{AppendRequest, EventStore, ExpectedVersion};
+use crate::write::aggregate::{Aggregate, Snapshot, SnapshotPolicy, SnapshotStore};
 
 /// Who sent a command, and why: becomes every resulting event's metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1316,11 +1316,11 @@ impl PgSnapshotStore {
     }
 }
 
-impl crate::aggregate::SnapshotStore for PgSnapshotStore {
+impl crate::SnapshotStore for PgSnapshotStore {
     fn load<'a>(
         &'a self,
         stream_id: &'a StreamId,
-    ) -> crate::aggregate::BoxFuture<'a, Result<Option<crate::aggregate::Snapshot>>> {
+    ) -> crate::write::aggregate::BoxFuture<'a, Result<Option<crate::Snapshot>>> {
         Box::pin(async move {
             let row = sqlx::query(
                 "SELECT stream_type, version, position, schema_version, state \
@@ -1333,7 +1333,7 @@ impl crate::aggregate::SnapshotStore for PgSnapshotStore {
             let Some(row) = row else { return Ok(None) };
             let Json(state): Json<serde_json::Value> =
                 row.try_get("state").map_err(StoreError::backend)?;
-            Ok(Some(crate::aggregate::Snapshot {
+            Ok(Some(crate::Snapshot {
                 stream_id: stream_id.clone(),
                 stream_type: row.try_get("stream_type").map_err(StoreError::backend)?,
                 version: row
@@ -1351,7 +1351,7 @@ impl crate::aggregate::SnapshotStore for PgSnapshotStore {
         })
     }
 
-    fn save(&self, s: crate::aggregate::Snapshot) -> crate::aggregate::BoxFuture<'_, Result<()>> {
+    fn save(&self, s: crate::Snapshot) -> crate::write::aggregate::BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             sqlx::query(
                 "INSERT INTO strata_snapshots \

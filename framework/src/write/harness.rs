@@ -32,8 +32,8 @@ use std::fmt::Debug;
 
 use serde::Serialize;
 
-use crate::aggregate::Aggregate;
 use crate::codec::{decode, encode, DomainEvent};
+use crate::write::aggregate::Aggregate;
 
 /// A test of one aggregate: the events that happened, then a command.
 pub struct AggregateTest<A: Aggregate> {

@@ -20,13 +20,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{BusError, Delivery, EventBus, Subscription};
-use crate::changes::{ChangeFeed, ViewChange};
 use crate::codec::{DecodeError, Upcasters};
 use crate::envelope::{EventEnvelope, Position};
 use crate::event_set::{EventSet, Recorded};
+use crate::propagation::bus::{BusError, Delivery, EventBus, Subscription};
+use crate::propagation::changes::{ChangeFeed, ViewChange};
 use crate::store::EventFilter;
-use crate::view::{
+use crate::views::store::{
     DeadLetter, DocChange, StoredDoc, SubscriberState, ViewError, ViewId, ViewStore,
 };
 
@@ -395,9 +395,9 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
         batch: Vec<Delivery>,
         from: Position,
     ) -> Result<BatchEnd, RunError> {
-        let (batch, stale) = crate::bus::in_order(batch, from)?;
+        let (batch, stale) = crate::propagation::bus::in_order(batch, from)?;
         if batch.is_empty() {
-            crate::bus::ack_batch(stale).await; // redelivered, already applied
+            crate::propagation::bus::ack_batch(stale).await; // redelivered, already applied
             return Ok(BatchEnd::Continue(from));
         }
         let filter = self.projection.filter();
@@ -506,7 +506,7 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
         let to = to.max(last);
         self.commit(changes, start, to).await?;
         self.set_status(|s| s.applied += applied);
-        crate::bus::ack_batch(batch).await;
+        crate::propagation::bus::ack_batch(batch).await;
         Ok(BatchEnd::Continue(to))
     }
 

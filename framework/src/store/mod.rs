@@ -1,6 +1,11 @@
 //! The [`EventStore`] trait, its request and outcome types, and the append
 //! rules every implementation shares.
 
+pub mod follow;
+pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;

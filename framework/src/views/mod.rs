@@ -1,0 +1,20 @@
+//! The read side: events become documents, documents are served.
+//!
+//! - [`projection`]: [`Projection`](crate::Projection), pure, and the
+//!   [`Projector`](crate::Projector) that feeds it from a bus and commits
+//!   documents and checkpoint together.
+//! - [`store`]: keyed-document views, checkpoints, dead letters, leases and
+//!   versions: the [`ViewStore`](crate::ViewStore) trait and
+//!   [`InMemoryViewStore`](crate::InMemoryViewStore); `postgres` (feature
+//!   `postgres`): `PgViewStore`.
+//! - [`query`]: [`ViewReader`](crate::ViewReader), cached reads with
+//!   read-your-writes, kept fresh by the change feed.
+//! - [`rebuild`]: online rebuilds into a new view version, switched in
+//!   once caught up.
+
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+pub mod projection;
+pub mod query;
+pub mod rebuild;
+pub mod store;
