@@ -614,67 +614,61 @@ impl ProcessManager for Fulfilment {
 }
 
 impl<S: EventStore> CommandSender<FulfilmentCommand> for Shop<S> {
-    fn send(
-        &self,
-        command: FulfilmentCommand,
-        ctx: CommandContext,
-    ) -> strata::aggregate::BoxFuture<'_, Result<(), SendError>> {
-        Box::pin(async move {
-            match command {
-                FulfilmentCommand::Inventory { sku, command } => {
-                    let stream =
-                        inventory_stream(&sku).map_err(|e| SendError::Rejected(e.to_string()))?;
-                    match self.inventory.handle(stream, command, ctx).await {
-                        Ok(_) => Ok(()),
-                        Err(e) => Err(SendError::from_command(e)),
-                    }
-                }
-                FulfilmentCommand::Order { order_id, command } => {
-                    let late_reservation = match &command {
-                        OrderCommand::RecordReservation { sku } => Some(sku.clone()),
-                        _ => None,
-                    };
-                    match self
-                        .orders
-                        .handle(order_stream(order_id), command, ctx.clone())
-                        .await
-                    {
-                        Ok(_) => Ok(()),
-                        Err(CommandError::Domain(OrderError::InvalidTransition { .. }))
-                            if late_reservation.is_some() =>
-                        {
-                            // The order was rejected or cancelled before this
-                            // reservation landed: give the stock back.
-                            let sku = late_reservation.unwrap_or_default();
-                            let release_ctx = CommandContext::with_command_id(Uuid::new_v5(
-                                &ctx.command_id,
-                                b"release-late-reservation",
-                            ))
-                            .causation_id(ctx.command_id)
-                            .actor("process:fulfilment");
-                            let release_ctx = match ctx.correlation_id {
-                                Some(c) => release_ctx.correlation_id(c),
-                                None => release_ctx,
-                            };
-                            let stream: StreamId = inventory_stream(&sku)
-                                .map_err(|e| SendError::Rejected(e.to_string()))?;
-                            match self
-                                .inventory
-                                .handle(
-                                    stream,
-                                    InventoryCommand::Release { sku, order_id },
-                                    release_ctx,
-                                )
-                                .await
-                            {
-                                Ok(_) => Ok(()),
-                                Err(e) => Err(SendError::from_command(e)),
-                            }
-                        }
-                        Err(e) => Err(SendError::from_command(e)),
-                    }
+    async fn send(&self, command: FulfilmentCommand, ctx: CommandContext) -> Result<(), SendError> {
+        match command {
+            FulfilmentCommand::Inventory { sku, command } => {
+                let stream =
+                    inventory_stream(&sku).map_err(|e| SendError::Rejected(e.to_string()))?;
+                match self.inventory.handle(stream, command, ctx).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(SendError::from_command(e)),
                 }
             }
-        })
+            FulfilmentCommand::Order { order_id, command } => {
+                let late_reservation = match &command {
+                    OrderCommand::RecordReservation { sku } => Some(sku.clone()),
+                    _ => None,
+                };
+                match self
+                    .orders
+                    .handle(order_stream(order_id), command, ctx.clone())
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(CommandError::Domain(OrderError::InvalidTransition { .. }))
+                        if late_reservation.is_some() =>
+                    {
+                        // The order was rejected or cancelled before this
+                        // reservation landed: give the stock back.
+                        let sku = late_reservation.unwrap_or_default();
+                        let release_ctx = CommandContext::with_command_id(Uuid::new_v5(
+                            &ctx.command_id,
+                            b"release-late-reservation",
+                        ))
+                        .causation_id(ctx.command_id)
+                        .actor("process:fulfilment");
+                        let release_ctx = match ctx.correlation_id {
+                            Some(c) => release_ctx.correlation_id(c),
+                            None => release_ctx,
+                        };
+                        let stream: StreamId = inventory_stream(&sku)
+                            .map_err(|e| SendError::Rejected(e.to_string()))?;
+                        match self
+                            .inventory
+                            .handle(
+                                stream,
+                                InventoryCommand::Release { sku, order_id },
+                                release_ctx,
+                            )
+                            .await
+                        {
+                            Ok(_) => Ok(()),
+                            Err(e) => Err(SendError::from_command(e)),
+                        }
+                    }
+                    Err(e) => Err(SendError::from_command(e)),
+                }
+            }
+        }
     }
 }

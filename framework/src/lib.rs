@@ -148,3 +148,27 @@ pub use write::harness::{AggregateTest, EncodedEvent, Then};
 /// Re-exported so users need not pin their own versions.
 #[cfg(feature = "postgres")]
 pub use sqlx::PgPool;
+
+/// Ready names for the common stacks, so users never spell the generics.
+///
+/// A command handler of aggregate `A` over the in-memory store (embedded
+/// mode, unit tests).
+pub type MemoryCommandHandler<A> = CommandHandler<A, InMemoryEventStore>;
+/// A command handler of aggregate `A` over the Postgres event store.
+#[cfg(feature = "postgres")]
+pub type PgCommandHandler<A> = CommandHandler<A, PgEventStore>;
+/// A cached reader of views in memory (embedded mode).
+pub type MemoryViewReader = ViewReader<InMemoryViewStore>;
+/// A cached reader of views in Postgres.
+#[cfg(feature = "postgres")]
+pub type PgViewReader = ViewReader<PgViewStore>;
+/// Projection `P` fed by JetStream into Postgres views: a projector process.
+#[cfg(all(feature = "postgres", feature = "nats"))]
+pub type PgProjector<P> = Projector<P, JetStreamBus, PgViewStore>;
+/// Projection `P` fed in process from the in-memory store into memory
+/// views: the embedded mode.
+pub type MemoryProjector<P> = Projector<P, InProcessBus<InMemoryEventStore>, InMemoryViewStore>;
+/// Process manager `M` fed by JetStream, checkpointed in Postgres, sending
+/// through `C`.
+#[cfg(all(feature = "postgres", feature = "nats"))]
+pub type PgProcessManagerRunner<M, C> = ProcessManagerRunner<M, JetStreamBus, PgViewStore, C>;

@@ -23,7 +23,6 @@ use crate::views::projection::{
     FailurePolicy, ProjectionError, RunError, RunState, SubscriberStatus,
 };
 use crate::views::store::{validate_name, DeadLetter, SubscriberState, ViewStore};
-use crate::write::aggregate::BoxFuture;
 use crate::write::command::{CommandContext, CommandError};
 
 /// A process manager: reacts to typed events with commands.
@@ -117,9 +116,14 @@ impl<E: std::error::Error + 'static> From<CommandError<E>> for SendError {
 }
 
 /// Delivers a process manager's commands (usually to command handlers).
+/// Implement it with an `async fn send`.
 pub trait CommandSender<C>: Send + Sync + 'static {
     /// Sends one command.
-    fn send(&self, command: C, ctx: CommandContext) -> BoxFuture<'_, Result<(), SendError>>;
+    fn send(
+        &self,
+        command: C,
+        ctx: CommandContext,
+    ) -> impl std::future::Future<Output = Result<(), SendError>> + Send;
 }
 
 /// The command id for the `index`-th command `manager` sends because of `event_id`.

@@ -681,7 +681,7 @@ impl strata::Aggregate for Notebook {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unstorable_command_fails_alone_in_its_lane() {
     let db = test_database().await;
-    let handler = CommandHandler::<Notebook, _>::new(PgEventStore::new(db.pool.clone()));
+    let handler = strata::PgCommandHandler::<Notebook>::new(PgEventStore::new(db.pool.clone()));
     let tasks: Vec<_> = (0..40)
         .map(|i| {
             let h = handler.clone();

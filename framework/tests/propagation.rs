@@ -845,17 +845,15 @@ impl strata::ProcessManager for Mirror {
 struct Send<S: EventStore>(CommandHandler<Counter, S>);
 
 impl<S: EventStore> strata::CommandSender<(StreamId, CounterCommand)> for Send<S> {
-    fn send(
+    async fn send(
         &self,
         (stream, command): (StreamId, CounterCommand),
         ctx: CommandContext,
-    ) -> strata::aggregate::BoxFuture<'_, Result<(), strata::SendError>> {
-        Box::pin(async move {
-            match self.0.handle(stream, command, ctx).await {
-                Ok(_) => Ok(()),
-                Err(e) => Err(strata::SendError::from_command(e)),
-            }
-        })
+    ) -> Result<(), strata::SendError> {
+        match self.0.handle(stream, command, ctx).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(strata::SendError::from_command(e)),
+        }
     }
 }
 
