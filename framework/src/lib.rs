@@ -87,6 +87,7 @@ pub mod event_set;
 pub mod process;
 pub mod propagation;
 pub mod store;
+mod supervise;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod views;

@@ -177,24 +177,18 @@ where
 
     /// Runs until `shutdown` is cancelled; transient failures are retried.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
-        while !shutdown.is_cancelled() {
-            match self.run_active(&shutdown).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(manager = self.manager.name(), error = %e, "process manager interrupted; retrying");
-                    self.status.send_modify(|s| {
-                        s.state = RunState::Standby;
-                        s.last_error = Some(e.to_string());
-                    });
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        crate::supervise::supervise(
+            &shutdown,
+            || self.run_active(&shutdown),
+            |e: &RunError| {
+                tracing::warn!(manager = self.manager.name(), error = %e, "process manager interrupted; retrying");
+                self.status.send_modify(|s| {
+                    s.state = RunState::Standby;
+                    s.last_error = Some(e.to_string());
+                });
+            },
+        )
+        .await;
         self.status.send_modify(|s| s.state = RunState::Stopped);
     }
 

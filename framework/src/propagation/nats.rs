@@ -184,28 +184,22 @@ impl<S: EventStore, V: ViewStore> Relay<S, V> {
     /// after any failure (NATS or Postgres down, lease lost) backs off and
     /// resumes from the stream's last sequence.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
-        while !shutdown.is_cancelled() {
-            match self.run_active(&shutdown).await {
-                Ok(()) => break,
-                Err(e) => {
-                    if matches!(e, RelayError::Mismatch { .. }) {
-                        tracing::error!(error = %e, "relay cannot run: the stream does not belong to this event store");
-                    } else {
-                        tracing::warn!(error = %e, "relay interrupted; resuming from the stream's last sequence");
-                    }
-                    self.status.send_modify(|s| {
-                        s.active = false;
-                        s.last_error = Some(e.to_string());
-                    });
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+        crate::supervise::supervise(
+            &shutdown,
+            || self.run_active(&shutdown),
+            |e: &RelayError| {
+                if matches!(e, RelayError::Mismatch { .. }) {
+                    tracing::error!(error = %e, "relay cannot run: the stream does not belong to this event store");
+                } else {
+                    tracing::warn!(error = %e, "relay interrupted; resuming from the stream's last sequence");
                 }
-            }
-        }
+                self.status.send_modify(|s| {
+                    s.active = false;
+                    s.last_error = Some(e.to_string());
+                });
+            },
+        )
+        .await;
         self.status.send_modify(|s| s.active = false);
     }
 

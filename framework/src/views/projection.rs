@@ -288,24 +288,18 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
     /// backoff; the projector goes back to standby and resumes from its
     /// committed checkpoint.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
-        while !shutdown.is_cancelled() {
-            match self.run_active(&shutdown).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(view = %self.view(), error = %e, "projector interrupted; retrying");
-                    self.set_status(|s| {
-                        s.state = RunState::Standby;
-                        s.last_error = Some(e.to_string());
-                    });
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        crate::supervise::supervise(
+            &shutdown,
+            || self.run_active(&shutdown),
+            |e: &RunError| {
+                tracing::warn!(view = %self.view(), error = %e, "projector interrupted; retrying");
+                self.set_status(|s| {
+                    s.state = RunState::Standby;
+                    s.last_error = Some(e.to_string());
+                });
+            },
+        )
+        .await;
         self.set_status(|s| s.state = RunState::Stopped);
     }
 
