@@ -1509,3 +1509,31 @@ async fn a_reader_returns_typed_documents() {
     stop.cancel();
     task.await.unwrap();
 }
+
+/// A reader that has never looked at a view learns where it is before it
+/// waits: a read-your-writes query for a position the view passed before
+/// the reader started answers at once, not after the once-a-second safety
+/// net (virtual time: the clock only moves when everything waits).
+#[tokio::test(start_paused = true)]
+async fn a_fresh_reader_answers_a_position_already_applied_at_once() {
+    let views = InMemoryViewStore::new();
+    let view = ViewId::new("notes", 1).unwrap();
+    views.active_version("notes", 1).await.unwrap();
+    views.prepare(&view).await.unwrap();
+    put(&views, &view, note("k", 1, 5), 0).await;
+    let reader = ViewReader::new(views, ReaderConfig::default());
+    let stop = CancellationToken::new();
+    reader
+        .listen(&ChangeFeed::in_process(), stop.clone())
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let applied = reader.wait_for("notes", Position(3)).await.unwrap();
+    assert_eq!(applied, Position(5));
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "waited {:?} for a position already applied",
+        started.elapsed()
+    );
+    stop.cancel();
+}

@@ -446,6 +446,11 @@ impl<V: ViewStore> ViewReader<V> {
     /// safety net, once per interval for all waiters of a view.
     pub async fn wait_for(&self, name: &str, position: Position) -> Result<Position, QueryError> {
         crate::views::store::validate_name(name)?;
+        if self.known(name).is_none() {
+            // Never looked at: learn where the view is (one shared query)
+            // rather than wait for an announcement or the safety net.
+            self.refresh(name).await?;
+        }
         let tx = self.checkpoint_tx(name);
         if *tx.borrow() >= position {
             return Ok(*tx.borrow());
