@@ -337,6 +337,8 @@ fn close_event(reason: &str) -> Event {
 /// Live updates over a query API's state. Cheap to clone.
 pub struct Live<V> {
     reader: ViewReader<V>,
+    /// The feed the reader follows (started here if nobody listens yet).
+    feed: strata::ChangeFeed,
     hub: Arc<Hub>,
     config: LiveConfig,
     http: reqwest::Client,
@@ -347,6 +349,7 @@ impl<V> Clone for Live<V> {
     fn clone(&self) -> Self {
         Live {
             reader: self.reader.clone(),
+            feed: self.feed.clone(),
             hub: Arc::clone(&self.hub),
             config: self.config,
             http: self.http.clone(),
@@ -364,6 +367,7 @@ impl<V: ViewStore> Live<V> {
             .unwrap_or_default();
         Live {
             reader: state.reader,
+            feed: state.feed,
             hub: Arc::new(Hub::default()),
             config,
             http,
@@ -417,8 +421,22 @@ impl<V: ViewStore> Live<V> {
             .started
             .get_or_try_init(|| async {
                 // The reader passes on the announcements of the versions
-                // it serves, so streams follow a rebuild's switch.
+                // it serves, so streams follow a rebuild's switch. It must
+                // follow the feed for that: start it if nobody did.
                 let sub = self.reader.changes();
+                if !self.reader.is_listening() {
+                    self.reader
+                        .listen(&self.feed, self.shutdown.clone())
+                        .await
+                        .map_err(|e| {
+                            tracing::error!(error = %e, "live updates: cannot follow the change feed");
+                            ApiError::new(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "unavailable",
+                                "live updates are unavailable",
+                            )
+                        })?;
+                }
                 let (hub, reader) = (Arc::clone(&self.hub), self.reader.clone());
                 let shutdown = self.shutdown.clone();
                 tokio::spawn(async move {
@@ -503,6 +521,7 @@ impl<V: ViewStore> Live<V> {
         guard.id = Some(id);
         let mut stream = LiveStream {
             reader: self.reader.clone(),
+            feed: self.feed.clone(),
             hub: Arc::clone(&self.hub),
             view,
             key,
@@ -619,6 +638,8 @@ impl Drop for Connection {
 /// One subscriber's stream of events.
 struct LiveStream<V> {
     reader: ViewReader<V>,
+    /// The feed the reader follows (started here if nobody listens yet).
+    feed: strata::ChangeFeed,
     hub: Arc<Hub>,
     view: &'static str,
     /// `None`: the whole view.

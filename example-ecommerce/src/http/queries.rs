@@ -21,7 +21,8 @@ use super::*;
 pub struct QueryState<V> {
     /// Cached views.
     pub reader: ViewReader<V>,
-    /// Change announcements (for live updates).
+    /// Change announcements: the reader should follow them
+    /// ([`ViewReader::listen`]); live updates start that if nobody did.
     pub feed: strata::ChangeFeed,
 }
 

@@ -217,6 +217,11 @@ impl<V: ViewStore> ViewReader<V> {
         self.inner.listening.store(on, Ordering::Release);
     }
 
+    /// True while a [`listen`](Self::listen) task follows a change feed.
+    pub fn is_listening(&self) -> bool {
+        self.inner.listening.load(Ordering::Acquire)
+    }
+
     /// The active version this reader knows of, if any.
     fn known(&self, name: &str) -> Option<Known> {
         lock(&self.inner.known).get(name).copied()
