@@ -521,7 +521,6 @@ impl<V: ViewStore> Live<V> {
         guard.id = Some(id);
         let mut stream = LiveStream {
             reader: self.reader.clone(),
-            feed: self.feed.clone(),
             hub: Arc::clone(&self.hub),
             view,
             key,
@@ -638,8 +637,6 @@ impl Drop for Connection {
 /// One subscriber's stream of events.
 struct LiveStream<V> {
     reader: ViewReader<V>,
-    /// The feed the reader follows (started here if nobody listens yet).
-    feed: strata::ChangeFeed,
     hub: Arc<Hub>,
     view: &'static str,
     /// `None`: the whole view.
