@@ -108,28 +108,62 @@ fn folded<P: Projection>(p: P, events: &[strata::EventEnvelope]) -> BTreeMap<Str
     ProjectionTest::new(p).given(events.to_vec()).json().clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn separate_processes_survive_kills_and_views_equal_a_fold() {
-    let db = test_database().await;
-    let cfg = unique_stream();
+/// The shop as separate processes on a fresh database and stream, healthy.
+struct RunningShop {
+    env: Env,
+    relay: Proc,
+    projector: Proc,
+    _others: Vec<Proc>,
+    /// The command API's base URL.
+    cmd: String,
+    /// The query API's base URL.
+    query: String,
+}
+
+async fn start_shop(
+    db: &strata::testing::TestDatabase,
+    cfg: &strata::nats::StreamConfig,
+) -> RunningShop {
     let env = Env {
         db_url: db.url.clone(),
         stream: cfg.stream.clone(),
         prefix: cfg.prefix.clone(),
     };
     let (cmd_port, query_port) = (free_port(), free_port());
-    let cmd = format!("http://127.0.0.1:{cmd_port}");
-    let query = format!("http://127.0.0.1:{query_port}");
-    let cmd_listen = format!("127.0.0.1:{cmd_port}");
-    let query_listen = format!("127.0.0.1:{query_port}");
-    let mut relay = env.start("relay", &["relay"]);
-    let mut projector = env.start("projector", &["projector"]);
-    let _pm = env.start("process-manager", &["process-manager"]);
-    let _command_api = env.start("command-api", &["command-api", "--listen", &cmd_listen]);
-    let _query_api = env.start("query-api", &["query-api", "--listen", &query_listen]);
+    let relay = env.start("relay", &["relay"]);
+    let projector = env.start("projector", &["projector"]);
+    let others = vec![
+        env.start("process-manager", &["process-manager"]),
+        env.start(
+            "command-api",
+            &["command-api", "--listen", &format!("127.0.0.1:{cmd_port}")],
+        ),
+        env.start(
+            "query-api",
+            &["query-api", "--listen", &format!("127.0.0.1:{query_port}")],
+        ),
+    ];
+    let shop = RunningShop {
+        env,
+        relay,
+        projector,
+        _others: others,
+        cmd: format!("http://127.0.0.1:{cmd_port}"),
+        query: format!("http://127.0.0.1:{query_port}"),
+    };
     let http = reqwest::Client::new();
-    wait_healthy(&http, &cmd).await;
-    wait_healthy(&http, &query).await;
+    wait_healthy(&http, &shop.cmd).await;
+    wait_healthy(&http, &shop.query).await;
+    shop
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_processes_survive_kills_and_views_equal_a_fold() {
+    let db = test_database().await;
+    let cfg = unique_stream();
+    let mut shop = start_shop(&db, &cfg).await;
+    let (cmd, query) = (shop.cmd.clone(), shop.query.clone());
+    let http = reqwest::Client::new();
 
     for (sku, price, stock) in [
         ("MUG-01", 1250, 40),
@@ -167,8 +201,8 @@ async fn separate_processes_survive_kills_and_views_equal_a_fold() {
         }
         // Kill the projector and the relay mid-run, keep going, restart them.
         match round {
-            0 => projector.kill(),
-            1 => relay.kill(),
+            0 => shop.projector.kill(),
+            1 => shop.relay.kill(),
             _ => {}
         }
         for id in orders.iter().skip(round * 12).step_by(4) {
@@ -185,8 +219,8 @@ async fn separate_processes_survive_kills_and_views_equal_a_fold() {
             .await;
         }
         match round {
-            0 => projector = env.start("projector", &["projector"]),
-            1 => relay = env.start("relay", &["relay"]),
+            0 => shop.projector = shop.env.start("projector", &["projector"]),
+            1 => shop.relay = shop.env.start("relay", &["relay"]),
             _ => {}
         }
     }
@@ -272,7 +306,7 @@ async fn separate_processes_survive_kills_and_views_equal_a_fold() {
         );
         assert_eq!(on_hand, reserved + available, "{sku}");
     }
-    let _ = (&relay.name, &projector.name);
+    let _ = (&shop.relay.name, &shop.projector.name);
     let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
     let _ = js.delete_stream(&cfg.stream).await;
 }
@@ -326,28 +360,9 @@ async fn rebuilding_every_view_while_the_shop_runs_fails_no_reader() {
 
     let db = test_database().await;
     let cfg = unique_stream();
-    let env = Env {
-        db_url: db.url.clone(),
-        stream: cfg.stream.clone(),
-        prefix: cfg.prefix.clone(),
-    };
-    let (cmd_port, query_port) = (free_port(), free_port());
-    let cmd = format!("http://127.0.0.1:{cmd_port}");
-    let query = format!("http://127.0.0.1:{query_port}");
-    let _relay = env.start("relay", &["relay"]);
-    let _projector = env.start("projector", &["projector"]);
-    let _pm = env.start("process-manager", &["process-manager"]);
-    let _command_api = env.start(
-        "command-api",
-        &["command-api", "--listen", &format!("127.0.0.1:{cmd_port}")],
-    );
-    let _query_api = env.start(
-        "query-api",
-        &["query-api", "--listen", &format!("127.0.0.1:{query_port}")],
-    );
+    let shop = start_shop(&db, &cfg).await;
+    let (cmd, query) = (shop.cmd.clone(), shop.query.clone());
     let http = reqwest::Client::new();
-    wait_healthy(&http, &cmd).await;
-    wait_healthy(&http, &query).await;
 
     for sku in ["MUG-01", "TEE-01"] {
         let (s, _) = post(
