@@ -718,8 +718,11 @@ impl<V: ViewStore> LiveStream<V> {
         Ok(())
     }
 
-    /// The event for an update, if this subscriber has not seen it.
-    fn accept(&mut self, u: &Update) -> Option<Event> {
+    /// The event for an update, if this subscriber has not seen it;
+    /// `seen`: `last` before this announcement's updates (a whole-view
+    /// stream has everything up to it, from its catch-up or earlier
+    /// announcements, so an announcement that arrives late is dropped).
+    fn accept(&mut self, u: &Update, seen: Position) -> Option<Event> {
         match &self.key {
             Some(key) if *key == u.key => {
                 if u.position <= self.last {
@@ -730,6 +733,9 @@ impl<V: ViewStore> LiveStream<V> {
             }
             Some(_) => None,
             None => {
+                if u.change <= seen {
+                    return None;
+                }
                 // The change's position: everything up to it is sent.
                 self.last = self.last.max(u.change);
                 Some(state_event(u.change, &u.data))
@@ -751,8 +757,9 @@ impl<V: ViewStore> LiveStream<V> {
             }
             match self.rx.recv().await {
                 Some(Msg::States(updates)) => {
+                    let seen = self.last;
                     for u in updates.iter() {
-                        if let Some(e) = self.accept(u) {
+                        if let Some(e) = self.accept(u, seen) {
                             self.pending.push_back(e);
                         }
                     }

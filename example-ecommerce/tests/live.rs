@@ -17,7 +17,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use strata::{
     CancellationToken, ChangeFeed, CommandContext, InMemoryEventStore, InMemoryViewStore,
-    InProcessBus, ReaderConfig, ViewId, ViewReader, ViewStore,
+    InProcessBus, Position, ReaderConfig, ViewChange, ViewId, ViewReader, ViewStore,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
@@ -25,6 +25,7 @@ use uuid::Uuid;
 struct Env {
     shop: Shop<InMemoryEventStore>,
     views: InMemoryViewStore,
+    feed: ChangeFeed,
     live: Live<InMemoryViewStore>,
     url: String,
     addr: std::net::SocketAddr,
@@ -61,7 +62,14 @@ async fn start_with(config: LiveConfig, listen: bool) -> Env {
     if listen {
         reader.listen(&feed, shutdown.clone()).await.unwrap();
     }
-    let live = Live::new(QueryState { reader, feed }, config).with_shutdown(shutdown.clone());
+    let live = Live::new(
+        QueryState {
+            reader,
+            feed: feed.clone(),
+        },
+        config,
+    )
+    .with_shutdown(shutdown.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(serve(listener, live.router(), shutdown.clone()));
@@ -74,6 +82,7 @@ async fn start_with(config: LiveConfig, listen: bool) -> Env {
     Env {
         shop,
         views,
+        feed,
         live,
         url: format!("http://{addr}"),
         addr,
@@ -318,6 +327,49 @@ async fn a_view_stream_sends_the_view_then_its_changes() {
     assert_eq!(e.data["key"], "MUG-01");
     assert_eq!(e.data["doc"]["on_hand"], 11);
     assert!(sse.next(Duration::from_millis(300)).await.is_none());
+}
+
+/// An announcement can reach a whole-view stream after its catch-up read
+/// already showed the change (the projector commits, the stream reads the
+/// view, then the announcement arrives): it must not be sent again, or a
+/// client sees a document go back to an older state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_stream_skips_announcements_its_snapshot_covered() {
+    let env = start(LiveConfig::default()).await;
+    let mut sse = SseClient::connect(&format!("{}/live/catalog", env.url), None).await;
+    let covered = loop {
+        let e = sse
+            .next(Duration::from_secs(5))
+            .await
+            .expect("the snapshot");
+        if e.data["key"] == "MUG-01" && e.data["doc"]["on_hand"] == 10 {
+            break e.id.unwrap();
+        }
+    };
+    // The late announcement of the change the stream has already sent.
+    env.feed
+        .publish(ViewChange {
+            view: "catalog".into(),
+            version: 1,
+            keys: vec!["MUG-01".into()],
+            position: Position(covered),
+            previous: None,
+            activated: false,
+            docs: None,
+        })
+        .await;
+    let restocked = env
+        .shop
+        .restock("MUG-01", 1, CommandContext::new())
+        .await
+        .unwrap()
+        .position;
+    let e = sse.next(Duration::from_secs(5)).await.expect("the restock");
+    assert!(
+        e.id.unwrap() >= restocked.0,
+        "sent again: {e:?} (covered {covered})"
+    );
+    assert_eq!(e.data["doc"]["on_hand"], 11);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
