@@ -98,10 +98,10 @@ async fn admin_cli_export_import_verify_rebuild() {
         Relay::new(store.clone(), views.clone(), client.clone(), cfg.clone()).run(shutdown.clone()),
     ));
     for (sku, stock) in [("MUG-01", 10), ("CAP-01", 2)] {
-        shop.register_product(sku, sku, 1_000, CommandContext::new())
+        shop.register_product(sku, sku, 1_000, CommandContext::system("test"))
             .await
             .unwrap();
-        shop.restock(sku, stock, CommandContext::new())
+        shop.restock(sku, stock, CommandContext::system("test"))
             .await
             .unwrap();
     }
@@ -117,7 +117,7 @@ async fn admin_cli_export_import_verify_rebuild() {
                 sku: (*sku).to_owned(),
                 quantity: *qty,
             }],
-            CommandContext::new(),
+            CommandContext::system("test"),
         )
         .await
         .unwrap();

@@ -46,13 +46,13 @@ async fn thirty_two_buyers_race_for_the_last_units() {
     tasks.push(spawn_fulfilment(&shop, &bus, &views, &statuses, &shutdown));
 
     let sku = "HOT-1";
-    shop.register_product(sku, "Hot item", 999, CommandContext::new())
+    shop.register_product(sku, "Hot item", 999, CommandContext::system("test"))
         .await
         .unwrap();
     let mut restocked = 0u32;
     let mut confirmed_total = 0u32;
     for round in 0..ROUNDS {
-        shop.restock(sku, STOCK_PER_ROUND, CommandContext::new())
+        shop.restock(sku, STOCK_PER_ROUND, CommandContext::system("test"))
             .await
             .unwrap();
         restocked += STOCK_PER_ROUND;
@@ -70,7 +70,7 @@ async fn thirty_two_buyers_race_for_the_last_units() {
                             sku: sku.to_owned(),
                             quantity: qty,
                         }],
-                        CommandContext::new(),
+                        CommandContext::system("test"),
                     )
                     .await
                     .unwrap();

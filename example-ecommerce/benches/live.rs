@@ -165,11 +165,11 @@ async fn run() {
         listener.local_addr().expect("addr")
     );
     tokio::spawn(serve(listener, live.router(), shutdown.clone()));
-    shop.register_product("MUG-01", "Mug", 1250, CommandContext::new())
+    shop.register_product("MUG-01", "Mug", 1250, CommandContext::system("test"))
         .await
         .expect("register");
     let first = shop
-        .restock("MUG-01", 1, CommandContext::new())
+        .restock("MUG-01", 1, CommandContext::system("test"))
         .await
         .expect("restock");
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -219,7 +219,7 @@ async fn run() {
         while arrive_rx.try_recv().is_ok() {}
         let t0 = Instant::now();
         let outcome = shop
-            .restock("MUG-01", 1, CommandContext::new())
+            .restock("MUG-01", 1, CommandContext::system("test"))
             .await
             .expect("restock");
         let position = outcome.position.0;

@@ -47,6 +47,9 @@ pub enum ShopError {
     /// The Idempotency-Key was already used for a different request (422).
     #[error("{0}")]
     KeyReused(String),
+    /// The principal may not do this (403; 401 when anonymous).
+    #[error("{0}")]
+    Forbidden(String),
     /// Store or bus trouble (503). Logged; the client sees a generic message.
     #[error("service unavailable")]
     Unavailable(String),
@@ -72,6 +75,7 @@ fn command_error<E: std::error::Error + 'static>(
             "the Idempotency-Key was already used for a different request".into(),
         ),
         CommandError::Input(i) => ShopError::BadRequest(i.to_string()),
+        CommandError::Forbidden(f) => ShopError::Forbidden(f.reason),
         other => ShopError::Unavailable(other.to_string()),
     }
 }
@@ -125,7 +129,7 @@ fn payment_result_context(attempt_id: Uuid, ctx: &CommandContext) -> CommandCont
     let mut result = CommandContext::with_command_id(Uuid::new_v5(&attempt_id, b"payment-result"))
         .causation_id(attempt_id);
     result.correlation_id = ctx.correlation_id;
-    result.actor = ctx.actor.clone();
+    result.principal = ctx.principal.clone();
     result.traceparent = ctx.traceparent.clone();
     result
 }
@@ -196,6 +200,7 @@ impl<S: EventStore> Shop<S> {
             | Err(ShopError::PaymentDeclined { .. })
             | Err(ShopError::KeyReused(_)) => "rejected",
             Err(ShopError::Conflict(_)) | Err(ShopError::PaymentInProgress(_)) => "conflict",
+            Err(ShopError::Forbidden(_)) => "forbidden",
             Err(ShopError::Unavailable(_)) => "error",
         };
         self.metrics.command(kind, outcome, started.elapsed());
@@ -646,7 +651,7 @@ impl<S: EventStore> CommandSender<FulfilmentCommand> for Shop<S> {
                             b"release-late-reservation",
                         ))
                         .causation_id(ctx.command_id)
-                        .actor("process:fulfilment");
+                        .actor("fulfilment");
                         let release_ctx = match ctx.correlation_id {
                             Some(c) => release_ctx.correlation_id(c),
                             None => release_ctx,

@@ -532,7 +532,7 @@ async fn confirmed_order<S: EventStore>(store: S) -> (Shop<S>, Router, uuid::Uui
             OrderCommand::RecordReservation {
                 sku: "MUG-01".into(),
             },
-            strata::CommandContext::new(),
+            strata::CommandContext::system("test"),
         )
         .await
         .unwrap();
@@ -766,7 +766,7 @@ async fn a_client_key_cannot_spend_a_process_manager_command_id() {
     .await;
     assert_eq!(s, StatusCode::CREATED);
     // The process manager's reservation still goes through.
-    let ctx = strata::CommandContext::with_command_id(internal).actor("process:fulfilment");
+    let ctx = strata::CommandContext::with_command_id(internal).actor("fulfilment");
     let order_id: uuid::Uuid = placed["order_id"].as_str().unwrap().parse().unwrap();
     shop.send(
         FulfilmentCommand::Inventory {

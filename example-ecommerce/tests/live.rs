@@ -73,10 +73,10 @@ async fn start_with(config: LiveConfig, listen: bool) -> Env {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(serve(listener, live.router(), shutdown.clone()));
-    shop.register_product("MUG-01", "Mug", 1250, CommandContext::new())
+    shop.register_product("MUG-01", "Mug", 1250, CommandContext::system("test"))
         .await
         .unwrap();
-    shop.restock("MUG-01", 10, CommandContext::new())
+    shop.restock("MUG-01", 10, CommandContext::system("test"))
         .await
         .unwrap();
     Env {
@@ -188,7 +188,7 @@ async fn a_subscriber_gets_every_change_and_resumes_after_a_disconnect() {
             id,
             "ada",
             std::slice::from_ref(&line),
-            CommandContext::new(),
+            CommandContext::system("test"),
         )
         .await
         .unwrap();
@@ -224,7 +224,10 @@ async fn a_subscriber_gets_every_change_and_resumes_after_a_disconnect() {
         env.live.subscribers() == 0 && env.live.connections() == 0
     })
     .await;
-    env.shop.pay(id, CommandContext::new()).await.unwrap();
+    env.shop
+        .pay(id, CommandContext::system("test"))
+        .await
+        .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while order_status(&env.views, id).await.as_deref() != Some("shipped") {
         assert!(tokio::time::Instant::now() < deadline, "never shipped");
@@ -287,7 +290,7 @@ async fn open_streams_end_on_shutdown() {
 async fn a_view_stream_sends_the_view_then_its_changes() {
     let env = start(LiveConfig::default()).await;
     env.shop
-        .register_product("TEE-01", "Tee", 2400, CommandContext::new())
+        .register_product("TEE-01", "Tee", 2400, CommandContext::system("test"))
         .await
         .unwrap();
     let url = format!("{}/live/catalog", env.url);
@@ -305,7 +308,7 @@ async fn a_view_stream_sends_the_view_then_its_changes() {
 
     // A change to one document of the view.
     env.shop
-        .restock("TEE-01", 7, CommandContext::new())
+        .restock("TEE-01", 7, CommandContext::system("test"))
         .await
         .unwrap();
     let e = sse.next(Duration::from_secs(5)).await.expect("the change");
@@ -316,7 +319,7 @@ async fn a_view_stream_sends_the_view_then_its_changes() {
 
     // Missed while away: only what changed after the last id.
     env.shop
-        .restock("MUG-01", 1, CommandContext::new())
+        .restock("MUG-01", 1, CommandContext::system("test"))
         .await
         .unwrap();
     let mut sse = SseClient::connect(&url, Some(last)).await;
@@ -360,7 +363,7 @@ async fn a_view_stream_skips_announcements_its_snapshot_covered() {
         .await;
     let restocked = env
         .shop
-        .restock("MUG-01", 1, CommandContext::new())
+        .restock("MUG-01", 1, CommandContext::system("test"))
         .await
         .unwrap()
         .position;
@@ -454,7 +457,7 @@ async fn a_subscriber_that_stops_reading_is_dropped() {
         // A few at a time: well within the healthy subscriber's queue.
         for _ in 0..8 {
             env.shop
-                .restock("MUG-01", 1, CommandContext::new())
+                .restock("MUG-01", 1, CommandContext::system("test"))
                 .await
                 .unwrap();
             on_hand += 1;
@@ -545,7 +548,12 @@ async fn a_large_view_arrives_whole_over_reconnects() {
     for i in 0..7 {
         last = env
             .shop
-            .register_product(&format!("SKU-{i}"), "Thing", 100, CommandContext::new())
+            .register_product(
+                &format!("SKU-{i}"),
+                "Thing",
+                100,
+                CommandContext::system("test"),
+            )
             .await
             .unwrap()
             .position;
@@ -599,7 +607,7 @@ async fn live_updates_start_following_the_feed_when_nobody_did() {
     assert_eq!(first.event, "state");
     let restocked = env
         .shop
-        .restock("MUG-01", 5, CommandContext::new())
+        .restock("MUG-01", 5, CommandContext::system("test"))
         .await
         .unwrap()
         .position;

@@ -679,7 +679,7 @@ async fn paced(
                 .handle(
                     StreamId::new(key.clone()).unwrap(),
                     1,
-                    CommandContext::new(),
+                    CommandContext::system("test"),
                 )
                 .await
                 .expect("command");

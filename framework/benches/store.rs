@@ -363,9 +363,13 @@ mod commands {
                 format!("{tag}-{w}")
             };
             async move {
-                h.handle(StreamId::new(stream).unwrap(), 1, CommandContext::new())
-                    .await
-                    .expect("command");
+                h.handle(
+                    StreamId::new(stream).unwrap(),
+                    1,
+                    CommandContext::system("test"),
+                )
+                .await
+                .expect("command");
             }
         })
         .await

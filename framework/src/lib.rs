@@ -77,6 +77,7 @@
 //! # });
 //! ```
 
+pub mod access;
 #[cfg(feature = "admin")]
 pub mod admin;
 pub mod codec;
@@ -105,6 +106,10 @@ pub use views::store as view;
 pub use views::{projection, query, rebuild};
 pub use write::{aggregate, command, harness};
 
+pub use access::{
+    Authenticator, Forbidden, OwnerField, Principal, PrincipalKind, ReadRule, Unauthenticated,
+    ViewAccess,
+};
 pub use codec::{DecodeError, DecodeErrorKind, DomainEvent, Upcasters};
 pub use envelope::{EventEnvelope, Metadata, NewEvent, Position, StreamId, MAX_JSON_DEPTH};
 pub use error::{BoxError, InputError, StoreError};

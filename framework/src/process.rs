@@ -99,6 +99,8 @@ impl SendError {
             CommandError::CommandIdReused { .. }
             | CommandError::CommandMismatch { .. }
             | CommandError::Input(_)
+            | CommandError::Forbidden(_)
+            | CommandError::NoActor
             | CommandError::Decode(_) => SendError::Failed(e.to_string()),
         }
     }
@@ -350,7 +352,7 @@ where
         ))
         .correlation_id(event.metadata.correlation_id)
         .causation_id(event.event_id)
-        .actor(format!("process:{}", self.manager.name()));
+        .actor(self.manager.name());
         let mut backoff = Duration::from_millis(20);
         loop {
             match self.sender.send(command.clone(), ctx.clone()).await {

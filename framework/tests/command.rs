@@ -40,7 +40,7 @@ fn harness_given_when_then() {
 
 async fn decides_appends_and_records_metadata<S: EventStore>(store: S) {
     let handler = CommandHandler::<Counter, _>::new(store.clone());
-    let ctx = CommandContext::new()
+    let ctx = CommandContext::system("test")
         .correlation_id(Uuid::new_v4())
         .actor("alice");
     let out = handler
@@ -72,7 +72,7 @@ async fn decides_appends_and_records_metadata<S: EventStore>(store: S) {
         .handle(
             sid("counter-1"),
             CounterCommand::Increment(0),
-            CommandContext::new(),
+            CommandContext::system("test"),
         )
         .await
         .unwrap_err();
@@ -82,7 +82,7 @@ async fn decides_appends_and_records_metadata<S: EventStore>(store: S) {
         .handle(
             sid("counter-1"),
             CounterCommand::Nothing,
-            CommandContext::new(),
+            CommandContext::system("test"),
         )
         .await
         .unwrap();
@@ -95,7 +95,7 @@ async fn decides_appends_and_records_metadata<S: EventStore>(store: S) {
 
 async fn a_repeated_command_id_appends_once<S: EventStore>(store: S) {
     let handler = CommandHandler::<Counter, _>::new(store.clone());
-    let ctx = CommandContext::new();
+    let ctx = CommandContext::system("test");
     let first = handler
         .handle(sid("counter-2"), CounterCommand::Increment(1), ctx.clone())
         .await
@@ -104,7 +104,7 @@ async fn a_repeated_command_id_appends_once<S: EventStore>(store: S) {
         .handle(
             sid("counter-2"),
             CounterCommand::Increment(5),
-            CommandContext::new(),
+            CommandContext::system("test"),
         )
         .await
         .unwrap();
@@ -120,7 +120,7 @@ async fn a_repeated_command_id_appends_once<S: EventStore>(store: S) {
     );
     assert_eq!(store.head().await.unwrap(), Position(2));
     // A repeat that the aggregate would now refuse still gets the first outcome.
-    let fill = CommandContext::new();
+    let fill = CommandContext::system("test");
     let filled = handler
         .handle(
             sid("counter-2"),
@@ -159,7 +159,9 @@ async fn a_repeat_with_another_fingerprint_is_refused<S: EventStore>(store: S) {
         .handle(
             sid("counter-fp"),
             CounterCommand::Increment(1),
-            CommandContext::with_command_id(id).fingerprint("a"),
+            CommandContext::with_command_id(id)
+                .actor("test")
+                .fingerprint("a"),
         )
         .await
         .unwrap();
@@ -167,7 +169,9 @@ async fn a_repeat_with_another_fingerprint_is_refused<S: EventStore>(store: S) {
         .handle(
             sid("counter-fp"),
             CounterCommand::Increment(2),
-            CommandContext::with_command_id(id).fingerprint("b"),
+            CommandContext::with_command_id(id)
+                .actor("test")
+                .fingerprint("b"),
         )
         .await
         .unwrap_err();
@@ -181,7 +185,9 @@ async fn a_repeat_with_another_fingerprint_is_refused<S: EventStore>(store: S) {
     let again = handler
         .repeat_of(
             &sid("counter-fp"),
-            &CommandContext::with_command_id(id).fingerprint("a"),
+            &CommandContext::with_command_id(id)
+                .actor("test")
+                .fingerprint("a"),
         )
         .await
         .unwrap()
@@ -195,13 +201,18 @@ async fn a_repeat_with_another_fingerprint_is_refused<S: EventStore>(store: S) {
         handler
             .repeat_of(
                 &sid("counter-fp"),
-                &CommandContext::with_command_id(id).fingerprint("b")
+                &CommandContext::with_command_id(id)
+                    .actor("test")
+                    .fingerprint("b")
             )
             .await,
         Err(CommandError::CommandMismatch { .. })
     ));
     assert!(handler
-        .repeat_of(&sid("counter-fp"), &CommandContext::new().fingerprint("a"))
+        .repeat_of(
+            &sid("counter-fp"),
+            &CommandContext::system("test").fingerprint("a")
+        )
         .await
         .unwrap()
         .is_none());
@@ -211,12 +222,16 @@ async fn a_repeat_with_another_fingerprint_is_refused<S: EventStore>(store: S) {
         handler.handle(
             sid("counter-fp"),
             CounterCommand::Increment(3),
-            CommandContext::with_command_id(id).fingerprint("x"),
+            CommandContext::with_command_id(id)
+                .actor("test")
+                .fingerprint("x"),
         ),
         handler.handle(
             sid("counter-fp"),
             CounterCommand::Increment(4),
-            CommandContext::with_command_id(id).fingerprint("y"),
+            CommandContext::with_command_id(id)
+                .actor("test")
+                .fingerprint("y"),
         ),
     );
     let refused = [&x, &y]
@@ -253,7 +268,7 @@ fn client_keys_are_scoped() {
 
 async fn concurrent_duplicates_append_once<S: EventStore>(store: S) {
     let handler = CommandHandler::<Counter, _>::new(store.clone());
-    let ctx = CommandContext::new();
+    let ctx = CommandContext::system("test");
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let h = handler.clone();
@@ -282,7 +297,7 @@ async fn snapshots_are_taken_and_used<S: EventStore>(store: S, snapshots: Arc<dy
             .handle(
                 sid("counter-snap"),
                 CounterCommand::Increment(1),
-                CommandContext::new(),
+                CommandContext::system("test"),
             )
             .await
             .unwrap();
@@ -385,7 +400,7 @@ async fn upcasts_old_events_and_names_bad_ones<S: EventStore>(store: S) {
         .handle(
             sid("counter-bad2"),
             CounterCommand::Increment(1),
-            CommandContext::new(),
+            CommandContext::system("test"),
         )
         .await
         .unwrap_err();
@@ -504,7 +519,7 @@ async fn hot_aggregate_from_two_processes() {
                         .handle(
                             stream.clone(),
                             CounterCommand::Increment(1),
-                            CommandContext::new(),
+                            CommandContext::system("test"),
                         )
                         .await
                     {
@@ -563,7 +578,7 @@ async fn duplicate_command_from_two_processes_appends_once() {
         .map(|_| CommandHandler::<Counter, _>::new(PgEventStore::new(db.pool.clone())))
         .collect();
     for round in 0..10 {
-        let ctx = CommandContext::new();
+        let ctx = CommandContext::system("test");
         let stream = sid(&format!("counter-d{round}"));
         let tasks: Vec<_> = (0..8)
             .map(|i| {
@@ -603,19 +618,23 @@ async fn a_stale_cached_state_never_causes_a_wrong_refusal() {
     one.handle(
         stream.clone(),
         CounterCommand::Increment(CAP),
-        CommandContext::new(),
+        CommandContext::system("test"),
     )
     .await
     .unwrap();
     // `one` now caches value == CAP; `two` resets the counter.
-    two.handle(stream.clone(), CounterCommand::Reset, CommandContext::new())
-        .await
-        .unwrap();
+    two.handle(
+        stream.clone(),
+        CounterCommand::Reset,
+        CommandContext::system("test"),
+    )
+    .await
+    .unwrap();
     let out = one
         .handle(
             stream.clone(),
             CounterCommand::Increment(1),
-            CommandContext::new(),
+            CommandContext::system("test"),
         )
         .await
         .expect("decided on the stored state, not the stale cache");
@@ -627,7 +646,7 @@ async fn a_stale_cached_state_never_causes_a_wrong_refusal() {
     two.handle(
         stream.clone(),
         CounterCommand::Increment(5),
-        CommandContext::new(),
+        CommandContext::system("test"),
     )
     .await
     .unwrap();
@@ -635,7 +654,7 @@ async fn a_stale_cached_state_never_causes_a_wrong_refusal() {
         .handle(
             stream.clone(),
             CounterCommand::Increment(1),
-            CommandContext::new(),
+            CommandContext::system("test"),
         )
         .await
         .unwrap();
@@ -693,7 +712,7 @@ async fn an_unstorable_command_fails_alone_in_its_lane() {
                 };
                 (
                     i,
-                    h.handle(sid("notebook-1"), text, CommandContext::new())
+                    h.handle(sid("notebook-1"), text, CommandContext::system("test"))
                         .await,
                 )
             })

@@ -751,7 +751,7 @@ async fn read_your_writes_across_processes() {
             .handle(
                 StreamId::new("counter-ryw").unwrap(),
                 CounterCommand::Increment(1),
-                CommandContext::new(),
+                CommandContext::system("test"),
             )
             .await
             .unwrap();
@@ -907,7 +907,7 @@ async fn process_manager_redelivery_sends_each_command_once() {
             .handle(
                 StreamId::new(format!("counter-src-{}", i % 3)).unwrap(),
                 CounterCommand::Increment(i + 1),
-                CommandContext::new(),
+                CommandContext::system("test"),
             )
             .await
             .unwrap();
@@ -1256,7 +1256,7 @@ async fn spent_command_id(
             .handle(
                 StreamId::new(format!("counter-src-{i}")).unwrap(),
                 CounterCommand::Increment(by),
-                CommandContext::new(),
+                CommandContext::system("test"),
             )
             .await
             .unwrap();
@@ -1270,7 +1270,8 @@ async fn spent_command_id(
         .handle(
             StreamId::new("counter-elsewhere").unwrap(),
             CounterCommand::Increment(1),
-            CommandContext::with_command_id(strata::caused_command_id(manager, second.event_id, 0)),
+            CommandContext::with_command_id(strata::caused_command_id(manager, second.event_id, 0))
+                .actor("test"),
         )
         .await
         .unwrap();

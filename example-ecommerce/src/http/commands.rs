@@ -65,7 +65,7 @@ fn context(headers: &HeaderMap, request: &impl Serialize) -> Result<CommandConte
     if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
         ctx.traceparent = Some(tp.chars().take(128).collect());
     }
-    ctx.actor = Some(PRINCIPAL.into());
+    ctx = ctx.principal(strata::Principal::service(PRINCIPAL));
     Ok(ctx)
 }
 

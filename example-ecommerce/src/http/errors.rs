@@ -21,6 +21,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     position: Option<Position>,
+    /// A `WWW-Authenticate` challenge (401 answers).
+    challenge: Option<String>,
 }
 
 impl ApiError {
@@ -31,7 +33,21 @@ impl ApiError {
             code,
             message: message.into(),
             position: None,
+            challenge: None,
         }
+    }
+
+    /// 401: the request needs (valid) credentials; `challenge` goes into
+    /// `WWW-Authenticate`.
+    pub fn unauthorized(challenge: String, message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+        e.challenge = Some(challenge);
+        e
+    }
+
+    /// 403: the caller is known but may not do this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
@@ -50,6 +66,10 @@ impl IntoResponse for ApiError {
             if let Ok(v) = HeaderValue::from_str(&p.0.to_string()) {
                 resp.headers_mut().insert(POSITION_HEADER, v);
             }
+        }
+        if let Some(c) = self.challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            resp.headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, c);
         }
         resp
     }
@@ -77,6 +97,7 @@ impl From<ShopError> for ApiError {
                 e.position = Some(outcome.position);
                 e
             }
+            ShopError::Forbidden(m) => ApiError::forbidden(m),
             ShopError::Unavailable(internal) => {
                 tracing::error!(error = %internal, "command failed");
                 ApiError::new(

@@ -76,6 +76,21 @@ pub trait Aggregate:
 
     /// Applies one event to the state.
     fn evolve(&mut self, event: &Self::Event);
+
+    /// Whether `principal` may have `command` decided on this state: the
+    /// place for rules such as "only the order's customer pays it" or "only
+    /// staff change prices". The command handler calls it before
+    /// [`decide`](Self::decide), on the same state, so a refusal records
+    /// nothing and answers [`CommandError::Forbidden`](crate::CommandError::Forbidden).
+    /// Allows everything unless overridden.
+    fn authorize(
+        &self,
+        command: &Self::Command,
+        principal: &crate::access::Principal,
+    ) -> Result<(), crate::access::Forbidden> {
+        let _ = (command, principal);
+        Ok(())
+    }
 }
 
 /// When to take snapshots of an aggregate type.

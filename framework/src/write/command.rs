@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::access::{Forbidden, Principal};
 use crate::codec::{encode, unstored_decode_error, DecodeError, Upcasters};
 use crate::envelope::{Metadata, NewEvent, Position, StreamId};
 use crate::error::{InputError, StoreError};
@@ -50,8 +51,13 @@ pub struct CommandContext {
     /// What caused the command (e.g. an event, for a process manager);
     /// the command id when absent.
     pub causation_id: Option<Uuid>,
-    /// The user or system issuing the command.
-    pub actor: Option<String>,
+    /// Who issues the command: recorded on every resulting event as the
+    /// actor ([`Principal::actor`]) and shown to
+    /// [`Aggregate::authorize`](crate::Aggregate::authorize). A command
+    /// without one is refused ([`CommandError::NoActor`]): no event is
+    /// recorded without an actor.
+    #[serde(default)]
+    pub principal: Option<Principal>,
     /// W3C trace context of the request.
     pub traceparent: Option<String>,
     /// A fingerprint of the request (e.g. a hash of its route and body),
@@ -74,7 +80,7 @@ impl CommandContext {
             command_id,
             correlation_id: None,
             causation_id: None,
-            actor: None,
+            principal: None,
             traceparent: None,
             fingerprint: None,
         }
@@ -105,10 +111,21 @@ impl CommandContext {
         self
     }
 
-    /// Sets the actor.
-    pub fn actor(mut self, actor: impl Into<String>) -> Self {
-        self.actor = Some(actor.into());
+    /// Sets who issues the command.
+    pub fn principal(mut self, principal: Principal) -> Self {
+        self.principal = Some(principal);
         self
+    }
+
+    /// Sets a service of the system as the issuer: shorthand for
+    /// `principal(Principal::service(name))`.
+    pub fn actor(self, service: impl Into<String>) -> Self {
+        self.principal(Principal::service(service))
+    }
+
+    /// A context with a fresh command id, issued by service `name`.
+    pub fn system(name: impl Into<String>) -> Self {
+        Self::new().actor(name)
     }
 
     fn metadata(&self, correlation_id: Uuid) -> Metadata {
@@ -116,7 +133,7 @@ impl CommandContext {
             correlation_id,
             causation_id: Some(self.causation_id.unwrap_or(self.command_id)),
             command_id: Some(self.command_id),
-            actor: self.actor.clone(),
+            actor: self.principal.as_ref().map(Principal::actor),
             traceparent: self.traceparent.clone(),
             fingerprint: self.fingerprint.clone(),
         }
@@ -225,6 +242,14 @@ pub enum CommandError<E: std::error::Error + 'static> {
         /// The reused id.
         command_id: Uuid,
     },
+    /// [`Aggregate::authorize`] refused the principal. HTTP 403 (401 for
+    /// an anonymous principal). Nothing was written.
+    #[error(transparent)]
+    Forbidden(Forbidden),
+    /// The command's context names no principal: nothing is recorded
+    /// without an actor. A programming error of the caller; HTTP 500.
+    #[error("the command names no principal (set CommandContext::principal)")]
+    NoActor,
     /// The command's events broke a store limit. HTTP 400 / 413.
     #[error(transparent)]
     Input(InputError),
@@ -285,12 +310,20 @@ pub struct CommandStats {
     pub succeeded: u64,
     /// Commands refused by the domain.
     pub rejected: u64,
+    /// Commands refused by [`Aggregate::authorize`].
+    pub forbidden: u64,
     /// Repeated command ids answered with the first outcome.
     pub duplicates: u64,
     /// Conflicts with other processes that led to a reload.
     pub conflicts_retried: u64,
     /// Commands that failed for other reasons (conflicts out of retries, store).
     pub failed: u64,
+}
+
+/// Why a command of a group was refused before recording anything.
+enum Refusal<E> {
+    Domain(E),
+    Forbidden(Forbidden),
 }
 
 type Reply<A> = oneshot::Sender<Result<CommandOutcome, CommandError<<A as Aggregate>::Error>>>;
@@ -415,6 +448,9 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         command: A::Command,
         ctx: CommandContext,
     ) -> Result<CommandOutcome, CommandError<A::Error>> {
+        if ctx.principal.is_none() {
+            return Err(CommandError::NoActor);
+        }
         let (reply, rx) = oneshot::channel();
         let pending = Pending {
             command,
@@ -710,7 +746,8 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
             let mut state = current.state.clone();
             let mut events: Vec<NewEvent> = Vec::new();
             // Per command: Ok(number of events) or the domain error.
-            let mut decisions: Vec<Result<usize, A::Error>> = Vec::with_capacity(group.len());
+            let mut decisions: Vec<Result<usize, Refusal<A::Error>>> =
+                Vec::with_capacity(group.len());
             // Same command id twice in one group: the later ones repeat the first.
             let mut seen_ids: HashMap<Uuid, usize> = HashMap::new();
             let mut fits = group.len();
@@ -723,6 +760,12 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                     continue;
                 }
                 seen_ids.insert(p.ctx.command_id, i);
+                if let Some(who) = &p.ctx.principal {
+                    if let Err(f) = state.authorize(&p.command, who) {
+                        decisions.push(Err(Refusal::Forbidden(f)));
+                        continue;
+                    }
+                }
                 match state.decide(&p.command) {
                     Ok(new) => {
                         if !events.is_empty()
@@ -764,7 +807,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                         decisions.push(Ok(encoded.len()));
                         events.extend(encoded);
                     }
-                    Err(e) => decisions.push(Err(e)),
+                    Err(e) => decisions.push(Err(Refusal::Domain(e))),
                 }
             }
             let leftover: Vec<Pending<A>> = group.split_off(fits);
@@ -962,7 +1005,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         &self,
         stream_id: &StreamId,
         group: Vec<Pending<A>>,
-        decisions: Vec<Result<usize, A::Error>>,
+        decisions: Vec<Result<usize, Refusal<A::Error>>>,
         seen_ids: &HashMap<Uuid, usize>,
         before: &Loaded<A>,
         appended: Option<&crate::AppendOutcome>,
@@ -1030,9 +1073,13 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                 }
             } else {
                 match decision {
-                    Some(Err(e)) => {
+                    Some(Err(Refusal::Domain(e))) => {
                         self.count(|s| s.rejected += 1);
                         Err(CommandError::Domain(e))
+                    }
+                    Some(Err(Refusal::Forbidden(f))) => {
+                        self.count(|s| s.forbidden += 1);
+                        Err(CommandError::Forbidden(f))
                     }
                     _ => {
                         self.count(|s| s.succeeded += 1);
