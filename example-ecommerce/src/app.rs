@@ -122,14 +122,35 @@ pub fn payment_key(attempt_id: Uuid) -> Uuid {
     Uuid::new_v5(&attempt_id, b"payment-gateway-charge")
 }
 
+/// Checks `command` against `state` for `ctx`'s principal ahead of the
+/// handler, where a step would otherwise tell the caller something about
+/// state that is not theirs (the handler checks again, on the state it
+/// decides on).
+fn authorized<A: Aggregate>(
+    state: &A,
+    command: &A::Command,
+    ctx: &CommandContext,
+) -> Result<(), ShopError> {
+    match &ctx.principal {
+        Some(who) => state
+            .authorize(command, who)
+            .map_err(|f| ShopError::Forbidden(f.reason)),
+        None => Ok(()),
+    }
+}
+
+/// The service that records payment results.
+pub const PAYMENT_SERVICE: &str = "payment";
+
 /// The context that records a payment attempt's result: its command id is
 /// derived from the attempt, so the result is recorded once whoever
-/// completes the attempt.
+/// completes the attempt; the payment service records it, caused by the
+/// attempt the customer started.
 fn payment_result_context(attempt_id: Uuid, ctx: &CommandContext) -> CommandContext {
     let mut result = CommandContext::with_command_id(Uuid::new_v5(&attempt_id, b"payment-result"))
-        .causation_id(attempt_id);
+        .causation_id(attempt_id)
+        .actor(PAYMENT_SERVICE);
     result.correlation_id = ctx.correlation_id;
-    result.principal = ctx.principal.clone();
     result.traceparent = ctx.traceparent.clone();
     result
 }
@@ -490,6 +511,14 @@ impl<S: EventStore> Shop<S> {
         if version == 0 {
             return Err(ShopError::NotFound(format!("unknown order {order_id}")));
         }
+        // Before anything about the order is told: is it the caller's?
+        authorized(
+            &order,
+            &OrderCommand::StartPayment {
+                attempt_id: ctx.command_id,
+            },
+            ctx,
+        )?;
         if let Some(a) = order.payment_attempt() {
             if self.abandoned(a.attempt_id).await? {
                 tracing::warn!(order = %order_id, attempt = %a.attempt_id, "completing a payment attempt left without a result");
@@ -576,7 +605,7 @@ impl<S: EventStore> Shop<S> {
             if let Some(first) = Self::repeat(&self.orders, &stream, &ctx, order_rule).await? {
                 return Ok(first);
             }
-            let (_, version) = self
+            let (order, version) = self
                 .orders
                 .load(&stream)
                 .await
@@ -584,14 +613,12 @@ impl<S: EventStore> Shop<S> {
             if version == 0 {
                 return Err(ShopError::NotFound(format!("unknown order {order_id}")));
             }
+            let command = OrderCommand::Cancel {
+                reason: reason.to_owned(),
+            };
+            authorized(&order, &command, &ctx)?;
             self.orders
-                .handle(
-                    stream,
-                    OrderCommand::Cancel {
-                        reason: reason.to_owned(),
-                    },
-                    ctx,
-                )
+                .handle(stream, command, ctx)
                 .await
                 .map_err(|e| command_error(e, order_rule))
         })

@@ -46,6 +46,7 @@ pub async fn run<S: EventStore, B: EventBus, V: ViewStore>(
     options: DemoOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let auth = crate::http::Auth::anonymous_only(); // TODO(auth): the dev issuer
     let metrics = Arc::new(Metrics::default());
     let shop = Shop::new(store.clone(), demo_gateway(), Arc::clone(&metrics));
     let mut tasks = spawn_projectors(&[], &bus, &views, &feed, &statuses, &shutdown);
@@ -75,7 +76,10 @@ pub async fn run<S: EventStore, B: EventBus, V: ViewStore>(
     let command_url = format!("http://{}", command_listener.local_addr()?);
     let query_url = format!("http://{}", query_listener.local_addr()?);
     tasks.push(tokio::spawn({
-        let (router, sd) = (command_router(shop.clone(), ops.clone()), shutdown.clone());
+        let (router, sd) = (
+            command_router(shop.clone(), ops.clone(), auth.clone()),
+            shutdown.clone(),
+        );
         async move {
             let _ = serve(command_listener, router, sd).await;
         }
@@ -88,6 +92,7 @@ pub async fn run<S: EventStore, B: EventBus, V: ViewStore>(
                     feed: feed.clone(),
                 },
                 ops,
+                auth.clone(),
                 shutdown.clone(),
             ),
             shutdown.clone(),

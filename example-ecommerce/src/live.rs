@@ -54,7 +54,7 @@ use strata::{ChangeNotice, Position, QueryError, ViewChange, ViewReader, ViewSto
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::http::{ApiError, QueryState, IDEMPOTENCY_HEADER, MAX_BODY_BYTES};
+use crate::http::{ApiError, Auth, Caller, QueryState, IDEMPOTENCY_HEADER, MAX_BODY_BYTES};
 use crate::views::VIEW_NAMES;
 
 /// The env var naming the command API the page's proxy forwards to.
@@ -66,6 +66,11 @@ pub const LAST_EVENT_ID_HEADER: &str = "last-event-id";
 
 /// The shop's web page.
 const INDEX_HTML: &str = include_str!("../static/index.html");
+/// The page's script (a file of its own: the content security policy
+/// allows no inline script).
+const APP_JS: &str = include_str!("../static/app.js");
+/// The page's styles (no inline styles either).
+const APP_CSS: &str = include_str!("../static/app.css");
 
 /// Why a stream ended (sent as `event: close`).
 const OPEN: u8 = 0;
@@ -343,6 +348,7 @@ pub struct Live<V> {
     config: LiveConfig,
     http: reqwest::Client,
     shutdown: strata::CancellationToken,
+    auth: Auth,
 }
 
 impl<V> Clone for Live<V> {
@@ -354,6 +360,7 @@ impl<V> Clone for Live<V> {
             config: self.config,
             http: self.http.clone(),
             shutdown: self.shutdown.clone(),
+            auth: self.auth.clone(),
         }
     }
 }
@@ -372,6 +379,7 @@ impl<V: ViewStore> Live<V> {
             config,
             http,
             shutdown: strata::CancellationToken::new(),
+            auth: Auth::anonymous_only(),
         }
     }
 
@@ -403,15 +411,31 @@ impl<V: ViewStore> Live<V> {
         ]
     }
 
-    /// The routes: `/`, `/live/{view}`, `/live/{view}/{key}`, `/api/...`.
+    /// Who may follow what (default: [`Auth::anonymous_only`], which
+    /// follows the catalog and nothing else).
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// The routes: `/`, `/live/{view}`, `/live/{view}/{key}`, `/api/...`,
+    /// with their callers identified by the [`Auth`] given (a bad token
+    /// is answered 401).
     pub fn router(&self) -> Router {
         Router::new()
             .route("/", get(index))
+            .route("/app.js", get(app_js))
+            .route("/app.css", get(app_css))
             .route("/live/{view}", get(live_view::<V>))
             .route("/live/{view}/{key}", get(live_key::<V>))
             .route("/api/orders", post(proxy_order::<V>))
             .route("/api/orders/{id}/pay", post(proxy_pay::<V>))
+            .route("/api/orders/{id}/cancel", post(proxy_cancel::<V>))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .layer(axum::middleware::from_fn_with_state(
+                self.auth.clone(),
+                crate::http::auth::identify,
+            ))
             .with_state(self.clone())
     }
 
@@ -475,6 +499,7 @@ impl<V: ViewStore> Live<V> {
         key: Option<String>,
         after: Position,
         client: Option<std::net::IpAddr>,
+        caller: Caller,
     ) -> Result<Response, ApiError> {
         let open = self.hub.connections.fetch_add(1, Ordering::AcqRel);
         let mut guard = Connection {
@@ -531,6 +556,7 @@ impl<V: ViewStore> Live<V> {
             snapshot_limit: self.config.snapshot_limit,
             more: false,
             done: false,
+            caller,
             _guard: guard,
         };
         stream.catch_up(floor).await?;
@@ -651,6 +677,9 @@ struct LiveStream<V> {
     /// The catch-up sent only part of the view: end once it is sent.
     more: bool,
     done: bool,
+    /// Who follows: a key's states go out only while the caller may read
+    /// them.
+    caller: Caller,
     _guard: Connection,
 }
 
@@ -662,6 +691,7 @@ impl<V: ViewStore> LiveStream<V> {
             Some(key) => {
                 let read = self.reader.get(self.view, key, min).await?;
                 match read.doc {
+                    Some(d) if !self.caller.sees(self.view, key, Some(&d.doc)) => {}
                     Some(d) if d.position > self.last => {
                         let data = state_data(self.view, key, Some(&d.doc), d.position);
                         self.pending.push_back(state_event(d.position, &data));
@@ -718,6 +748,21 @@ impl<V: ViewStore> LiveStream<V> {
         Ok(())
     }
 
+    /// Whether the caller may see a key's new state (`data`: the state
+    /// event's JSON). Parsed only for views whose documents name their
+    /// owner, and only for callers who do not read every document.
+    fn visible(&self, key: &str, data: &str) -> bool {
+        if self.caller.sees_all(self.view) {
+            return true;
+        }
+        let parsed: Value = match serde_json::from_str(data) {
+            Ok(v) => v,
+            Err(_) => return false,
+        };
+        let doc = parsed.get("doc").filter(|d| !d.is_null());
+        self.caller.sees(self.view, key, doc)
+    }
+
     /// The event for an update, if this subscriber has not seen it;
     /// `seen`: `last` before this announcement's updates (a whole-view
     /// stream has everything up to it, from its catch-up or earlier
@@ -725,7 +770,7 @@ impl<V: ViewStore> LiveStream<V> {
     fn accept(&mut self, u: &Update, seen: Position) -> Option<Event> {
         match &self.key {
             Some(key) if *key == u.key => {
-                if u.position <= self.last {
+                if u.position <= self.last || !self.visible(key, &u.data) {
                     return None;
                 }
                 self.last = u.position;
@@ -867,19 +912,23 @@ fn after(q: &After, headers: &HeaderMap) -> Result<Position, ApiError> {
 
 async fn live_view<V: ViewStore>(
     State(live): State<Live<V>>,
+    caller: Caller,
     Path(view): Path<String>,
     Query(q): Query<After>,
     headers: HeaderMap,
     extensions: axum::http::Extensions,
 ) -> Result<Response, ApiError> {
     let view = view_name(&view)?;
+    // A whole view: everything in it, so only for those who may list it.
+    caller.may_list(view)?;
     let after = after(&q, &headers)?;
     let client = crate::server::peer(&extensions).map(|a| a.ip());
-    live.open(view, None, after, client).await
+    live.open(view, None, after, client, caller).await
 }
 
 async fn live_key<V: ViewStore>(
     State(live): State<Live<V>>,
+    caller: Caller,
     Path((view, key)): Path<(String, String)>,
     Query(q): Query<After>,
     headers: HeaderMap,
@@ -887,9 +936,15 @@ async fn live_key<V: ViewStore>(
 ) -> Result<Response, ApiError> {
     let view = view_name(&view)?;
     let key = view_key(view, &key)?;
+    // What the rule alone refuses (someone else's order list, a staff
+    // view); the owner of a document that names it is checked on its
+    // current state here and on every state sent.
+    caller.may_read(view, &key, None)?;
+    let current = live.reader.get(view, &key, None).await?;
+    caller.may_read(view, &key, current.doc.as_ref().map(|d| &d.doc))?;
     let after = after(&q, &headers)?;
     let client = crate::server::peer(&extensions).map(|a| a.ip());
-    live.open(view, Some(key), after, client).await
+    live.open(view, Some(key), after, client, caller).await
 }
 
 async fn index() -> Response {
@@ -899,6 +954,28 @@ async fn index() -> Response {
             (header::CACHE_CONTROL, "no-store"),
         ],
         INDEX_HTML,
+    )
+        .into_response()
+}
+
+async fn app_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        APP_JS,
+    )
+        .into_response()
+}
+
+async fn app_css() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        APP_CSS,
     )
         .into_response()
 }
@@ -928,6 +1005,10 @@ async fn forward<V>(
     if let Some(v) = headers.get(IDEMPOTENCY_HEADER) {
         req = req.header(IDEMPOTENCY_HEADER, v.clone());
     }
+    // The caller's own credentials: the command API checks them again.
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        req = req.header(header::AUTHORIZATION, v.clone());
+    }
     let resp = req.send().await.map_err(|e| {
         tracing::warn!(error = %e, "the command API is unreachable");
         ApiError::new(
@@ -937,6 +1018,10 @@ async fn forward<V>(
         )
     })?;
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let challenge = resp
+        .headers()
+        .get(header::WWW_AUTHENTICATE)
+        .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
     let content_type = resp
         .headers()
         .get(header::CONTENT_TYPE)
@@ -950,7 +1035,11 @@ async fn forward<V>(
             "the command API's answer was cut off",
         )
     })?;
-    Ok((status, [(header::CONTENT_TYPE, content_type)], body).into_response())
+    let mut out = (status, [(header::CONTENT_TYPE, content_type)], body).into_response();
+    if let Some(c) = challenge {
+        out.headers_mut().insert(header::WWW_AUTHENTICATE, c);
+    }
+    Ok(out)
 }
 
 async fn proxy_order<V: ViewStore>(
@@ -968,4 +1057,19 @@ async fn proxy_pay<V: ViewStore>(
 ) -> Result<Response, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| bad_request("an order id must be a UUID"))?;
     forward(&live, &format!("/orders/{id}/pay"), &headers, Bytes::new()).await
+}
+
+async fn proxy_cancel<V: ViewStore>(
+    State(live): State<Live<V>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = Uuid::parse_str(&id).map_err(|_| bad_request("an order id must be a UUID"))?;
+    forward(
+        &live,
+        &format!("/orders/{id}/cancel"),
+        &headers,
+        Bytes::new(),
+    )
+    .await
 }

@@ -346,7 +346,12 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {listen}"))?;
             tracing::info!(addr = %listener.local_addr()?, "command API listening");
-            http::serve(listener, http::command_router(shop, ops), shutdown).await?;
+            http::serve(
+                listener,
+                http::command_router(shop, ops, http::Auth::anonymous_only()),
+                shutdown,
+            )
+            .await?;
             Ok(())
         }
         Command::QueryApi { servers, listen } => {
@@ -374,7 +379,12 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(addr = %listener.local_addr()?, "query API listening");
             http::serve(
                 listener,
-                http::query_router(QueryState { reader, feed }, ops, shutdown.clone()),
+                http::query_router(
+                    QueryState { reader, feed },
+                    ops,
+                    http::Auth::anonymous_only(),
+                    shutdown.clone(),
+                ),
                 shutdown,
             )
             .await?;

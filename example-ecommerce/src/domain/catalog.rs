@@ -154,6 +154,20 @@ impl Aggregate for Product {
     type Event = ProductEvent;
     type Error = ProductError;
 
+    /// Only staff (or the shop's services) change the catalog.
+    fn authorize(
+        &self,
+        command: &ProductCommand,
+        who: &strata::Principal,
+    ) -> Result<(), strata::Forbidden> {
+        let what = match command {
+            ProductCommand::Register { .. } => "register products",
+            ProductCommand::ChangePrice { .. } => "change prices",
+            ProductCommand::Discontinue => "discontinue products",
+        };
+        super::staff_only(who, what)
+    }
+
     fn decide(&self, command: &ProductCommand) -> Result<Vec<ProductEvent>, ProductError> {
         match (command, self.status) {
             (

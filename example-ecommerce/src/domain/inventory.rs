@@ -209,6 +209,20 @@ impl Aggregate for Inventory {
     type Event = InventoryEvent;
     type Error = InventoryError;
 
+    /// Staff restock; reservations are the process manager's.
+    fn authorize(
+        &self,
+        command: &InventoryCommand,
+        who: &strata::Principal,
+    ) -> Result<(), strata::Forbidden> {
+        match command {
+            InventoryCommand::Restock { .. } => super::staff_only(who, "restock"),
+            InventoryCommand::Reserve { .. }
+            | InventoryCommand::Release { .. }
+            | InventoryCommand::Commit { .. } => super::services_only(who, "reserving stock"),
+        }
+    }
+
     fn decide(&self, command: &InventoryCommand) -> Result<Vec<InventoryEvent>, InventoryError> {
         self.check_sku(command.sku())?;
         let sku = command.sku().to_owned();

@@ -10,8 +10,34 @@ pub mod inventory;
 pub mod order;
 pub mod payment;
 
-use strata::{Aggregate, StreamId};
+use strata::{Aggregate, Forbidden, Principal, StreamId};
 use uuid::Uuid;
+
+/// The shop's roles, as tokens carry them.
+pub mod roles {
+    /// Places orders, pays and cancels its own, reads its own.
+    pub const CUSTOMER: &str = "customer";
+    /// Keeps the catalog: products, prices, stock; reads every order.
+    pub const STAFF: &str = "staff";
+    /// Runs the shop: health, metrics, admin.
+    pub const OPERATOR: &str = "operator";
+}
+
+/// Staff, or a service of the shop (the process manager, imports).
+pub fn staff_only(who: &Principal, what: &str) -> Result<(), Forbidden> {
+    Forbidden::unless(
+        who.is_service() || who.has_role(roles::STAFF),
+        format!("only staff may {what}"),
+    )
+}
+
+/// The shop's own services only (the process manager's steps).
+pub fn services_only(who: &Principal, what: &str) -> Result<(), Forbidden> {
+    Forbidden::unless(
+        who.is_service(),
+        format!("{what} is done by the shop itself"),
+    )
+}
 
 /// Longest sku, in characters.
 pub const MAX_SKU_LEN: usize = 32;

@@ -507,6 +507,45 @@ impl Aggregate for Order {
     type Event = OrderEvent;
     type Error = OrderError;
 
+    /// A customer places orders as themselves and pays and cancels only
+    /// their own; staff may cancel any; the rest of an order's life is the
+    /// shop's own doing (process manager, payment results).
+    fn authorize(
+        &self,
+        command: &OrderCommand,
+        who: &strata::Principal,
+    ) -> Result<(), strata::Forbidden> {
+        use strata::Forbidden;
+        if who.is_service() {
+            return Ok(());
+        }
+        let own = self.status != OrderStatus::New && who.is_user_named(&self.customer_id);
+        match command {
+            OrderCommand::Place { customer_id, .. } => {
+                Forbidden::unless(
+                    who.has_role(super::roles::CUSTOMER),
+                    "only customers place orders",
+                )?;
+                Forbidden::unless(
+                    who.is_user_named(customer_id),
+                    "an order is placed in the customer's own name",
+                )
+            }
+            OrderCommand::StartPayment { .. } => {
+                Forbidden::unless(own, "only the order's customer pays it")
+            }
+            OrderCommand::Cancel { .. } => Forbidden::unless(
+                own || who.has_role(super::roles::STAFF),
+                "only the order's customer or staff cancel it",
+            ),
+            OrderCommand::RecordReservation { .. }
+            | OrderCommand::Reject { .. }
+            | OrderCommand::Pay { .. }
+            | OrderCommand::FailPayment { .. }
+            | OrderCommand::Ship => super::services_only(who, "this step of an order"),
+        }
+    }
+
     fn decide(&self, command: &OrderCommand) -> Result<Vec<OrderEvent>, OrderError> {
         use OrderStatus::{Cancelled, Confirmed, Paid, Placed, Rejected};
         match command {

@@ -11,13 +11,11 @@ use strata::{CommandContext, CommandOutcome, EventStore};
 use uuid::Uuid;
 
 use crate::app::{LineRequest, Shop};
+use crate::domain::roles;
+
+use super::auth::{guarded, identify, Auth, Caller, Needs};
 
 use super::*;
-
-/// The principal commands run for. There is no authentication yet: every
-/// request is `http`. Command ids derive from (principal, key), so keys
-/// are already scoped per principal once there are several.
-const PRINCIPAL: &str = "http";
 
 /// The namespace of request fingerprints.
 const FINGERPRINT_NAMESPACE: Uuid = Uuid::from_u128(0x8c1f_3a52_77d4_4e09_b6a8_1d2e_5f90_c3b7);
@@ -39,23 +37,29 @@ fn uuid_header(headers: &HeaderMap, name: &str) -> Result<Option<Uuid>, ApiError
     }
 }
 
-/// The command context from the request headers.
+/// The command context from the request headers, issued by `who`.
 ///
 /// With an `Idempotency-Key`, the command id is derived from the key and
 /// the principal ([`strata::client_command_id`]): a client can never spend
-/// an id the process manager uses. `request` is what the request asks
-/// (route, path parameters, body as parsed): its hash is the request's
-/// fingerprint, so a repeat of the key with another request is refused.
-fn context(headers: &HeaderMap, request: &impl Serialize) -> Result<CommandContext, ApiError> {
+/// an id the process manager uses, nor one of another user. `request` is
+/// what the request asks (route, path parameters, body as parsed): its
+/// hash is the request's fingerprint, so a repeat of the key with another
+/// request is refused.
+fn context(
+    who: &strata::Principal,
+    headers: &HeaderMap,
+    request: &impl Serialize,
+) -> Result<CommandContext, ApiError> {
     let mut ctx = match idempotency_key(headers)? {
         Some(key) => {
             let canonical = serde_json::to_vec(request)
                 .map_err(|e| ApiError::bad_request(format!("unreadable request: {e}")))?;
-            CommandContext::from_client_key(PRINCIPAL, &key.hyphenated().to_string()).fingerprint(
-                Uuid::new_v5(&FINGERPRINT_NAMESPACE, &canonical)
-                    .simple()
-                    .to_string(),
-            )
+            CommandContext::from_client_key(&who.actor(), &key.hyphenated().to_string())
+                .fingerprint(
+                    Uuid::new_v5(&FINGERPRINT_NAMESPACE, &canonical)
+                        .simple()
+                        .to_string(),
+                )
         }
         None => CommandContext::new(),
     };
@@ -65,8 +69,7 @@ fn context(headers: &HeaderMap, request: &impl Serialize) -> Result<CommandConte
     if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
         ctx.traceparent = Some(tp.chars().take(128).collect());
     }
-    ctx = ctx.principal(strata::Principal::service(PRINCIPAL));
-    Ok(ctx)
+    Ok(ctx.principal(who.clone()))
 }
 
 /// What a command answers.
@@ -161,7 +164,9 @@ struct LineBody {
 struct OrderBody {
     #[serde(default)]
     order_id: Option<Uuid>,
-    customer_id: String,
+    /// Optional: the signed-in customer (anything else is refused).
+    #[serde(default)]
+    customer_id: Option<String>,
     lines: Vec<LineBody>,
 }
 
@@ -174,10 +179,12 @@ struct CancelBody {
 
 async fn register<S: EventStore>(
     State(shop): State<Shop<S>>,
+    caller: Caller,
     headers: HeaderMap,
     ApiJson(b): ApiJson<RegisterBody>,
 ) -> Result<Response, ApiError> {
-    let ctx = context(&headers, &("register", &b))?;
+    let who = caller.role(roles::STAFF, "register products")?;
+    let ctx = context(who, &headers, &("register", &b))?;
     Ok(accepted(
         shop.register_product(&b.sku, &b.name, b.price_cents, ctx)
             .await?,
@@ -187,11 +194,13 @@ async fn register<S: EventStore>(
 
 async fn change_price<S: EventStore>(
     State(shop): State<Shop<S>>,
+    caller: Caller,
     Path(sku): Path<String>,
     headers: HeaderMap,
     ApiJson(b): ApiJson<PriceBody>,
 ) -> Result<Response, ApiError> {
-    let ctx = context(&headers, &("change_price", &sku, &b))?;
+    let who = caller.role(roles::STAFF, "change prices")?;
+    let ctx = context(who, &headers, &("change_price", &sku, &b))?;
     Ok(accepted(
         shop.change_price(&sku, b.price_cents, ctx).await?,
         None,
@@ -200,20 +209,24 @@ async fn change_price<S: EventStore>(
 
 async fn discontinue<S: EventStore>(
     State(shop): State<Shop<S>>,
+    caller: Caller,
     Path(sku): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let ctx = context(&headers, &("discontinue", &sku))?;
+    let who = caller.role(roles::STAFF, "discontinue products")?;
+    let ctx = context(who, &headers, &("discontinue", &sku))?;
     Ok(accepted(shop.discontinue(&sku, ctx).await?, None))
 }
 
 async fn restock<S: EventStore>(
     State(shop): State<Shop<S>>,
+    caller: Caller,
     Path(sku): Path<String>,
     headers: HeaderMap,
     ApiJson(b): ApiJson<RestockBody>,
 ) -> Result<Response, ApiError> {
-    let ctx = context(&headers, &("restock", &sku, &b))?;
+    let who = caller.role(roles::STAFF, "restock")?;
+    let ctx = context(who, &headers, &("restock", &sku, &b))?;
     let q = if b.quantity > 0 && b.quantity <= 1_000_000 {
         b.quantity as u32
     } else {
@@ -227,10 +240,21 @@ async fn restock<S: EventStore>(
 
 async fn place_order<S: EventStore>(
     State(shop): State<Shop<S>>,
+    caller: Caller,
     headers: HeaderMap,
     ApiJson(b): ApiJson<OrderBody>,
 ) -> Result<Response, ApiError> {
-    let ctx = context(&headers, &("place_order", &b))?;
+    let who = caller.role(roles::CUSTOMER, "place orders")?;
+    // The customer is the token's subject. A body that names someone else
+    // is refused rather than silently corrected.
+    if let Some(named) = &b.customer_id {
+        if named != who.subject() {
+            return Err(ApiError::forbidden(
+                "an order is placed in the signed-in customer's own name",
+            ));
+        }
+    }
+    let ctx = context(who, &headers, &("place_order", &b))?;
     let lines = b
         .lines
         .iter()
@@ -249,27 +273,31 @@ async fn place_order<S: EventStore>(
         (None, None) => Uuid::new_v5(&ctx.command_id, b"order"),
     };
     let outcome = shop
-        .place_order(order_id, &b.customer_id, &lines, ctx)
+        .place_order(order_id, who.subject(), &lines, ctx)
         .await?;
     Ok(accepted(outcome, Some(order_id)))
 }
 
 async fn pay<S: EventStore>(
     State(shop): State<Shop<S>>,
+    caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let who = caller.user()?;
     let order_id = parse_uuid("order id", &id)?;
-    let ctx = context(&headers, &("pay", order_id))?;
+    let ctx = context(who, &headers, &("pay", order_id))?;
     Ok(accepted(shop.pay(order_id, ctx).await?, Some(order_id)))
 }
 
 async fn cancel<S: EventStore>(
     State(shop): State<Shop<S>>,
+    caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
+    let who = caller.user()?;
     let order_id = parse_uuid("order id", &id)?;
     // The body is optional: `{}` or nothing cancels with a default reason.
     let body: CancelBody = if body.iter().all(u8::is_ascii_whitespace) {
@@ -278,7 +306,7 @@ async fn cancel<S: EventStore>(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?
     };
-    let ctx = context(&headers, &("cancel", order_id, &body))?;
+    let ctx = context(who, &headers, &("cancel", order_id, &body))?;
     let reason = body
         .reason
         .unwrap_or_else(|| "cancelled by the customer".to_owned());
@@ -292,18 +320,28 @@ pub(crate) async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
-/// The command API.
-pub fn command_router<S: EventStore>(shop: Shop<S>, ops: Ops) -> Router {
-    Router::new()
+/// The command API: every route needs a signed-in user (see
+/// [`auth`](super::auth)); `/health` and `/metrics` are for operators
+/// (the ops listener serves them openly).
+pub fn command_router<S: EventStore>(shop: Shop<S>, ops: Ops, auth: Auth) -> Router {
+    let catalog = Router::new()
         .route("/products", post(register::<S>))
         .route("/products/{sku}/price", post(change_price::<S>))
         .route("/products/{sku}/discontinue", post(discontinue::<S>))
-        .route("/inventory/{sku}/restock", post(restock::<S>))
+        .route("/inventory/{sku}/restock", post(restock::<S>));
+    let orders = Router::new()
         .route("/orders", post(place_order::<S>))
         .route("/orders/{id}/pay", post(pay::<S>))
-        .route("/orders/{id}/cancel", post(cancel::<S>))
-        .with_state(shop)
-        .merge(ops_router(ops))
-        .fallback(not_found)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route("/orders/{id}/cancel", post(cancel::<S>));
+    let router = guarded(
+        catalog,
+        Needs::Role(roles::STAFF, "change the catalog and stock"),
+    )
+    .merge(guarded(orders, Needs::User))
+    .with_state(shop)
+    .merge(super::ops::operator_ops_router(ops))
+    .fallback(not_found)
+    .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+    .layer(axum::middleware::from_fn_with_state(auth, identify));
+    super::with_security_headers(router)
 }

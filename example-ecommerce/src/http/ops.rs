@@ -55,3 +55,24 @@ pub fn ops_router(ops: Ops) -> Router {
         .route("/metrics", get(metrics))
         .with_state(ops)
 }
+
+async fn operator_only(
+    caller: super::auth::Caller,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match caller.role(
+        crate::domain::roles::OPERATOR,
+        "read health and metrics here",
+    ) {
+        Ok(_) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `/health` and `/metrics` on a public API: for operators only. The ops
+/// listener ([`ops_router`], bound to a private address) serves them to
+/// anyone who can reach it, such as a load balancer's health check.
+pub fn operator_ops_router(ops: Ops) -> Router {
+    ops_router(ops).route_layer(axum::middleware::from_fn(operator_only))
+}

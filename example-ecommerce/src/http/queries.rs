@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use strata::{Position, ViewReader, ViewStore};
 
+use super::auth::{identify, Auth, Caller};
 use super::commands::{not_found, parse_uuid};
 use super::*;
 
@@ -93,11 +94,15 @@ fn page_after(raw: Option<String>) -> Result<Option<String>, ApiError> {
 
 async fn one<V: ViewStore>(
     state: &QueryState<V>,
+    caller: &Caller,
     view_name: &str,
     key: &str,
     min: Option<Position>,
 ) -> Result<Response, ApiError> {
+    // Refuse what the rule alone refuses before waiting or reading.
+    caller.may_read(view_name, key, None)?;
     let read = state.reader.get(view_name, key, min).await?;
+    caller.may_read(view_name, key, read.doc.as_ref().map(|d| &d.doc))?;
     match read.doc {
         Some(d) => Ok(Json(
             json!({ "data": d.doc, "position": d.position.0, "checkpoint": read.checkpoint.0 }),
@@ -115,10 +120,12 @@ async fn one<V: ViewStore>(
 /// back as `?after=` for the following page.
 async fn many<V: ViewStore>(
     state: &QueryState<V>,
+    caller: &Caller,
     view_name: &str,
     q: ListQuery,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    caller.may_list(view_name)?;
     let min = min_position(
         &MinPosition {
             min_position: q.min_position,
@@ -137,34 +144,45 @@ async fn many<V: ViewStore>(
 
 async fn get_products<V: ViewStore>(
     State(s): State<QueryState<V>>,
+    caller: Caller,
     Query(q): Query<ListQuery>,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    many(&s, "catalog", q, &h).await
+    many(&s, &caller, "catalog", q, &h).await
 }
 
 async fn get_product<V: ViewStore>(
     State(s): State<QueryState<V>>,
+    caller: Caller,
     Path(sku): Path<String>,
     Query(q): Query<MinPosition>,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
     crate::domain::validate_sku(&sku).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    one(&s, "catalog", &sku, min_position(&q, &h)?).await
+    one(&s, &caller, "catalog", &sku, min_position(&q, &h)?).await
 }
 
 async fn get_order<V: ViewStore>(
     State(s): State<QueryState<V>>,
+    caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<MinPosition>,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = parse_uuid("order id", &id)?;
-    one(&s, "order_details", &id.to_string(), min_position(&q, &h)?).await
+    one(
+        &s,
+        &caller,
+        "order_details",
+        &id.to_string(),
+        min_position(&q, &h)?,
+    )
+    .await
 }
 
 async fn get_customer_orders<V: ViewStore>(
     State(s): State<QueryState<V>>,
+    caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<MinPosition>,
     h: HeaderMap,
@@ -177,6 +195,7 @@ async fn get_customer_orders<V: ViewStore>(
             crate::domain::order::MAX_CUSTOMER_ID_LEN
         )));
     }
+    caller.may_read("customer_orders", &id, None)?;
     let min = min_position(&q, &h)?;
     let read = s.reader.get("customer_orders", &id, min).await?;
     let Some(doc) = read.doc else {
@@ -200,28 +219,34 @@ async fn get_customer_orders<V: ViewStore>(
 
 async fn get_low_stock<V: ViewStore>(
     State(s): State<QueryState<V>>,
+    caller: Caller,
     Query(q): Query<ListQuery>,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    many(&s, "low_stock", q, &h).await
+    many(&s, &caller, "low_stock", q, &h).await
 }
 
 async fn get_dashboard<V: ViewStore>(
     State(s): State<QueryState<V>>,
+    caller: Caller,
     Query(q): Query<ListQuery>,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    many(&s, "sales_dashboard", q, &h).await
+    many(&s, &caller, "sales_dashboard", q, &h).await
 }
 
 /// The query API. Its live streams end when `shutdown` is cancelled.
+/// Reads obey the read rules of `auth` ([`crate::views::access`]);
+/// `/health` and `/metrics` are for operators.
 pub fn query_router<V: ViewStore>(
     state: QueryState<V>,
     ops: Ops,
+    auth: Auth,
     shutdown: strata::CancellationToken,
 ) -> Router {
     let live = crate::live::Live::new(state.clone(), crate::live::LiveConfig::default())
-        .with_shutdown(shutdown);
+        .with_shutdown(shutdown)
+        .with_auth(auth.clone());
     // `/metrics` also reports the live streams.
     let ops = {
         let (gauges, live) = (Arc::clone(&ops.gauges), live.clone());
@@ -234,7 +259,7 @@ pub fn query_router<V: ViewStore>(
             ..ops
         }
     };
-    Router::new()
+    let router = Router::new()
         .route("/products", get(get_products::<V>))
         .route("/products/{sku}", get(get_product::<V>))
         .route("/orders/{id}", get(get_order::<V>))
@@ -242,7 +267,11 @@ pub fn query_router<V: ViewStore>(
         .route("/low-stock", get(get_low_stock::<V>))
         .route("/dashboard", get(get_dashboard::<V>))
         .with_state(state)
+        .merge(super::ops::operator_ops_router(ops))
+        .layer(axum::middleware::from_fn_with_state(auth.clone(), identify))
+        // The live routes identify their callers themselves.
         .merge(live.router())
-        .merge(ops_router(ops))
-        .fallback(not_found)
+        .merge(auth.sign_in_router())
+        .fallback(not_found);
+    with_security_headers(router)
 }

@@ -54,3 +54,21 @@ strata::event_set! {
         Inventory(InventoryEvent),
     }
 }
+
+/// Who reads which views: the catalog is public; an order and a
+/// customer's order list belong to the customer (and staff read them
+/// all); low stock and the sales dashboard are for staff.
+pub fn access() -> strata::ViewAccess {
+    use crate::domain::roles::STAFF;
+    use strata::OwnerField;
+    strata::ViewAccess::new()
+        .public(CatalogView::NAME)
+        .owned(
+            OrderDetailsView::NAME,
+            OwnerField::Pointer("/customer_id".into()),
+            [STAFF],
+        )
+        .owned(CustomerOrdersView::NAME, OwnerField::Key, [STAFF])
+        .roles(LowStockView::NAME, [STAFF])
+        .roles(SalesDashboardView::NAME, [STAFF])
+}
