@@ -12,7 +12,8 @@ use strata::testing::{test_database, wait_until};
 use strata::{
     AggregateTest, AppendRequest, CommandContext, CommandError, CommandHandler, DecodeErrorKind,
     DomainEvent, EventStore, ExpectedVersion, InMemoryEventStore, InMemorySnapshotStore, NewEvent,
-    PgEventStore, PgSnapshotStore, Position, SnapshotPolicy, SnapshotStore, StreamId, Upcasters,
+    PgEventStore, PgSnapshotStore, Position, Principal, SnapshotPolicy, SnapshotStore, StreamId,
+    Upcasters,
 };
 use uuid::Uuid;
 
@@ -36,13 +37,149 @@ fn harness_given_when_then() {
     insta::assert_json_snapshot!("counter_increment_twice", encoded);
 }
 
+// ---- who acts ----------------------------------------------------------------
+
+/// A safe deposit box: whoever opens it owns it; only the owner takes from
+/// it; anyone may look. Its rule lives in `authorize`, on the state.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+struct Vault {
+    owner: Option<String>,
+    amount: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", content = "data")]
+enum VaultEvent {
+    Opened { owner: String },
+    Deposited { amount: u64 },
+    Taken { amount: u64 },
+}
+
+impl DomainEvent for VaultEvent {}
+
+enum VaultCommand {
+    Open,
+    Deposit(u64),
+    Take(u64),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("not enough")]
+struct NotEnough;
+
+/// Who opens a vault (the command carries no owner: the principal is it).
+fn opener() -> Principal {
+    Principal::user("alice", ["customer"])
+}
+
+impl strata::Aggregate for Vault {
+    const STREAM_TYPE: &'static str = "vault";
+    type Command = VaultCommand;
+    type Event = VaultEvent;
+    type Error = NotEnough;
+
+    fn authorize(&self, command: &VaultCommand, who: &Principal) -> Result<(), strata::Forbidden> {
+        match command {
+            VaultCommand::Open => strata::Forbidden::unless(who.is_user(), "sign in to open one"),
+            VaultCommand::Deposit(_) => Ok(()),
+            VaultCommand::Take(_) => strata::Forbidden::unless(
+                self.owner.as_deref().is_some_and(|o| who.is_user_named(o)),
+                "only the owner takes from a vault",
+            ),
+        }
+    }
+
+    fn decide(&self, command: &VaultCommand) -> Result<Vec<VaultEvent>, NotEnough> {
+        Ok(match command {
+            VaultCommand::Open => vec![VaultEvent::Opened {
+                owner: opener().subject().to_owned(),
+            }],
+            VaultCommand::Deposit(n) => vec![VaultEvent::Deposited { amount: *n }],
+            VaultCommand::Take(n) if *n > self.amount => return Err(NotEnough),
+            VaultCommand::Take(n) => vec![VaultEvent::Taken { amount: *n }],
+        })
+    }
+
+    fn evolve(&mut self, event: &VaultEvent) {
+        match event {
+            VaultEvent::Opened { owner } => self.owner = Some(owner.clone()),
+            VaultEvent::Deposited { amount } => self.amount += amount,
+            VaultEvent::Taken { amount } => self.amount -= amount,
+        }
+    }
+}
+
+#[tokio::test]
+async fn commands_are_authorised_on_the_state_and_record_their_actor() {
+    let store = InMemoryEventStore::new();
+    let vaults = CommandHandler::<Vault, _>::new(store.clone());
+    let v = sid("vault-1");
+    let as_user = |name: &str| CommandContext::new().principal(Principal::user(name, ["customer"]));
+    vaults
+        .handle(v.clone(), VaultCommand::Open, as_user("alice"))
+        .await
+        .unwrap();
+    vaults
+        .handle(v.clone(), VaultCommand::Deposit(10), as_user("bob"))
+        .await
+        .unwrap();
+    let head = store.head().await.unwrap();
+
+    // Bob may deposit but not take; an anonymous visitor may not open one.
+    let err = vaults
+        .handle(v.clone(), VaultCommand::Take(5), as_user("bob"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CommandError::Forbidden(f) if f.reason.contains("owner")),
+        "{err:?}"
+    );
+    let err = vaults
+        .handle(
+            sid("vault-2"),
+            VaultCommand::Open,
+            CommandContext::new().principal(Principal::anonymous()),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommandError::Forbidden(_)), "{err:?}");
+    // A command naming nobody is refused before anything is decided.
+    let err = vaults
+        .handle(v.clone(), VaultCommand::Deposit(1), CommandContext::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommandError::NoActor), "{err:?}");
+    assert_eq!(store.head().await.unwrap(), head, "refusals record nothing");
+    assert_eq!(vaults.stats().forbidden, 2);
+
+    // In one group, a refused command does not stop the others: Alice's
+    // take and Bob's take arrive together; only Alice's is recorded.
+    let (a, b) = tokio::join!(
+        vaults.handle(v.clone(), VaultCommand::Take(4), as_user("alice")),
+        vaults.handle(v.clone(), VaultCommand::Take(4), as_user("bob")),
+    );
+    assert!(a.is_ok(), "{a:?}");
+    assert!(matches!(b, Err(CommandError::Forbidden(_))), "{b:?}");
+    assert_eq!(vaults.load(&v).await.unwrap().0.amount, 6);
+
+    // Every event names who did it.
+    let actors: Vec<String> = store
+        .read_stream(&v, 1, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.metadata.actor.unwrap())
+        .collect();
+    assert_eq!(actors, ["user:alice", "user:bob", "user:alice"]);
+}
+
 // ---- the same behaviour over both stores ------------------------------------
 
 async fn decides_appends_and_records_metadata<S: EventStore>(store: S) {
     let handler = CommandHandler::<Counter, _>::new(store.clone());
-    let ctx = CommandContext::system("test")
+    let ctx = CommandContext::new()
         .correlation_id(Uuid::new_v4())
-        .actor("alice");
+        .principal(Principal::user("alice", ["clerk"]));
     let out = handler
         .handle(
             sid("counter-1"),
@@ -60,7 +197,7 @@ async fn decides_appends_and_records_metadata<S: EventStore>(store: S) {
         assert_eq!(e.metadata.command_id, Some(ctx.command_id));
         assert_eq!(e.metadata.correlation_id, ctx.correlation_id.unwrap());
         assert_eq!(e.metadata.causation_id, Some(ctx.command_id));
-        assert_eq!(e.metadata.actor.as_deref(), Some("alice"));
+        assert_eq!(e.metadata.actor.as_deref(), Some("user:alice"));
         assert_eq!(e.stream_type, "counter");
         assert_eq!(e.event_type, "CounterIncremented");
     }

@@ -720,6 +720,52 @@ mod tests {
         }
     }
 
+    #[test]
+    fn who_may_do_what_to_an_order() {
+        use crate::domain::roles::{CUSTOMER, OPERATOR, STAFF};
+        use strata::Principal;
+        let alice = Principal::user("alice", [CUSTOMER]);
+        let bob = Principal::user("bob", [CUSTOMER]);
+        let staff = Principal::user("sam", [STAFF]);
+        let operator = Principal::user("olga", [OPERATOR]);
+        let pm = Principal::service("fulfilment");
+        let new = AggregateTest::<Order>::given_nothing();
+        // Placing: customers, in their own name.
+        assert!(new.authorize(&place(lines()), &alice).is_ok());
+        assert!(new.authorize(&place(lines()), &bob).is_err());
+        assert!(new.authorize(&place(lines()), &staff).is_err());
+        assert!(new
+            .authorize(&place(lines()), &Principal::anonymous())
+            .is_err());
+        // Paying and cancelling: the order's customer; staff may cancel.
+        let existing = AggregateTest::<Order>::given([placed()]);
+        let pay = OrderCommand::StartPayment { attempt_id: id() };
+        let cancel = OrderCommand::Cancel { reason: "x".into() };
+        assert!(existing.authorize(&pay, &alice).is_ok());
+        assert!(existing.authorize(&pay, &bob).is_err());
+        assert!(existing.authorize(&pay, &staff).is_err());
+        assert!(existing.authorize(&cancel, &alice).is_ok());
+        assert!(existing.authorize(&cancel, &bob).is_err());
+        assert!(existing.authorize(&cancel, &staff).is_ok());
+        assert!(existing.authorize(&cancel, &operator).is_err());
+        // The rest of its life is the shop's own.
+        for step in [
+            OrderCommand::Ship,
+            OrderCommand::Reject { reason: "x".into() },
+            OrderCommand::RecordReservation {
+                sku: "MUG-01".into(),
+            },
+            OrderCommand::Pay {
+                amount_cents: 1,
+                payment_ref: "r".into(),
+            },
+        ] {
+            assert!(existing.authorize(&step, &alice).is_err());
+            assert!(existing.authorize(&step, &staff).is_err());
+            assert!(existing.authorize(&step, &pm).is_ok());
+        }
+    }
+
     fn placed() -> OrderEvent {
         OrderEvent::OrderPlaced {
             order_id: id(),

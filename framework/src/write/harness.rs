@@ -57,6 +57,17 @@ impl<A: Aggregate> AggregateTest<A> {
         }
     }
 
+    /// Whether `principal` may have `command` decided on this state
+    /// ([`Aggregate::authorize`]), as the command handler asks before
+    /// deciding.
+    pub fn authorize(
+        &self,
+        command: &A::Command,
+        principal: &crate::access::Principal,
+    ) -> Result<(), crate::access::Forbidden> {
+        self.state.authorize(command, principal)
+    }
+
     /// Decides the command.
     pub fn when(self, command: A::Command) -> Then<A> {
         let result = self.state.decide(&command);
