@@ -12,6 +12,7 @@ use std::time::Duration;
 use example_ecommerce::views::{
     CatalogView, CustomerOrdersView, LowStockView, OrderDetailsView, SalesDashboardView,
 };
+use example_ecommerce::identity::DemoIdentity;
 use serde_json::{json, Value};
 use strata::testing::{nats_url, test_database, unique_stream, wait_until};
 use strata::{
@@ -20,6 +21,33 @@ use strata::{
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_ecommerce");
+
+/// The development issuer the shop's APIs trust in these tests: made
+/// once, kept in a folder the processes read (`STRATA_DEV_ISSUER`).
+fn identity() -> &'static (DemoIdentity, std::path::PathBuf) {
+    static ISSUER: std::sync::OnceLock<(DemoIdentity, std::path::PathBuf)> =
+        std::sync::OnceLock::new();
+    ISSUER.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("strata-e2e-issuer-{}", uuid::Uuid::new_v4()));
+        let identity = DemoIdentity::load_or_generate(&dir).expect("a development issuer");
+        (identity, dir)
+    })
+}
+
+/// An HTTP client that acts as staff and operator unless a request says
+/// otherwise (orders are sent as their customer, see [`post`]).
+fn client() -> reqwest::Client {
+    let bearer = format!(
+        "Bearer {}",
+        identity().0.token("e2e-staff", &["staff", "operator"])
+    );
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, bearer.parse().unwrap());
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -60,6 +88,7 @@ impl Env {
             .args(args)
             .args(["--stream", &self.stream, "--subject-prefix", &self.prefix])
             .env("DATABASE_URL", &self.db_url)
+            .env("STRATA_DEV_ISSUER", &identity().1)
             .env("NATS_URL", nats_url())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -87,8 +116,18 @@ async fn wait_healthy(http: &reqwest::Client, base: &str) {
     .await;
 }
 
-async fn post(http: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
-    let resp = http.post(url).json(&body).send().await.unwrap();
+/// POSTs `body`; an order's `customer_id` is taken out of the body and
+/// becomes the customer who places it (the token's subject).
+async fn post(http: &reqwest::Client, url: String, mut body: Value) -> (u16, Value) {
+    let mut req = http.post(url);
+    if let Some(customer) = body
+        .as_object_mut()
+        .and_then(|o| o.remove("customer_id"))
+    {
+        let token = identity().0.token(customer.as_str().unwrap(), &["customer"]);
+        req = req.bearer_auth(token);
+    }
+    let resp = req.json(&body).send().await.unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
@@ -151,7 +190,7 @@ async fn start_shop(
         cmd: format!("http://127.0.0.1:{cmd_port}"),
         query: format!("http://127.0.0.1:{query_port}"),
     };
-    let http = reqwest::Client::new();
+    let http = client();
     wait_healthy(&http, &shop.cmd).await;
     wait_healthy(&http, &shop.query).await;
     shop
@@ -163,7 +202,7 @@ async fn separate_processes_survive_kills_and_views_equal_a_fold() {
     let cfg = unique_stream();
     let mut shop = start_shop(&db, &cfg).await;
     let (cmd, query) = (shop.cmd.clone(), shop.query.clone());
-    let http = reqwest::Client::new();
+    let http = client();
 
     for (sku, price, stock) in [
         ("MUG-01", 1250, 40),
@@ -197,7 +236,10 @@ async fn separate_processes_survive_kills_and_views_equal_a_fold() {
             )
             .await;
             assert_eq!(s, 201, "{r}");
-            orders.push(r["order_id"].as_str().unwrap().to_owned());
+            orders.push((
+                r["order_id"].as_str().unwrap().to_owned(),
+                format!("c{}", i % 5),
+            ));
         }
         // Kill the projector and the relay mid-run, keep going, restart them.
         match round {
@@ -205,18 +247,26 @@ async fn separate_processes_survive_kills_and_views_equal_a_fold() {
             1 => shop.relay.kill(),
             _ => {}
         }
-        for id in orders.iter().skip(round * 12).step_by(4) {
+        for (id, customer) in orders.iter().skip(round * 12).step_by(4) {
             // Paying may race the process manager's confirmation: a 422 is
             // a legitimate answer; what matters is what the store records.
-            let _ = post(&http, format!("{cmd}/orders/{id}/pay"), json!({})).await;
-        }
-        for id in orders.iter().skip(round * 12 + 1).step_by(5) {
-            let _ = post(
+            // Each as the order's customer.
+            let (s, r) = post(
                 &http,
-                format!("{cmd}/orders/{id}/cancel"),
-                json!({ "reason": "test" }),
+                format!("{cmd}/orders/{id}/pay"),
+                json!({ "customer_id": customer }),
             )
             .await;
+            assert!(s != 401 && s != 403, "{s} {r}");
+        }
+        for (id, customer) in orders.iter().skip(round * 12 + 1).step_by(5) {
+            let (s, r) = post(
+                &http,
+                format!("{cmd}/orders/{id}/cancel"),
+                json!({ "reason": "test", "customer_id": customer }),
+            )
+            .await;
+            assert!(s != 401 && s != 403, "{s} {r}");
         }
         match round {
             0 => shop.projector = shop.env.start("projector", &["projector"]),
@@ -235,7 +285,7 @@ async fn separate_processes_survive_kills_and_views_equal_a_fold() {
             let head = store.head().await.unwrap();
             let settled = {
                 let mut all = true;
-                for id in &orders {
+                for (id, _) in &orders {
                     let r = http
                         .get(format!("{query}/orders/{id}"))
                         .send()
@@ -362,7 +412,7 @@ async fn rebuilding_every_view_while_the_shop_runs_fails_no_reader() {
     let cfg = unique_stream();
     let shop = start_shop(&db, &cfg).await;
     let (cmd, query) = (shop.cmd.clone(), shop.query.clone());
-    let http = reqwest::Client::new();
+    let http = client();
 
     for sku in ["MUG-01", "TEE-01"] {
         let (s, _) = post(

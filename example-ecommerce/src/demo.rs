@@ -15,6 +15,7 @@ use strata::{
 use crate::app::Shop;
 use crate::domain::payment::PaymentGateway;
 use crate::http::{command_router, query_router, serve, Ops, QueryState};
+use crate::identity::DemoIdentity;
 use crate::metrics::Metrics;
 use crate::runtime::{cache_samples, spawn_fulfilment, spawn_projectors, Statuses};
 
@@ -46,7 +47,10 @@ pub async fn run<S: EventStore, B: EventBus, V: ViewStore>(
     options: DemoOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let auth = crate::http::Auth::anonymous_only(); // TODO(auth): the dev issuer
+    // A development issuer in memory: a fresh key pair each run, so no key
+    // is compiled in or left behind. The page signs the demo users in.
+    let identity = DemoIdentity::generate();
+    let auth = identity.auth_with_sign_in();
     let metrics = Arc::new(Metrics::default());
     let shop = Shop::new(store.clone(), demo_gateway(), Arc::clone(&metrics));
     let mut tasks = spawn_projectors(&[], &bus, &views, &feed, &statuses, &shutdown);
@@ -102,19 +106,22 @@ pub async fn run<S: EventStore, B: EventBus, V: ViewStore>(
         }
     }));
 
-    let outcome = scenario(&command_url, &query_url).await;
+    let outcome = scenario(&command_url, &query_url, &identity).await;
     match &outcome {
-        Ok(()) => summary(&store, &query_url).await?,
+        Ok(()) => summary(&store, &query_url, &identity).await?,
         Err(e) => eprintln!("the scenario failed: {e:#}"),
     }
     if options.exit || outcome.is_err() {
         shutdown.cancel();
     } else {
-        println!("\nServing. Try:");
+        let ada = identity.demo_token("ada");
+        let olga = identity.demo_token("olga");
+        println!("\nServing. Open {query_url}/ and sign in as a demo user, or try:");
         println!("  curl {query_url}/products");
-        println!("  curl -X POST {command_url}/orders -H 'content-type: application/json' \\");
-        println!("       -d '{{\"customer_id\":\"you\",\"lines\":[{{\"sku\":\"MUG-01\",\"quantity\":1}}]}}'");
-        println!("  curl {query_url}/metrics");
+        println!("  TOKEN={ada}   # customer ada (valid 8 h)");
+        println!("  curl -X POST {command_url}/orders -H \"authorization: Bearer $TOKEN\" \\");
+        println!("       -H 'content-type: application/json' -d '{{\"lines\":[{{\"sku\":\"MUG-01\",\"quantity\":1}}]}}'");
+        println!("  curl {query_url}/metrics -H 'authorization: Bearer {olga}'   # operator olga");
         println!("Command API {command_url}  ·  Query API {query_url}  ·  Ctrl-C to stop");
     }
     shutdown.cancelled().await;
@@ -126,13 +133,25 @@ struct Client {
     http: reqwest::Client,
     commands: String,
     queries: String,
+    identity: DemoIdentity,
 }
 
 impl Client {
-    async fn command(&self, path: &str, body: Value) -> anyhow::Result<(u16, Value)> {
+    /// `Bearer <token>` for `who`: staff for `sam`, a customer otherwise.
+    fn bearer(&self, who: &str) -> String {
+        let role = if who == "sam" {
+            crate::domain::roles::STAFF
+        } else {
+            crate::domain::roles::CUSTOMER
+        };
+        format!("Bearer {}", self.identity.token(who, &[role]))
+    }
+
+    async fn command(&self, who: &str, path: &str, body: Value) -> anyhow::Result<(u16, Value)> {
         let resp = self
             .http
             .post(format!("{}{path}", self.commands))
+            .header(reqwest::header::AUTHORIZATION, self.bearer(who))
             .json(&body)
             .send()
             .await?;
@@ -140,10 +159,11 @@ impl Client {
         Ok((status, resp.json().await.unwrap_or(Value::Null)))
     }
 
-    async fn query(&self, path: &str, min: u64) -> anyhow::Result<Value> {
+    async fn query(&self, who: &str, path: &str, min: u64) -> anyhow::Result<Value> {
         let resp = self
             .http
             .get(format!("{}{path}", self.queries))
+            .header(reqwest::header::AUTHORIZATION, self.bearer(who))
             .header(crate::http::MIN_POSITION_HEADER, min)
             .send()
             .await?;
@@ -156,6 +176,7 @@ impl Client {
     /// Waits (bounded) until the order reaches one of `statuses`.
     async fn order_status(
         &self,
+        who: &str,
         order_id: &str,
         min: u64,
         statuses: &[&str],
@@ -163,7 +184,7 @@ impl Client {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         let mut min = min;
         loop {
-            let doc = self.query(&format!("/orders/{order_id}"), min).await?;
+            let doc = self.query(who, &format!("/orders/{order_id}"), min).await?;
             let status = doc["data"]["status"]
                 .as_str()
                 .unwrap_or_default()
@@ -185,11 +206,12 @@ fn position(v: &Value) -> u64 {
     v["position"].as_u64().unwrap_or(0)
 }
 
-async fn scenario(commands: &str, queries: &str) -> anyhow::Result<()> {
+async fn scenario(commands: &str, queries: &str, identity: &DemoIdentity) -> anyhow::Result<()> {
     let c = Client {
         http: reqwest::Client::new(),
         commands: commands.to_owned(),
         queries: queries.to_owned(),
+        identity: identity.clone(),
     };
     println!("\n== Seeding the catalog (POST /products, /inventory/{{sku}}/restock)");
     let products = [
@@ -201,12 +223,14 @@ async fn scenario(commands: &str, queries: &str) -> anyhow::Result<()> {
     for (sku, name, price, stock) in products {
         let (s, _) = c
             .command(
+                "sam",
                 "/products",
                 json!({ "sku": sku, "name": name, "price_cents": price }),
             )
             .await?;
         let (s2, r) = c
             .command(
+                "sam",
                 &format!("/inventory/{sku}/restock"),
                 json!({ "quantity": stock }),
             )
@@ -220,7 +244,7 @@ async fn scenario(commands: &str, queries: &str) -> anyhow::Result<()> {
 
     println!("\n== Ada orders 2 mugs and a tee; it is confirmed, paid and shipped");
     let (s, r) = c
-        .command("/orders", json!({ "customer_id": "ada", "lines": [{ "sku": "MUG-01", "quantity": 2 }, { "sku": "TEE-01", "quantity": 1 }] }))
+        .command("ada", "/orders", json!({ "lines": [{ "sku": "MUG-01", "quantity": 2 }, { "sku": "TEE-01", "quantity": 1 }] }))
         .await?;
     let ada = r["order_id"].as_str().unwrap_or_default().to_owned();
     println!(
@@ -234,9 +258,9 @@ async fn scenario(commands: &str, queries: &str) -> anyhow::Result<()> {
         "  the process manager reserved the stock: {}",
         doc["data"]["status"]
     );
-    let (s, r) = c.command(&format!("/orders/{ada}/pay"), json!({})).await?;
+    let (s, r) = c.command("ada", &format!("/orders/{ada}/pay"), json!({})).await?;
     println!("  POST /orders/{{id}}/pay -> {s}");
-    let doc = c.order_status(&ada, position(&r), &["shipped"]).await?;
+    let doc = c.order_status("ada", &ada, position(&r), &["shipped"]).await?;
     println!(
         "  after payment the process manager shipped it: {}",
         doc["data"]["status"]
@@ -245,27 +269,25 @@ async fn scenario(commands: &str, queries: &str) -> anyhow::Result<()> {
     println!("\n== Bob wants 5 caps, only 3 are in stock: refused");
     let (s, r) = c
         .command(
-            "/orders",
-            json!({ "customer_id": "bob", "lines": [{ "sku": "CAP-01", "quantity": 5 }] }),
+            "bob", "/orders", json!({ "lines": [{ "sku": "CAP-01", "quantity": 5 }] }),
         )
         .await?;
     let bob = r["order_id"].as_str().unwrap_or_default().to_owned();
     println!("  POST /orders -> {s}");
-    let doc = c.order_status(&bob, position(&r), &["rejected"]).await?;
+    let doc = c.order_status("bob", &bob, position(&r), &["rejected"]).await?;
     println!("  {}: {}", doc["data"]["status"], doc["data"]["reason"]);
 
     println!("\n== Cy buys the lamp; the card is declined (the gateway refuses > 100.00)");
     let (_, r) = c
         .command(
-            "/orders",
-            json!({ "customer_id": "cy", "lines": [{ "sku": "LAMP-01", "quantity": 1 }] }),
+            "cy", "/orders", json!({ "lines": [{ "sku": "LAMP-01", "quantity": 1 }] }),
         )
         .await?;
     let cy = r["order_id"].as_str().unwrap_or_default().to_owned();
-    c.order_status(&cy, position(&r), &["confirmed"]).await?;
-    let (s, r) = c.command(&format!("/orders/{cy}/pay"), json!({})).await?;
+    c.order_status("cy", &cy, position(&r), &["confirmed"]).await?;
+    let (s, r) = c.command("cy", &format!("/orders/{cy}/pay"), json!({})).await?;
     println!("  POST /orders/{{id}}/pay -> {s} {}", r["error"]["message"]);
-    let doc = c.query(&format!("/orders/{cy}"), position(&r)).await?;
+    let doc = c.query("cy", &format!("/orders/{cy}"), position(&r)).await?;
     println!(
         "  order stays {} with {} failed payment(s)",
         doc["data"]["status"], doc["data"]["failed_payments"]
@@ -274,13 +296,12 @@ async fn scenario(commands: &str, queries: &str) -> anyhow::Result<()> {
     println!("\n== Dee orders 3 caps, then cancels: the stock comes back");
     let (_, r) = c
         .command(
-            "/orders",
-            json!({ "customer_id": "dee", "lines": [{ "sku": "CAP-01", "quantity": 3 }] }),
+            "dee", "/orders", json!({ "lines": [{ "sku": "CAP-01", "quantity": 3 }] }),
         )
         .await?;
     let dee = r["order_id"].as_str().unwrap_or_default().to_owned();
-    c.order_status(&dee, position(&r), &["confirmed"]).await?;
-    let cap = c.query("/products/CAP-01", 0).await?;
+    c.order_status("dee", &dee, position(&r), &["confirmed"]).await?;
+    let cap = c.query("dee", "/products/CAP-01", 0).await?;
     println!(
         "  caps available while reserved: {}",
         cap["data"]["available"]
@@ -292,11 +313,11 @@ async fn scenario(commands: &str, queries: &str) -> anyhow::Result<()> {
         )
         .await?;
     println!("  POST /orders/{{id}}/cancel -> {s}");
-    c.order_status(&dee, position(&r), &["cancelled"]).await?;
+    c.order_status("dee", &dee, position(&r), &["cancelled"]).await?;
     // The release is the process manager's follow-up: wait for it to show.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let cap = c.query("/products/CAP-01", 0).await?;
+        let cap = c.query("dee", "/products/CAP-01", 0).await?;
         if cap["data"]["available"] == json!(3) {
             println!("  caps available after the cancellation: 3");
             break;
@@ -310,31 +331,60 @@ async fn scenario(commands: &str, queries: &str) -> anyhow::Result<()> {
     println!("\n== Bad input is refused and changes nothing");
     let (s, r) = c
         .command(
-            "/orders",
-            json!({ "customer_id": "eve", "lines": [{ "sku": "NOPE-1", "quantity": 1 }] }),
+            "eve", "/orders", json!({ "lines": [{ "sku": "NOPE-1", "quantity": 1 }] }),
         )
         .await?;
     println!("  unknown sku      -> {s} {}", r["error"]["code"]);
     let (s, r) = c
         .command(
-            "/orders",
-            json!({ "customer_id": "eve", "lines": [{ "sku": "MUG-01", "quantity": -2 }] }),
+            "eve", "/orders", json!({ "lines": [{ "sku": "MUG-01", "quantity": -2 }] }),
         )
         .await?;
     println!("  negative quantity-> {s} {}", r["error"]["code"]);
     let resp = c
         .http
         .post(format!("{}/orders", c.commands))
+        .header(reqwest::header::AUTHORIZATION, c.bearer("eve"))
         .header("content-type", "application/json")
         .body("{not json")
         .send()
         .await?;
     println!("  malformed JSON   -> {}", resp.status().as_u16());
+
+    println!("\n== Nobody acts for someone else");
+    let (s, r) = c
+        .command("bob", &format!("/orders/{dee}/cancel"), json!({}))
+        .await?;
+    println!("  Bob cancels Dee's order      -> {s} {}", r["error"]["code"]);
+    let (s, r) = c
+        .command("ada", "/inventory/MUG-01/restock", json!({ "quantity": 5 }))
+        .await?;
+    println!("  Ada restocks                 -> {s} {}", r["error"]["code"]);
+    let resp = c
+        .http
+        .get(format!("{}/orders/{ada}", c.queries))
+        .header(reqwest::header::AUTHORIZATION, c.bearer("bob"))
+        .send()
+        .await?;
+    println!("  Bob reads Ada's order        -> {}", resp.status().as_u16());
+    let resp = c
+        .http
+        .post(format!("{}/orders", c.commands))
+        .json(&json!({ "lines": [{ "sku": "MUG-01", "quantity": 1 }] }))
+        .send()
+        .await?;
+    println!("  an anonymous order           -> {}", resp.status().as_u16());
     Ok(())
 }
 
-async fn summary<S: EventStore>(store: &S, queries: &str) -> anyhow::Result<()> {
+async fn summary<S: EventStore>(
+    store: &S,
+    queries: &str,
+    identity: &DemoIdentity,
+) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
+    // Staff read every view.
+    let staff = format!("Bearer {}", identity.token("sam", &[crate::domain::roles::STAFF]));
     let head = store.head().await?;
     let events = store
         .read_all(Position::START, 100_000, &EventFilter::all())
@@ -355,9 +405,11 @@ async fn summary<S: EventStore>(store: &S, queries: &str) -> anyhow::Result<()> 
     let get = |path: &str| {
         let http = http.clone();
         let url = format!("{queries}{path}");
+        let staff = staff.clone();
         async move {
             let v: Value = http
                 .get(url)
+                .header(reqwest::header::AUTHORIZATION, staff)
                 .header(crate::http::MIN_POSITION_HEADER, head.0)
                 .send()
                 .await?

@@ -11,6 +11,7 @@ use axum::Router;
 use example_ecommerce::app::Shop;
 use example_ecommerce::domain::payment::PaymentGateway;
 use example_ecommerce::http::{command_router, query_router, Ops, QueryState, POSITION_HEADER};
+use example_ecommerce::identity::DemoIdentity;
 use example_ecommerce::metrics::Metrics;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -27,25 +28,52 @@ fn ops() -> Ops {
     }
 }
 
+/// The tests' token issuer (one per test binary).
+fn identity() -> &'static DemoIdentity {
+    static ISSUER: std::sync::OnceLock<DemoIdentity> = std::sync::OnceLock::new();
+    ISSUER.get_or_init(DemoIdentity::generate)
+}
+
+/// Requests without an `Authorization` header are sent as `ada`, who here
+/// holds every role: these tests are about input, positions and keys;
+/// who may do what is tests/access.rs.
+fn as_ada_by_default(router: Router) -> Router {
+    let bearer = format!(
+        "Bearer {}",
+        identity().token("ada", &["customer", "staff", "operator"])
+    );
+    router.layer(axum::middleware::map_request(move |mut req: Request<Body>| {
+        let bearer = bearer.clone();
+        async move {
+            if !req.headers().contains_key("authorization") {
+                req.headers_mut()
+                    .insert("authorization", bearer.parse().unwrap());
+            }
+            req
+        }
+    }))
+}
+
 fn commands(store: &InMemoryEventStore) -> Router {
     let shop = Shop::new(
         store.clone(),
         PaymentGateway::always_accepting(),
         Arc::new(Metrics::default()),
     );
-    command_router(shop, ops())
+    as_ada_by_default(command_router(shop, ops(), identity().auth()))
 }
 
 /// The query API over `reader`, with an in-process change feed.
 fn queries(reader: ViewReader<InMemoryViewStore>) -> Router {
-    query_router(
+    as_ada_by_default(query_router(
         QueryState {
             reader,
             feed: strata::ChangeFeed::in_process(),
         },
         ops(),
+        identity().auth(),
         strata::CancellationToken::new(),
-    )
+    ))
 }
 
 async fn call(router: &Router, req: Request<Body>) -> (StatusCode, Option<String>, Value) {
@@ -96,7 +124,7 @@ async fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     let (store, router) = seeded().await;
     let head = store.head().await.unwrap();
     let big = format!(
-        r#"{{"customer_id":"a","lines":[{{"sku":"MUG-01","quantity":1}}],"pad":"{}"}}"#,
+        r#"{{"lines":[{{"sku":"MUG-01","quantity":1}}],"pad":"{}"}}"#,
         "x".repeat(20_000)
     );
     let cases: Vec<(&str, Request<Body>, StatusCode, &str)> = vec![
@@ -116,7 +144,7 @@ async fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
             "unknown field",
             post(
                 "/orders",
-                r#"{"customer_id":"a","lines":[],"coupon":"FREE"}"#,
+                r#"{"lines":[],"coupon":"FREE"}"#,
             ),
             StatusCode::BAD_REQUEST,
             "malformed_json",
@@ -125,7 +153,7 @@ async fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
             "wrong type",
             post(
                 "/orders",
-                r#"{"customer_id":"a","lines":[{"sku":"MUG-01","quantity":"two"}]}"#,
+                r#"{"lines":[{"sku":"MUG-01","quantity":"two"}]}"#,
             ),
             StatusCode::BAD_REQUEST,
             "malformed_json",
@@ -149,7 +177,7 @@ async fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
             "negative quantity",
             post(
                 "/orders",
-                r#"{"customer_id":"a","lines":[{"sku":"MUG-01","quantity":-2}]}"#,
+                r#"{"lines":[{"sku":"MUG-01","quantity":-2}]}"#,
             ),
             StatusCode::BAD_REQUEST,
             "bad_request",
@@ -158,7 +186,7 @@ async fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
             "zero quantity",
             post(
                 "/orders",
-                r#"{"customer_id":"a","lines":[{"sku":"MUG-01","quantity":0}]}"#,
+                r#"{"lines":[{"sku":"MUG-01","quantity":0}]}"#,
             ),
             StatusCode::BAD_REQUEST,
             "bad_request",
@@ -167,7 +195,7 @@ async fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
             "unknown sku",
             post(
                 "/orders",
-                r#"{"customer_id":"a","lines":[{"sku":"NOPE-9","quantity":1}]}"#,
+                r#"{"lines":[{"sku":"NOPE-9","quantity":1}]}"#,
             ),
             StatusCode::NOT_FOUND,
             "not_found",
@@ -176,25 +204,25 @@ async fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
             "invalid sku",
             post(
                 "/orders",
-                r#"{"customer_id":"a","lines":[{"sku":"bad sku!","quantity":1}]}"#,
+                r#"{"lines":[{"sku":"bad sku!","quantity":1}]}"#,
             ),
             StatusCode::BAD_REQUEST,
             "bad_request",
         ),
         (
             "no lines",
-            post("/orders", r#"{"customer_id":"a","lines":[]}"#),
+            post("/orders", r#"{"lines":[]}"#),
             StatusCode::BAD_REQUEST,
             "bad_request",
         ),
         (
-            "empty customer",
+            "someone else's name",
             post(
                 "/orders",
-                r#"{"customer_id":"","lines":[{"sku":"MUG-01","quantity":1}]}"#,
+                r#"{"customer_id":"bob","lines":[{"sku":"MUG-01","quantity":1}]}"#,
             ),
-            StatusCode::BAD_REQUEST,
-            "bad_request",
+            StatusCode::FORBIDDEN,
+            "forbidden",
         ),
         (
             "invalid order id",
@@ -214,7 +242,7 @@ async fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
                 .header("content-type", "application/json")
                 .header("idempotency-key", "abc")
                 .body(Body::from(
-                    r#"{"customer_id":"a","lines":[{"sku":"MUG-01","quantity":1}]}"#,
+                    r#"{"lines":[{"sku":"MUG-01","quantity":1}]}"#,
                 ))
                 .unwrap(),
             StatusCode::BAD_REQUEST,
@@ -272,7 +300,7 @@ async fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
             &router,
             post(
                 "/orders",
-                r#"{"customer_id":"a","lines":[{"sku":"MUG-01","quantity":-2}]}"#,
+                r#"{"lines":[{"sku":"MUG-01","quantity":-2}]}"#,
             ),
         )
         .await;
@@ -289,7 +317,7 @@ async fn commands_answer_with_their_position_and_honour_idempotency_keys() {
             .header("content-type", "application/json")
             .header("idempotency-key", key)
             .body(Body::from(
-                r#"{"customer_id":"ada","lines":[{"sku":"MUG-01","quantity":2}]}"#,
+                r#"{"lines":[{"sku":"MUG-01","quantity":2}]}"#,
             ))
             .unwrap()
     };
@@ -389,19 +417,27 @@ async fn queries_wait_for_a_position_and_say_when_they_cannot() {
 async fn a_nul_character_is_bad_input_and_changes_nothing() {
     let (store, router) = seeded().await;
     let head = store.head().await.unwrap();
-    for (path, body, field) in [
+    // A customer id (the token's subject) with a NUL, and a product name.
+    let nul_customer = format!("Bearer {}", identity().token("a\u{0}b", &["customer"]));
+    for (path, body, field, bearer) in [
         (
             "/orders",
-            r#"{"customer_id":"a\u0000b","lines":[{"sku":"MUG-01","quantity":1}]}"#,
+            r#"{"lines":[{"sku":"MUG-01","quantity":1}]}"#,
             "customer_id",
+            Some(nul_customer),
         ),
         (
             "/products",
             r#"{"sku":"CUP-01","name":"Cup\u0000","price_cents":900}"#,
             "name",
+            None,
         ),
     ] {
-        let (s, _, body) = call(&router, post(path, body)).await;
+        let mut req = post(path, body);
+        if let Some(b) = bearer {
+            req.headers_mut().insert("authorization", b.parse().unwrap());
+        }
+        let (s, _, body) = call(&router, req).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {body}");
         assert_eq!(body["error"]["code"], json!("bad_request"), "{body}");
         let message = body["error"]["message"].as_str().unwrap_or_default();
@@ -520,7 +556,7 @@ async fn confirmed_order<S: EventStore>(store: S) -> (Shop<S>, Router, uuid::Uui
         &router,
         post(
             "/orders",
-            r#"{"customer_id":"ada","lines":[{"sku":"MUG-01","quantity":2}]}"#,
+            r#"{"lines":[{"sku":"MUG-01","quantity":2}]}"#,
         ),
     )
     .await;
@@ -663,13 +699,13 @@ async fn a_key_answers_its_first_request_only() {
             .body(Body::from(body))
             .unwrap()
     };
-    let first_body = r#"{"customer_id":"ada","lines":[{"sku":"MUG-01","quantity":2}]}"#;
+    let first_body = r#"{"lines":[{"sku":"MUG-01","quantity":2}]}"#;
     let (s, _, first) = call(&router, order(first_body)).await;
     assert_eq!(s, StatusCode::CREATED);
     let head = store.head().await.unwrap();
     let (s, _, other) = call(
         &router,
-        order(r#"{"customer_id":"ada","lines":[{"sku":"MUG-01","quantity":3}]}"#),
+        order(r#"{"lines":[{"sku":"MUG-01","quantity":3}]}"#),
     )
     .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{other}");
@@ -678,7 +714,7 @@ async fn a_key_answers_its_first_request_only() {
     // Same body, other formatting: the same request.
     let (s, _, again) = call(
         &router,
-        order(r#"{ "lines": [ {"quantity": 2, "sku": "MUG-01"} ], "customer_id": "ada" }"#),
+        order(r#"{ "lines": [ {"quantity": 2, "sku": "MUG-01"} ] }"#),
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{again}");
@@ -738,7 +774,7 @@ async fn a_client_key_cannot_spend_a_process_manager_command_id() {
             .header("content-type", "application/json")
             .header("idempotency-key", "0b9a7c3e-0000-4000-8000-000000000001")
             .body(Body::from(
-                r#"{"customer_id":"ada","lines":[{"sku":"MUG-01","quantity":1}]}"#,
+                r#"{"lines":[{"sku":"MUG-01","quantity":1}]}"#,
             ))
             .unwrap(),
     )

@@ -10,6 +10,7 @@ use std::time::Duration;
 use example_ecommerce::app::{LineRequest, Shop};
 use example_ecommerce::domain::payment::PaymentGateway;
 use example_ecommerce::http::{serve, QueryState};
+use example_ecommerce::identity::DemoIdentity;
 use example_ecommerce::live::{Live, LiveConfig};
 use example_ecommerce::metrics::Metrics;
 use example_ecommerce::runtime::{spawn_fulfilment, spawn_projectors, Statuses};
@@ -69,7 +70,8 @@ async fn start_with(config: LiveConfig, listen: bool) -> Env {
         },
         config,
     )
-    .with_shutdown(shutdown.clone());
+    .with_shutdown(shutdown.clone())
+    .with_auth(identity().auth());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(serve(listener, live.router(), shutdown.clone()));
@@ -90,6 +92,12 @@ async fn start_with(config: LiveConfig, listen: bool) -> Env {
     }
 }
 
+/// The tests' token issuer (one per test binary).
+fn identity() -> &'static DemoIdentity {
+    static ISSUER: std::sync::OnceLock<DemoIdentity> = std::sync::OnceLock::new();
+    ISSUER.get_or_init(DemoIdentity::generate)
+}
+
 /// One server-sent event.
 #[derive(Debug)]
 struct SseEvent {
@@ -106,9 +114,15 @@ struct SseClient {
 
 impl SseClient {
     async fn connect(url: &str, last_event_id: Option<u64>) -> SseClient {
+        // As Ada, customer and staff: these tests are about streams; who
+        // may follow what is tests/access.rs.
         let mut req = reqwest::Client::new()
             .get(url)
-            .header("accept", "text/event-stream");
+            .header("accept", "text/event-stream")
+            .header(
+                "authorization",
+                format!("Bearer {}", identity().token("ada", &["customer", "staff"])),
+            );
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id.to_string());
         }
