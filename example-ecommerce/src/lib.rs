@@ -1,6 +1,7 @@
 //! The example shop as a library: its domain, services and scenario.
 
 pub mod app;
+pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod http;

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use example_ecommerce::app::Shop;
+use example_ecommerce::config::{self, nats, pg, redact, NatsArgs, ServerArgs};
 use example_ecommerce::demo::{self, DemoOptions};
 use example_ecommerce::http::{self, HealthCheck, Ops, QueryState};
 use example_ecommerce::metrics::Metrics;
-use example_ecommerce::runtime::{self, Servers, Statuses};
-use strata::nats::StreamConfig;
+use example_ecommerce::runtime::{self, Statuses};
 use strata::{
     CancellationToken, ChangeFeed, EventStore, InMemoryEventStore, InMemoryViewStore, InProcessBus,
     JetStreamBus, PgEventStore, PgViewStore, ReaderConfig, Relay, ViewReader,
@@ -22,36 +22,6 @@ use strata::{
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Args, Clone)]
-struct ServerArgs {
-    /// PostgreSQL URL.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    database_url: String,
-    /// NATS URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
-    /// JetStream stream name.
-    #[arg(long, env = "STRATA_STREAM", default_value = "STRATA")]
-    stream: String,
-    /// Subject prefix of events (`<prefix>.<stream type>.<stream id>`).
-    #[arg(long, env = "STRATA_SUBJECT_PREFIX", default_value = "strata")]
-    subject_prefix: String,
-}
-
-impl ServerArgs {
-    fn servers(&self) -> Servers {
-        Servers {
-            database_url: self.database_url.clone(),
-            nats_url: self.nats_url.clone(),
-            stream: StreamConfig::new(self.stream.clone(), self.subject_prefix.clone()),
-        }
-    }
 }
 
 #[derive(Subcommand)]
@@ -65,10 +35,10 @@ enum Command {
         #[arg(long)]
         servers: bool,
         /// PostgreSQL URL (implies --servers).
-        #[arg(long, env = "DATABASE_URL")]
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
         /// NATS URL (implies --servers).
-        #[arg(long, env = "NATS_URL")]
+        #[arg(long, env = "NATS_URL", hide_env_values = true)]
         nats_url: Option<String>,
         /// JetStream stream name (with --servers).
         #[arg(long, env = "STRATA_STREAM", default_value = "STRATA")]
@@ -85,6 +55,9 @@ enum Command {
         /// Exit after the scenario instead of serving.
         #[arg(long)]
         exit: bool,
+        /// NATS credentials and TLS (with --servers).
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// Apply the database schema.
     Migrate(ServerArgs),
@@ -149,18 +122,6 @@ fn init_tracing() {
         )
         .with_writer(std::io::stderr)
         .init();
-}
-
-async fn pg(servers: &Servers) -> anyhow::Result<PgEventStore> {
-    PgEventStore::connect(&servers.database_url)
-        .await
-        .with_context(|| format!("connecting to PostgreSQL at {}", servers.database_url))
-}
-
-async fn nats(servers: &Servers) -> anyhow::Result<async_nats::Client> {
-    strata::nats::connect(&servers.nats_url)
-        .await
-        .with_context(|| format!("connecting to NATS at {}", servers.nats_url))
 }
 
 fn health<S: EventStore>(store: S, client: Option<async_nats::Client>) -> HealthCheck {
@@ -261,6 +222,7 @@ async fn main() -> anyhow::Result<()> {
             command_listen,
             query_listen,
             exit,
+            nats: nats_args,
         } => {
             let options = DemoOptions {
                 command_addr: command_listen,
@@ -271,18 +233,21 @@ async fn main() -> anyhow::Result<()> {
             if servers || database_url.is_some() || nats_url.is_some() {
                 let args = ServerArgs {
                     database_url: database_url
-                        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into()),
-                    nats_url: nats_url.unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+                        .unwrap_or_else(|| config::DEFAULT_DATABASE_URL.into()),
+                    nats_url: nats_url.unwrap_or_else(|| config::DEFAULT_NATS_URL.into()),
                     stream,
                     subject_prefix,
+                    no_migrate: false,
+                    nats: nats_args,
                 };
                 let s = args.servers();
                 println!(
                     "Strata demo on PostgreSQL ({}) and NATS JetStream ({})",
-                    s.database_url, s.nats_url
+                    redact(&s.database_url),
+                    redact(&s.nats_url)
                 );
-                let store = pg(&s).await?;
-                let client = nats(&s).await?;
+                let store = pg(&args).await?;
+                let client = nats(&args).await?;
                 let views = PgViewStore::new(store.pool().clone());
                 let relay = Relay::new(
                     store.clone(),
@@ -323,14 +288,13 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Migrate(args) => {
-            pg(&args.servers()).await?;
+            pg(&args).await?;
             println!("schema is up to date");
             Ok(())
         }
         Command::CommandApi { servers, listen } => {
-            let s = servers.servers();
-            let store = pg(&s).await?;
-            let client = nats(&s).await?;
+            let store = pg(&servers).await?;
+            let client = nats(&servers).await?;
             let metrics = Arc::new(Metrics::default());
             let shop = Shop::new(store.clone(), demo::demo_gateway(), Arc::clone(&metrics));
             let gauges = {
@@ -356,8 +320,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::QueryApi { servers, listen } => {
             let s = servers.servers();
-            let store = pg(&s).await?;
-            let client = nats(&s).await?;
+            let store = pg(&servers).await?;
+            let client = nats(&servers).await?;
             let reader = ViewReader::new(
                 PgViewStore::new(store.pool().clone()),
                 ReaderConfig::default(),
@@ -395,8 +359,8 @@ async fn main() -> anyhow::Result<()> {
             ops_listen,
         } => {
             let s = servers.servers();
-            let store = pg(&s).await?;
-            let client = nats(&s).await?;
+            let store = pg(&servers).await?;
+            let client = nats(&servers).await?;
             let views = PgViewStore::new(store.pool().clone());
             tracing::info!(stream = %s.stream.stream, "relay starting (stands by while another is active)");
             let relay = Relay::new(store.clone(), views, client.clone(), s.stream);
@@ -420,8 +384,8 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             let s = servers.servers();
-            let store = pg(&s).await?;
-            let client = nats(&s).await?;
+            let store = pg(&servers).await?;
+            let client = nats(&servers).await?;
             let views = PgViewStore::new(store.pool().clone());
             let bus = JetStreamBus::new(client.clone(), s.stream.clone(), store.clone());
             let feed = ChangeFeed::nats(client.clone(), s.changes_prefix());
@@ -435,7 +399,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Admin { servers, admin } => {
             let s = servers.servers();
-            let store = pg(&s).await?;
+            let store = pg(&servers).await?;
             let views = PgViewStore::new(store.pool().clone());
             let mut ctx = strata::admin::AdminContext::new(store, views)
                 .projection(|| example_ecommerce::views::CatalogView)
@@ -446,7 +410,7 @@ async fn main() -> anyhow::Result<()> {
                 .process_manager("fulfilment");
             if let Ok(Ok(client)) = tokio::time::timeout(
                 Duration::from_secs(3),
-                async_nats::ConnectOptions::new().connect(&s.nats_url),
+                servers.nats.connect_options().await?.connect(&s.nats_url),
             )
             .await
             {
@@ -461,8 +425,8 @@ async fn main() -> anyhow::Result<()> {
             ops_listen,
         } => {
             let s = servers.servers();
-            let store = pg(&s).await?;
-            let client = nats(&s).await?;
+            let store = pg(&servers).await?;
+            let client = nats(&servers).await?;
             let views = PgViewStore::new(store.pool().clone());
             let bus = JetStreamBus::new(client.clone(), s.stream.clone(), store.clone());
             let statuses = Statuses::default();

@@ -93,7 +93,23 @@ pub mod headers {
 
 /// Connects to NATS with sensible defaults (retry on initial connect).
 pub async fn connect(url: &str) -> Result<async_nats::Client, BusError> {
-    async_nats::ConnectOptions::new()
+    connect_with(url, async_nats::ConnectOptions::new()).await
+}
+
+/// Connects to NATS with `options` (credentials, TLS: whatever the
+/// deployment needs) and the defaults of [`connect`]: a 5 s connection
+/// timeout, and retry on initial connect, so this returns at once and the
+/// client connects when the server is up.
+///
+/// Because of the retry, a refused password or a failed TLS handshake is
+/// not an error here: the client keeps trying (and logs each failure). A
+/// caller that wants a misconfiguration to fail fast connects once without
+/// retry first, as the example shop's `config::connect_nats` does.
+pub async fn connect_with(
+    url: &str,
+    options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, BusError> {
+    options
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
         .connect(url)
