@@ -5,6 +5,7 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod http;
+pub mod identity;
 pub mod live;
 pub mod metrics;
 pub mod runtime;

@@ -10,6 +10,7 @@ use example_ecommerce::app::Shop;
 use example_ecommerce::config::{self, nats, pg, redact, NatsArgs, ServerArgs};
 use example_ecommerce::demo::{self, DemoOptions};
 use example_ecommerce::http::{self, HealthCheck, Ops, QueryState};
+use example_ecommerce::identity::{AuthArgs, DemoIdentity};
 use example_ecommerce::metrics::Metrics;
 use example_ecommerce::runtime::{self, Statuses};
 use strata::{
@@ -61,22 +62,37 @@ enum Command {
     },
     /// Apply the database schema.
     Migrate(ServerArgs),
-    /// Serve the command API.
+    /// Serve the command API (bearer tokens required; see --jwks-url).
     CommandApi {
         #[command(flatten)]
         servers: ServerArgs,
+        #[command(flatten)]
+        auth: AuthArgs,
         /// Listen address.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Serve /health and /metrics here, to anyone who can reach it
+        /// (on the API they need the operator role).
+        #[arg(long)]
+        ops_listen: Option<String>,
     },
-    /// Serve the query API.
+    /// Serve the query API (the catalog is public; the rest needs tokens).
     QueryApi {
         #[command(flatten)]
         servers: ServerArgs,
+        #[command(flatten)]
+        auth: AuthArgs,
         /// Listen address.
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: String,
+        /// Serve /health and /metrics here, to anyone who can reach it
+        /// (on the API they need the operator role).
+        #[arg(long)]
+        ops_listen: Option<String>,
     },
+    /// The development token issuer: make its keys, print tokens.
+    #[command(subcommand)]
+    Auth(AuthCommand),
     /// Carry events from the store into JetStream (one active, others stand by).
     Relay {
         #[command(flatten)]
@@ -114,6 +130,33 @@ enum Command {
     },
 }
 
+/// The development issuer's commands.
+#[derive(Subcommand)]
+enum AuthCommand {
+    /// Create a key pair and its public key set (`jwks.json`) in a folder
+    /// (kept if it exists). Point the services at it with --dev-issuer.
+    Init {
+        /// The folder.
+        #[arg(long, default_value = ".strata-dev")]
+        dir: std::path::PathBuf,
+    },
+    /// Print a bearer token signed by the development issuer.
+    Token {
+        /// The folder made by `auth init`.
+        #[arg(long, default_value = ".strata-dev")]
+        dir: std::path::PathBuf,
+        /// The subject (for a customer: the customer id).
+        #[arg(long)]
+        sub: String,
+        /// A role (repeatable): customer, staff, operator.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+}
+
 fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -145,6 +188,24 @@ fn health<S: EventStore>(store: S, client: Option<async_nats::Client>) -> Health
     })
 }
 
+/// Serves `ops` (/health and /metrics, open) on `listen`, if given.
+async fn serve_ops_router(
+    listen: Option<String>,
+    ops: Ops,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let Some(listen) = listen else { return Ok(()) };
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "ops endpoint listening");
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = http::serve(listener, http::ops_router(ops), shutdown).await;
+    });
+    Ok(())
+}
+
 /// Serves /health and /metrics (with this process's statuses) if asked.
 async fn serve_ops(
     listen: Option<String>,
@@ -167,15 +228,7 @@ async fn serve_ops(
         health: health(store.clone(), Some(client)),
         gauges,
     };
-    let listener = tokio::net::TcpListener::bind(&listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "ops endpoint listening");
-    let shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        let _ = http::serve(listener, http::ops_router(ops), shutdown).await;
-    });
-    Ok(())
+    serve_ops_router(Some(listen), ops, shutdown).await
 }
 
 /// The store's write-path counters as gauges.
@@ -292,7 +345,36 @@ async fn main() -> anyhow::Result<()> {
             println!("schema is up to date");
             Ok(())
         }
-        Command::CommandApi { servers, listen } => {
+        Command::Auth(AuthCommand::Init { dir }) => {
+            let identity = DemoIdentity::load_or_generate(&dir)?;
+            println!(
+                "development issuer {} (key {}) in {}; its key set: {}",
+                identity.issuer().issuer(),
+                identity.issuer().kid(),
+                dir.display(),
+                dir.join("jwks.json").display()
+            );
+            Ok(())
+        }
+        Command::Auth(AuthCommand::Token {
+            dir,
+            sub,
+            roles,
+            ttl,
+        }) => {
+            let issuer = strata::auth::DevIssuer::load(&dir)
+                .with_context(|| format!("no development issuer in {}: run `ecommerce auth init --dir {}` first", dir.display(), dir.display()))?;
+            let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+            println!("{}", issuer.token(&sub, &roles, Duration::from_secs(ttl)));
+            Ok(())
+        }
+        Command::CommandApi {
+            servers,
+            auth,
+            listen,
+            ops_listen,
+        } => {
+            let auth = auth.auth().await?;
             let store = pg(&servers).await?;
             let client = nats(&servers).await?;
             let metrics = Arc::new(Metrics::default());
@@ -306,19 +388,26 @@ async fn main() -> anyhow::Result<()> {
                 health: health(store, Some(client)),
                 gauges,
             };
+            serve_ops_router(ops_listen, ops.clone(), &shutdown).await?;
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
             tracing::info!(addr = %listener.local_addr()?, "command API listening");
             http::serve(
                 listener,
-                http::command_router(shop, ops, http::Auth::anonymous_only()),
+                http::command_router(shop, ops, auth),
                 shutdown,
             )
             .await?;
             Ok(())
         }
-        Command::QueryApi { servers, listen } => {
+        Command::QueryApi {
+            servers,
+            auth,
+            listen,
+            ops_listen,
+        } => {
+            let auth = auth.auth().await?;
             let s = servers.servers();
             let store = pg(&servers).await?;
             let client = nats(&servers).await?;
@@ -337,6 +426,7 @@ async fn main() -> anyhow::Result<()> {
                 health: health(store, Some(client)),
                 gauges,
             };
+            serve_ops_router(ops_listen, ops.clone(), &shutdown).await?;
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
@@ -346,7 +436,7 @@ async fn main() -> anyhow::Result<()> {
                 http::query_router(
                     QueryState { reader, feed },
                     ops,
-                    http::Auth::anonymous_only(),
+                    auth,
                     shutdown.clone(),
                 ),
                 shutdown,

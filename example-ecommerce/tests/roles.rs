@@ -223,12 +223,16 @@ async fn the_shop_runs_as_a_service_role_without_ddl_rights() {
         format!("127.0.0.1:{cmd_port}"),
         format!("127.0.0.1:{query_port}"),
     );
+    // The APIs trust a development issuer made for this test.
+    let issuer_dir = std::env::temp_dir().join(format!("strata-roles-issuer-{}", uuid::Uuid::new_v4()));
+    let identity = example_ecommerce::identity::DemoIdentity::load_or_generate(&issuer_dir).unwrap();
     let start = |args: &[&str]| {
         Proc(
             Command::new(BIN)
                 .args(args)
                 .args(["--stream", &cfg.stream, "--subject-prefix", &cfg.prefix])
                 .env("DATABASE_URL", &service_url)
+                .env("STRATA_DEV_ISSUER", &issuer_dir)
                 .env("NATS_URL", nats_url())
                 .env("STRATA_NO_MIGRATE", "true")
                 .env("RUST_LOG", "warn")
@@ -249,7 +253,29 @@ async fn the_shop_runs_as_a_service_role_without_ddl_rights() {
         format!("http://{cmd_listen}"),
         format!("http://{query_listen}"),
     );
-    let http = reqwest::Client::new();
+    // Staff and operator by default; the order is placed as its customer.
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", identity.token("sam", &["staff", "operator"]))
+            .parse()
+            .unwrap(),
+    );
+    let http = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap();
+    let as_ada = reqwest::Client::builder()
+        .default_headers(
+            [(
+                reqwest::header::AUTHORIZATION,
+                identity.bearer("ada").parse().unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .build()
+        .unwrap();
     wait_healthy(&http, &cmd).await;
     wait_healthy(&http, &query).await;
 
@@ -266,9 +292,9 @@ async fn the_shop_runs_as_a_service_role_without_ddl_rights() {
     )
     .await;
     let placed = post(
-        &http,
+        &as_ada,
         format!("{cmd}/orders"),
-        json!({ "customer_id": "ada", "lines": [{ "sku": "MUG-01", "quantity": 2 }] }),
+        json!({ "lines": [{ "sku": "MUG-01", "quantity": 2 }] }),
     )
     .await;
     let order = placed["order_id"].as_str().expect("an order id").to_owned();
