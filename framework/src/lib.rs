@@ -80,6 +80,8 @@
 pub mod access;
 #[cfg(feature = "admin")]
 pub mod admin;
+#[cfg(feature = "auth")]
+pub mod auth;
 pub mod codec;
 pub mod envelope;
 pub mod error;
@@ -110,6 +112,8 @@ pub use access::{
     Authenticator, Forbidden, OwnerField, Principal, PrincipalKind, ReadRule, Unauthenticated,
     ViewAccess,
 };
+#[cfg(feature = "auth")]
+pub use auth::{AuthSetupError, DevIssuer, JwtConfig, JwtVerifier, KeySource};
 pub use codec::{DecodeError, DecodeErrorKind, DomainEvent, Upcasters};
 pub use envelope::{EventEnvelope, Metadata, NewEvent, Position, StreamId, MAX_JSON_DEPTH};
 pub use error::{BoxError, InputError, StoreError};
