@@ -9,10 +9,10 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use example_ecommerce::identity::DemoIdentity;
 use example_ecommerce::views::{
     CatalogView, CustomerOrdersView, LowStockView, OrderDetailsView, SalesDashboardView,
 };
-use example_ecommerce::identity::DemoIdentity;
 use serde_json::{json, Value};
 use strata::testing::{nats_url, test_database, unique_stream, wait_until};
 use strata::{
@@ -120,11 +120,10 @@ async fn wait_healthy(http: &reqwest::Client, base: &str) {
 /// becomes the customer who places it (the token's subject).
 async fn post(http: &reqwest::Client, url: String, mut body: Value) -> (u16, Value) {
     let mut req = http.post(url);
-    if let Some(customer) = body
-        .as_object_mut()
-        .and_then(|o| o.remove("customer_id"))
-    {
-        let token = identity().0.token(customer.as_str().unwrap(), &["customer"]);
+    if let Some(customer) = body.as_object_mut().and_then(|o| o.remove("customer_id")) {
+        let token = identity()
+            .0
+            .token(customer.as_str().unwrap(), &["customer"]);
         req = req.bearer_auth(token);
     }
     let resp = req.json(&body).send().await.unwrap();

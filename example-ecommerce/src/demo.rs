@@ -252,15 +252,19 @@ async fn scenario(commands: &str, queries: &str, identity: &DemoIdentity) -> any
         position(&r)
     );
     let doc = c
-        .order_status(&ada, position(&r), &["confirmed", "rejected"])
+        .order_status("ada", &ada, position(&r), &["confirmed", "rejected"])
         .await?;
     println!(
         "  the process manager reserved the stock: {}",
         doc["data"]["status"]
     );
-    let (s, r) = c.command("ada", &format!("/orders/{ada}/pay"), json!({})).await?;
+    let (s, r) = c
+        .command("ada", &format!("/orders/{ada}/pay"), json!({}))
+        .await?;
     println!("  POST /orders/{{id}}/pay -> {s}");
-    let doc = c.order_status("ada", &ada, position(&r), &["shipped"]).await?;
+    let doc = c
+        .order_status("ada", &ada, position(&r), &["shipped"])
+        .await?;
     println!(
         "  after payment the process manager shipped it: {}",
         doc["data"]["status"]
@@ -269,25 +273,36 @@ async fn scenario(commands: &str, queries: &str, identity: &DemoIdentity) -> any
     println!("\n== Bob wants 5 caps, only 3 are in stock: refused");
     let (s, r) = c
         .command(
-            "bob", "/orders", json!({ "lines": [{ "sku": "CAP-01", "quantity": 5 }] }),
+            "bob",
+            "/orders",
+            json!({ "lines": [{ "sku": "CAP-01", "quantity": 5 }] }),
         )
         .await?;
     let bob = r["order_id"].as_str().unwrap_or_default().to_owned();
     println!("  POST /orders -> {s}");
-    let doc = c.order_status("bob", &bob, position(&r), &["rejected"]).await?;
+    let doc = c
+        .order_status("bob", &bob, position(&r), &["rejected"])
+        .await?;
     println!("  {}: {}", doc["data"]["status"], doc["data"]["reason"]);
 
     println!("\n== Cy buys the lamp; the card is declined (the gateway refuses > 100.00)");
     let (_, r) = c
         .command(
-            "cy", "/orders", json!({ "lines": [{ "sku": "LAMP-01", "quantity": 1 }] }),
+            "cy",
+            "/orders",
+            json!({ "lines": [{ "sku": "LAMP-01", "quantity": 1 }] }),
         )
         .await?;
     let cy = r["order_id"].as_str().unwrap_or_default().to_owned();
-    c.order_status("cy", &cy, position(&r), &["confirmed"]).await?;
-    let (s, r) = c.command("cy", &format!("/orders/{cy}/pay"), json!({})).await?;
+    c.order_status("cy", &cy, position(&r), &["confirmed"])
+        .await?;
+    let (s, r) = c
+        .command("cy", &format!("/orders/{cy}/pay"), json!({}))
+        .await?;
     println!("  POST /orders/{{id}}/pay -> {s} {}", r["error"]["message"]);
-    let doc = c.query("cy", &format!("/orders/{cy}"), position(&r)).await?;
+    let doc = c
+        .query("cy", &format!("/orders/{cy}"), position(&r))
+        .await?;
     println!(
         "  order stays {} with {} failed payment(s)",
         doc["data"]["status"], doc["data"]["failed_payments"]
@@ -296,11 +311,14 @@ async fn scenario(commands: &str, queries: &str, identity: &DemoIdentity) -> any
     println!("\n== Dee orders 3 caps, then cancels: the stock comes back");
     let (_, r) = c
         .command(
-            "dee", "/orders", json!({ "lines": [{ "sku": "CAP-01", "quantity": 3 }] }),
+            "dee",
+            "/orders",
+            json!({ "lines": [{ "sku": "CAP-01", "quantity": 3 }] }),
         )
         .await?;
     let dee = r["order_id"].as_str().unwrap_or_default().to_owned();
-    c.order_status("dee", &dee, position(&r), &["confirmed"]).await?;
+    c.order_status("dee", &dee, position(&r), &["confirmed"])
+        .await?;
     let cap = c.query("dee", "/products/CAP-01", 0).await?;
     println!(
         "  caps available while reserved: {}",
@@ -308,12 +326,14 @@ async fn scenario(commands: &str, queries: &str, identity: &DemoIdentity) -> any
     );
     let (s, r) = c
         .command(
+            "dee",
             &format!("/orders/{dee}/cancel"),
             json!({ "reason": "changed my mind" }),
         )
         .await?;
     println!("  POST /orders/{{id}}/cancel -> {s}");
-    c.order_status("dee", &dee, position(&r), &["cancelled"]).await?;
+    c.order_status("dee", &dee, position(&r), &["cancelled"])
+        .await?;
     // The release is the process manager's follow-up: wait for it to show.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
@@ -331,13 +351,17 @@ async fn scenario(commands: &str, queries: &str, identity: &DemoIdentity) -> any
     println!("\n== Bad input is refused and changes nothing");
     let (s, r) = c
         .command(
-            "eve", "/orders", json!({ "lines": [{ "sku": "NOPE-1", "quantity": 1 }] }),
+            "eve",
+            "/orders",
+            json!({ "lines": [{ "sku": "NOPE-1", "quantity": 1 }] }),
         )
         .await?;
     println!("  unknown sku      -> {s} {}", r["error"]["code"]);
     let (s, r) = c
         .command(
-            "eve", "/orders", json!({ "lines": [{ "sku": "MUG-01", "quantity": -2 }] }),
+            "eve",
+            "/orders",
+            json!({ "lines": [{ "sku": "MUG-01", "quantity": -2 }] }),
         )
         .await?;
     println!("  negative quantity-> {s} {}", r["error"]["code"]);
@@ -355,25 +379,37 @@ async fn scenario(commands: &str, queries: &str, identity: &DemoIdentity) -> any
     let (s, r) = c
         .command("bob", &format!("/orders/{dee}/cancel"), json!({}))
         .await?;
-    println!("  Bob cancels Dee's order      -> {s} {}", r["error"]["code"]);
+    println!(
+        "  Bob cancels Dee's order      -> {s} {}",
+        r["error"]["code"]
+    );
     let (s, r) = c
         .command("ada", "/inventory/MUG-01/restock", json!({ "quantity": 5 }))
         .await?;
-    println!("  Ada restocks                 -> {s} {}", r["error"]["code"]);
+    println!(
+        "  Ada restocks                 -> {s} {}",
+        r["error"]["code"]
+    );
     let resp = c
         .http
         .get(format!("{}/orders/{ada}", c.queries))
         .header(reqwest::header::AUTHORIZATION, c.bearer("bob"))
         .send()
         .await?;
-    println!("  Bob reads Ada's order        -> {}", resp.status().as_u16());
+    println!(
+        "  Bob reads Ada's order        -> {}",
+        resp.status().as_u16()
+    );
     let resp = c
         .http
         .post(format!("{}/orders", c.commands))
         .json(&json!({ "lines": [{ "sku": "MUG-01", "quantity": 1 }] }))
         .send()
         .await?;
-    println!("  an anonymous order           -> {}", resp.status().as_u16());
+    println!(
+        "  an anonymous order           -> {}",
+        resp.status().as_u16()
+    );
     Ok(())
 }
 
@@ -384,7 +420,10 @@ async fn summary<S: EventStore>(
 ) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     // Staff read every view.
-    let staff = format!("Bearer {}", identity.token("sam", &[crate::domain::roles::STAFF]));
+    let staff = format!(
+        "Bearer {}",
+        identity.token("sam", &[crate::domain::roles::STAFF])
+    );
     let head = store.head().await?;
     let events = store
         .read_all(Position::START, 100_000, &EventFilter::all())

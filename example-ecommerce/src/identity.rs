@@ -80,8 +80,8 @@ impl AuthArgs {
                  `ecommerce auth init --dir .strata-dev` and pass --dev-issuer .strata-dev"
             ),
         };
-        let config =
-            JwtConfig::new(issuer, self.audience.clone()).with_roles_claim(self.roles_claim.clone());
+        let config = JwtConfig::new(issuer, self.audience.clone())
+            .with_roles_claim(self.roles_claim.clone());
         let verifier = JwtVerifier::new(config, source)
             .await
             .context("loading the token issuer's key set")?;

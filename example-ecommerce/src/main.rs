@@ -362,8 +362,13 @@ async fn main() -> anyhow::Result<()> {
             roles,
             ttl,
         }) => {
-            let issuer = strata::auth::DevIssuer::load(&dir)
-                .with_context(|| format!("no development issuer in {}: run `ecommerce auth init --dir {}` first", dir.display(), dir.display()))?;
+            let issuer = strata::auth::DevIssuer::load(&dir).with_context(|| {
+                format!(
+                    "no development issuer in {}: run `ecommerce auth init --dir {}` first",
+                    dir.display(),
+                    dir.display()
+                )
+            })?;
             let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
             println!("{}", issuer.token(&sub, &roles, Duration::from_secs(ttl)));
             Ok(())
@@ -393,12 +398,7 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {listen}"))?;
             tracing::info!(addr = %listener.local_addr()?, "command API listening");
-            http::serve(
-                listener,
-                http::command_router(shop, ops, auth),
-                shutdown,
-            )
-            .await?;
+            http::serve(listener, http::command_router(shop, ops, auth), shutdown).await?;
             Ok(())
         }
         Command::QueryApi {
@@ -433,12 +433,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(addr = %listener.local_addr()?, "query API listening");
             http::serve(
                 listener,
-                http::query_router(
-                    QueryState { reader, feed },
-                    ops,
-                    auth,
-                    shutdown.clone(),
-                ),
+                http::query_router(QueryState { reader, feed }, ops, auth, shutdown.clone()),
                 shutdown,
             )
             .await?;

@@ -23,8 +23,8 @@ use example_ecommerce::runtime::{spawn_fulfilment, spawn_projectors, Statuses};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use strata::{
-    CancellationToken, ChangeFeed, EventStore, InMemoryEventStore, InMemoryViewStore,
-    InProcessBus, Position, ReaderConfig, ViewReader,
+    CancellationToken, ChangeFeed, EventStore, InMemoryEventStore, InMemoryViewStore, InProcessBus,
+    Position, ReaderConfig, ViewReader,
 };
 use tower::ServiceExt;
 use uuid::Uuid;
@@ -78,7 +78,10 @@ async fn shop(identity: &DemoIdentity) -> Shop1 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(serve(listener, commands.clone(), shutdown.clone()));
-    std::env::set_var(example_ecommerce::live::COMMAND_URL_ENV, format!("http://{addr}"));
+    std::env::set_var(
+        example_ecommerce::live::COMMAND_URL_ENV,
+        format!("http://{addr}"),
+    );
     let queries = query_router(
         QueryState {
             reader: reader.clone(),
@@ -88,7 +91,7 @@ async fn shop(identity: &DemoIdentity) -> Shop1 {
         auth,
         shutdown.clone(),
     );
-    let s = Shop1 {
+    let mut s = Shop1 {
         store,
         commands,
         queries,
@@ -96,29 +99,60 @@ async fn shop(identity: &DemoIdentity) -> Shop1 {
         identity: identity.clone(),
         shutdown,
     };
-    s.expect(&s.commands, "sam", "POST", "/products", json!({"sku":"MUG-01","name":"Mug","price_cents":1250}), 201).await;
-    s.expect(&s.commands, "sam", "POST", "/inventory/MUG-01/restock", json!({"quantity":10}), 201).await;
+    s.expect(
+        &s.commands,
+        "sam",
+        "POST",
+        "/products",
+        json!({"sku":"MUG-01","name":"Mug","price_cents":1250}),
+        201,
+    )
+    .await;
+    s.expect(
+        &s.commands,
+        "sam",
+        "POST",
+        "/inventory/MUG-01/restock",
+        json!({"quantity":10}),
+        201,
+    )
+    .await;
     let placed = s
-        .expect(&s.commands, "ada", "POST", "/orders", json!({"lines":[{"sku":"MUG-01","quantity":1}]}), 201)
+        .expect(
+            &s.commands,
+            "ada",
+            "POST",
+            "/orders",
+            json!({"lines":[{"sku":"MUG-01","quantity":1}]}),
+            201,
+        )
         .await;
     let order: Uuid = placed["order_id"].as_str().unwrap().parse().unwrap();
     // Wait (bounded) for the process manager to confirm it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let read = reader
-            .get("order_details", &order.to_string(), Some(Position(placed["position"].as_u64().unwrap())))
+            .get(
+                "order_details",
+                &order.to_string(),
+                Some(Position(placed["position"].as_u64().unwrap())),
+            )
             .await
             .unwrap();
         if read.doc.is_some_and(|d| d.doc["status"] == "confirmed") {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the order was never confirmed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the order was never confirmed"
+        );
         reader
             .wait_for("order_details", Position(read.checkpoint.0 + 1))
             .await
             .ok();
     }
-    Shop1 { order, ..s }
+    s.order = order;
+    s
 }
 
 impl Shop1 {
@@ -136,7 +170,11 @@ impl Shop1 {
         }
     }
 
-    async fn call(&self, router: &Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+    async fn call(
+        &self,
+        router: &Router,
+        req: Request<Body>,
+    ) -> (StatusCode, axum::http::HeaderMap, Value) {
         let resp = router.clone().oneshot(req).await.unwrap();
         let (status, headers) = (resp.status(), resp.headers().clone());
         let is_stream = headers
@@ -151,9 +189,19 @@ impl Shop1 {
         (status, headers, body)
     }
 
-    async fn expect(&self, router: &Router, who: &str, method: &str, path: &str, body: Value, status: u16) -> Value {
+    async fn expect(
+        &self,
+        router: &Router,
+        who: &str,
+        method: &str,
+        path: &str,
+        body: Value,
+        status: u16,
+    ) -> Value {
         let body = (method == "POST").then_some(body);
-        let (s, _, v) = self.call(router, self.request(who, method, path, body)).await;
+        let (s, _, v) = self
+            .call(router, self.request(who, method, path, body))
+            .await;
         assert_eq!(s.as_u16(), status, "{who} {method} {path}: {v}");
         v
     }
@@ -169,14 +217,32 @@ struct Route {
 }
 
 fn routes() -> Vec<Route> {
-    let c = |method, path, body| Route { api: "command", method, path, body };
-    let q = |method, path, body| Route { api: "query", method, path, body };
+    let c = |method, path, body| Route {
+        api: "command",
+        method,
+        path,
+        body,
+    };
+    let q = |method, path, body| Route {
+        api: "query",
+        method,
+        path,
+        body,
+    };
     vec![
-        c("POST", "/products", json!({"sku":"NEW-01","name":"New","price_cents":100})),
+        c(
+            "POST",
+            "/products",
+            json!({"sku":"NEW-01","name":"New","price_cents":100}),
+        ),
         c("POST", "/products/MUG-01/price", json!({"price_cents":999})),
         c("POST", "/products/MUG-01/discontinue", Value::Null),
         c("POST", "/inventory/MUG-01/restock", json!({"quantity":1})),
-        c("POST", "/orders", json!({"lines":[{"sku":"MUG-01","quantity":1}]})),
+        c(
+            "POST",
+            "/orders",
+            json!({"lines":[{"sku":"MUG-01","quantity":1}]}),
+        ),
         c("POST", "/orders/{order}/pay", Value::Null),
         c("POST", "/orders/{order}/cancel", Value::Null),
         c("GET", "/health", Value::Null),
@@ -198,7 +264,11 @@ fn routes() -> Vec<Route> {
         q("GET", "/live/low_stock", Value::Null),
         q("GET", "/live/sales_dashboard", Value::Null),
         q("GET", "/", Value::Null),
-        q("POST", "/api/orders", json!({"lines":[{"sku":"MUG-01","quantity":1}]})),
+        q(
+            "POST",
+            "/api/orders",
+            json!({"lines":[{"sku":"MUG-01","quantity":1}]}),
+        ),
         q("POST", "/api/orders/{order}/pay", Value::Null),
         q("POST", "/api/orders/{order}/cancel", Value::Null),
     ]
@@ -225,10 +295,17 @@ async fn every_route_as_every_kind_of_caller() {
         for who in WHO {
             let s = shop(&identity).await;
             let path = route.path.replace("{order}", &s.order.to_string());
-            let router = if route.api == "command" { &s.commands } else { &s.queries };
+            let router = if route.api == "command" {
+                &s.commands
+            } else {
+                &s.queries
+            };
             let head = s.store.head().await.unwrap();
-            let body = (route.method == "POST" && !route.body.is_null()).then(|| route.body.clone());
-            let (status, headers, v) = s.call(router, s.request(who, route.method, &path, body)).await;
+            let body =
+                (route.method == "POST" && !route.body.is_null()).then(|| route.body.clone());
+            let (status, headers, v) = s
+                .call(router, s.request(who, route.method, &path, body))
+                .await;
             for h in SECURITY_HEADERS {
                 assert!(headers.contains_key(h), "{label} as {who}: no {h} header");
             }
@@ -285,10 +362,34 @@ async fn bad_tokens_are_401_with_a_challenge_and_change_nothing() {
         ("garbage", "Bearer not.a.token".into()),
         ("not bearer", "Basic c2FtOnNhbQ==".into()),
         ("empty bearer", "Bearer ".into()),
-        ("expired", format!("Bearer {}", issuer.sign(&claims(json!({"exp": now - 3600}))))),
-        ("not yet valid", format!("Bearer {}", issuer.sign(&claims(json!({"nbf": now + 3600}))))),
-        ("wrong issuer", format!("Bearer {}", issuer.sign(&claims(json!({"iss": "https://evil.example"}))))),
-        ("wrong audience", format!("Bearer {}", issuer.sign(&claims(json!({"aud": "another-app"}))))),
+        (
+            "expired",
+            format!(
+                "Bearer {}",
+                issuer.sign(&claims(json!({"exp": now - 3600})))
+            ),
+        ),
+        (
+            "not yet valid",
+            format!(
+                "Bearer {}",
+                issuer.sign(&claims(json!({"nbf": now + 3600})))
+            ),
+        ),
+        (
+            "wrong issuer",
+            format!(
+                "Bearer {}",
+                issuer.sign(&claims(json!({"iss": "https://evil.example"})))
+            ),
+        ),
+        (
+            "wrong audience",
+            format!(
+                "Bearer {}",
+                issuer.sign(&claims(json!({"aud": "another-app"})))
+            ),
+        ),
         ("another issuer's key", other.bearer("sam")),
         ("alg none", format!("Bearer {unsigned}")),
     ];
@@ -297,12 +398,17 @@ async fn bad_tokens_are_401_with_a_challenge_and_change_nothing() {
         let req = Request::post("/products")
             .header("authorization", header)
             .header("content-type", "application/json")
-            .body(Body::from(r#"{"sku":"BAD-01","name":"Bad","price_cents":1}"#))
+            .body(Body::from(
+                r#"{"sku":"BAD-01","name":"Bad","price_cents":1}"#,
+            ))
             .unwrap();
         let (status, headers, body) = s.call(&s.commands, req).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {body}");
         let challenge = headers["www-authenticate"].to_str().unwrap();
-        assert!(challenge.starts_with("Bearer realm="), "{what}: {challenge}");
+        assert!(
+            challenge.starts_with("Bearer realm="),
+            "{what}: {challenge}"
+        );
         // The reason is logged, not told.
         assert_eq!(body["error"]["code"], "unauthorized", "{what}");
         for secret in ["expired", "audience", "issuer", "signature", "alg"] {
@@ -314,7 +420,15 @@ async fn bad_tokens_are_401_with_a_challenge_and_change_nothing() {
     }
     assert_eq!(s.store.head().await.unwrap(), head, "nothing changed");
     // A valid token of the same caller works, so the refusals were the tokens'.
-    s.expect(&s.commands, "sam", "POST", "/products", json!({"sku":"OK-01","name":"Ok","price_cents":1}), 201).await;
+    s.expect(
+        &s.commands,
+        "sam",
+        "POST",
+        "/products",
+        json!({"sku":"OK-01","name":"Ok","price_cents":1}),
+        201,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -323,28 +437,67 @@ async fn no_event_is_recorded_without_an_actor() {
     let s = shop(&identity).await;
     // Ada pays (the payment step records the result), Bob orders and
     // cancels, staff restocks; the process manager confirms and ships.
-    s.expect(&s.commands, "ada", "POST", &format!("/orders/{}/pay", s.order), Value::Null, 201).await;
+    s.expect(
+        &s.commands,
+        "ada",
+        "POST",
+        &format!("/orders/{}/pay", s.order),
+        Value::Null,
+        201,
+    )
+    .await;
     let bobs = s
-        .expect(&s.commands, "bob", "POST", "/orders", json!({"lines":[{"sku":"MUG-01","quantity":2}]}), 201)
+        .expect(
+            &s.commands,
+            "bob",
+            "POST",
+            "/orders",
+            json!({"lines":[{"sku":"MUG-01","quantity":2}]}),
+            201,
+        )
         .await;
     let bobs = bobs["order_id"].as_str().unwrap().to_owned();
-    s.expect(&s.commands, "bob", "POST", &format!("/orders/{bobs}/cancel"), Value::Null, 201).await;
+    s.expect(
+        &s.commands,
+        "bob",
+        "POST",
+        &format!("/orders/{bobs}/cancel"),
+        Value::Null,
+        201,
+    )
+    .await;
     // Wait (bounded) for Ada's order to ship: the process manager's last step.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let events = s.store.read_all(Position::START, 10_000, &strata::EventFilter::all()).await.unwrap();
+        let events = s
+            .store
+            .read_all(Position::START, 10_000, &strata::EventFilter::all())
+            .await
+            .unwrap();
         if events.iter().any(|e| e.event_type == "OrderShipped") {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "Ada's order never shipped");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Ada's order never shipped"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let events = s.store.read_all(Position::START, 10_000, &strata::EventFilter::all()).await.unwrap();
+    let events = s
+        .store
+        .read_all(Position::START, 10_000, &strata::EventFilter::all())
+        .await
+        .unwrap();
     assert!(events.len() > 10, "{} events", events.len());
     let mut actors = std::collections::BTreeSet::new();
     for e in &events {
         let actor = e.metadata.actor.as_deref().unwrap_or_default();
-        assert!(!actor.is_empty(), "{} at {} has no actor", e.event_type, e.position.0);
+        assert!(
+            !actor.is_empty(),
+            "{} at {} has no actor",
+            e.event_type,
+            e.position.0
+        );
         actors.insert(actor.to_owned());
         if actor == "service:fulfilment" {
             // The process manager's commands name their cause: an event.
@@ -359,6 +512,12 @@ async fn no_event_is_recorded_without_an_actor() {
     let actors: Vec<String> = actors.into_iter().collect();
     assert_eq!(
         actors,
-        ["service:fulfilment", "service:payment", "user:ada", "user:bob", "user:sam"]
+        [
+            "service:fulfilment",
+            "service:payment",
+            "user:ada",
+            "user:bob",
+            "user:sam"
+        ]
     );
 }

@@ -42,16 +42,18 @@ fn as_ada_by_default(router: Router) -> Router {
         "Bearer {}",
         identity().token("ada", &["customer", "staff", "operator"])
     );
-    router.layer(axum::middleware::map_request(move |mut req: Request<Body>| {
-        let bearer = bearer.clone();
-        async move {
-            if !req.headers().contains_key("authorization") {
-                req.headers_mut()
-                    .insert("authorization", bearer.parse().unwrap());
+    router.layer(axum::middleware::map_request(
+        move |mut req: Request<Body>| {
+            let bearer = bearer.clone();
+            async move {
+                if !req.headers().contains_key("authorization") {
+                    req.headers_mut()
+                        .insert("authorization", bearer.parse().unwrap());
+                }
+                req
             }
-            req
-        }
-    }))
+        },
+    ))
 }
 
 fn commands(store: &InMemoryEventStore) -> Router {
@@ -142,10 +144,7 @@ async fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
         ),
         (
             "unknown field",
-            post(
-                "/orders",
-                r#"{"lines":[],"coupon":"FREE"}"#,
-            ),
+            post("/orders", r#"{"lines":[],"coupon":"FREE"}"#),
             StatusCode::BAD_REQUEST,
             "malformed_json",
         ),
@@ -175,37 +174,25 @@ async fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
         ),
         (
             "negative quantity",
-            post(
-                "/orders",
-                r#"{"lines":[{"sku":"MUG-01","quantity":-2}]}"#,
-            ),
+            post("/orders", r#"{"lines":[{"sku":"MUG-01","quantity":-2}]}"#),
             StatusCode::BAD_REQUEST,
             "bad_request",
         ),
         (
             "zero quantity",
-            post(
-                "/orders",
-                r#"{"lines":[{"sku":"MUG-01","quantity":0}]}"#,
-            ),
+            post("/orders", r#"{"lines":[{"sku":"MUG-01","quantity":0}]}"#),
             StatusCode::BAD_REQUEST,
             "bad_request",
         ),
         (
             "unknown sku",
-            post(
-                "/orders",
-                r#"{"lines":[{"sku":"NOPE-9","quantity":1}]}"#,
-            ),
+            post("/orders", r#"{"lines":[{"sku":"NOPE-9","quantity":1}]}"#),
             StatusCode::NOT_FOUND,
             "not_found",
         ),
         (
             "invalid sku",
-            post(
-                "/orders",
-                r#"{"lines":[{"sku":"bad sku!","quantity":1}]}"#,
-            ),
+            post("/orders", r#"{"lines":[{"sku":"bad sku!","quantity":1}]}"#),
             StatusCode::BAD_REQUEST,
             "bad_request",
         ),
@@ -241,9 +228,7 @@ async fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
             Request::post("/orders")
                 .header("content-type", "application/json")
                 .header("idempotency-key", "abc")
-                .body(Body::from(
-                    r#"{"lines":[{"sku":"MUG-01","quantity":1}]}"#,
-                ))
+                .body(Body::from(r#"{"lines":[{"sku":"MUG-01","quantity":1}]}"#))
                 .unwrap(),
             StatusCode::BAD_REQUEST,
             "bad_request",
@@ -298,10 +283,7 @@ async fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     insta::assert_json_snapshot!("error_negative_quantity", {
         let (_, _, body) = call(
             &router,
-            post(
-                "/orders",
-                r#"{"lines":[{"sku":"MUG-01","quantity":-2}]}"#,
-            ),
+            post("/orders", r#"{"lines":[{"sku":"MUG-01","quantity":-2}]}"#),
         )
         .await;
         body
@@ -316,9 +298,7 @@ async fn commands_answer_with_their_position_and_honour_idempotency_keys() {
         Request::post("/orders")
             .header("content-type", "application/json")
             .header("idempotency-key", key)
-            .body(Body::from(
-                r#"{"lines":[{"sku":"MUG-01","quantity":2}]}"#,
-            ))
+            .body(Body::from(r#"{"lines":[{"sku":"MUG-01","quantity":2}]}"#))
             .unwrap()
     };
     let (s, header, first) = call(&router, req()).await;
@@ -435,7 +415,8 @@ async fn a_nul_character_is_bad_input_and_changes_nothing() {
     ] {
         let mut req = post(path, body);
         if let Some(b) = bearer {
-            req.headers_mut().insert("authorization", b.parse().unwrap());
+            req.headers_mut()
+                .insert("authorization", b.parse().unwrap());
         }
         let (s, _, body) = call(&router, req).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {body}");
@@ -541,7 +522,7 @@ async fn confirmed_order<S: EventStore>(store: S) -> (Shop<S>, Router, uuid::Uui
         PaymentGateway::new(0.0, Duration::from_millis(20), 1),
         Arc::new(Metrics::default()),
     );
-    let router = command_router(shop.clone(), ops());
+    let router = as_ada_by_default(command_router(shop.clone(), ops(), identity().auth()));
     for (path, body) in [
         (
             "/products",
@@ -554,10 +535,7 @@ async fn confirmed_order<S: EventStore>(store: S) -> (Shop<S>, Router, uuid::Uui
     }
     let (s, _, placed) = call(
         &router,
-        post(
-            "/orders",
-            r#"{"lines":[{"sku":"MUG-01","quantity":2}]}"#,
-        ),
+        post("/orders", r#"{"lines":[{"sku":"MUG-01","quantity":2}]}"#),
     )
     .await;
     assert_eq!(s, StatusCode::CREATED);
@@ -753,7 +731,7 @@ async fn a_client_key_cannot_spend_a_process_manager_command_id() {
         PaymentGateway::always_accepting(),
         Arc::new(Metrics::default()),
     );
-    let router = command_router(shop.clone(), ops());
+    let router = as_ada_by_default(command_router(shop.clone(), ops(), identity().auth()));
     for (path, body) in [
         (
             "/products",
@@ -773,9 +751,7 @@ async fn a_client_key_cannot_spend_a_process_manager_command_id() {
         Request::post("/orders")
             .header("content-type", "application/json")
             .header("idempotency-key", "0b9a7c3e-0000-4000-8000-000000000001")
-            .body(Body::from(
-                r#"{"lines":[{"sku":"MUG-01","quantity":1}]}"#,
-            ))
+            .body(Body::from(r#"{"lines":[{"sku":"MUG-01","quantity":1}]}"#))
             .unwrap(),
     )
     .await;

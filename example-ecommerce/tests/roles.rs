@@ -224,8 +224,10 @@ async fn the_shop_runs_as_a_service_role_without_ddl_rights() {
         format!("127.0.0.1:{query_port}"),
     );
     // The APIs trust a development issuer made for this test.
-    let issuer_dir = std::env::temp_dir().join(format!("strata-roles-issuer-{}", uuid::Uuid::new_v4()));
-    let identity = example_ecommerce::identity::DemoIdentity::load_or_generate(&issuer_dir).unwrap();
+    let issuer_dir =
+        std::env::temp_dir().join(format!("strata-roles-issuer-{}", uuid::Uuid::new_v4()));
+    let identity =
+        example_ecommerce::identity::DemoIdentity::load_or_generate(&issuer_dir).unwrap();
     let start = |args: &[&str]| {
         Proc(
             Command::new(BIN)
