@@ -198,7 +198,7 @@ impl Shop1 {
         body: Value,
         status: u16,
     ) -> Value {
-        let body = (method == "POST").then_some(body);
+        let body = (method == "POST" && !body.is_null()).then_some(body);
         let (s, _, v) = self
             .call(router, self.request(who, method, path, body))
             .await;

@@ -138,7 +138,7 @@ async fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
         ),
         (
             "missing field",
-            post("/orders", r#"{"lines":[]}"#),
+            post("/orders", r#"{"order_id":null}"#),
             StatusCode::BAD_REQUEST,
             "malformed_json",
         ),
@@ -396,29 +396,29 @@ async fn queries_wait_for_a_position_and_say_when_they_cannot() {
 #[tokio::test]
 async fn a_nul_character_is_bad_input_and_changes_nothing() {
     let (store, router) = seeded().await;
-    let head = store.head().await.unwrap();
-    // A customer id (the token's subject) with a NUL, and a product name.
+    // A customer id is a token's subject: one with a NUL (or any control
+    // character) is refused with the token.
+    let mut req = post("/orders", r#"{"lines":[{"sku":"MUG-01","quantity":1}]}"#);
     let nul_customer = format!("Bearer {}", identity().token("a\u{0}b", &["customer"]));
-    for (path, body, field, bearer) in [
+    req.headers_mut()
+        .insert("authorization", nul_customer.parse().unwrap());
+    let (s, _, body) = call(&router, req).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{body}");
+    let order = placed_order(&router).await;
+    let head = store.head().await.unwrap();
+    for (path, body, field) in [
         (
-            "/orders",
-            r#"{"lines":[{"sku":"MUG-01","quantity":1}]}"#,
-            "customer_id",
-            Some(nul_customer),
-        ),
-        (
-            "/products",
+            "/products".to_owned(),
             r#"{"sku":"CUP-01","name":"Cup\u0000","price_cents":900}"#,
             "name",
-            None,
+        ),
+        (
+            format!("/orders/{order}/cancel"),
+            r#"{"reason":"no\u0000"}"#,
+            "reason",
         ),
     ] {
-        let mut req = post(path, body);
-        if let Some(b) = bearer {
-            req.headers_mut()
-                .insert("authorization", b.parse().unwrap());
-        }
-        let (s, _, body) = call(&router, req).await;
+        let (s, _, body) = call(&router, post(&path, body)).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {body}");
         assert_eq!(body["error"]["code"], json!("bad_request"), "{body}");
         let message = body["error"]["message"].as_str().unwrap_or_default();
@@ -428,6 +428,17 @@ async fn a_nul_character_is_bad_input_and_changes_nothing() {
         );
     }
     assert_eq!(store.head().await.unwrap(), head);
+}
+
+/// An order placed by the default caller; its id.
+async fn placed_order(router: &Router) -> String {
+    let (s, _, body) = call(
+        router,
+        post("/orders", r#"{"lines":[{"sku":"MUG-01","quantity":1}]}"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    body["order_id"].as_str().unwrap().to_owned()
 }
 
 /// Customer ids are counted in characters on the read side too, as when an
