@@ -938,7 +938,7 @@ async fn process_manager_redelivery_sends_each_command_once() {
     }
     let mirrored = store.read_stream(&mirror, 1, 100).await.unwrap();
     assert!(mirrored.iter().all(|e| e.metadata.causation_id.is_some()
-        && e.metadata.actor.as_deref() == Some("process:mirror")));
+        && e.metadata.actor.as_deref() == Some("service:mirror")));
 }
 
 // ---- readers by name: switches, gaps, waits, pages ------------------------------
