@@ -37,19 +37,27 @@ bench:
     STRATA_BENCH_WRITE=1 cargo bench -p strata --bench store
     STRATA_BENCH_WRITE=1 cargo bench -p strata --bench propagation
     STRATA_BENCH_WRITE=1 cargo bench -p strata --bench rebuild
+    STRATA_BENCH_WRITE=1 cargo bench -p example-ecommerce --bench auth
 
 # The shop as separate processes against the local Postgres and NATS
-# (Ctrl-C stops them all). Command API :8080, query API :8081.
+# (Ctrl-C stops them all). Command API :8080, query API :8081. The APIs
+# trust the development issuer in .strata-dev (made on first use); get a
+# token with `just token ada customer`.
 up:
     cargo build -p example-ecommerce
     ./target/debug/ecommerce migrate
+    ./target/debug/ecommerce auth init --dir .strata-dev
     trap 'kill 0' INT TERM; \
     ./target/debug/ecommerce relay & \
     ./target/debug/ecommerce projector & \
     ./target/debug/ecommerce process-manager & \
-    ./target/debug/ecommerce command-api --listen 127.0.0.1:8080 & \
-    ./target/debug/ecommerce query-api --listen 127.0.0.1:8081 & \
+    ./target/debug/ecommerce command-api --listen 127.0.0.1:8080 --dev-issuer .strata-dev & \
+    ./target/debug/ecommerce query-api --listen 127.0.0.1:8081 --dev-issuer .strata-dev & \
     wait
+
+# A bearer token from the development issuer, e.g. `just token ada customer`.
+token SUB +ROLES:
+    cargo run -q -p example-ecommerce -- auth token --dir .strata-dev --sub {{SUB}} $(for r in {{ROLES}}; do printf -- '--role %s ' "$r"; done)
 
 # The admin command line, e.g. `just admin projections status`.
 admin *ARGS:

@@ -31,8 +31,9 @@ pub const VIEWS: [&str; 5] = [
     "sales_dashboard",
 ];
 
-/// Connection settings for the servers mode.
-#[derive(Debug, Clone)]
+/// Connection settings for the servers mode. Its `Debug` shows the URLs
+/// without their passwords.
+#[derive(Clone)]
 pub struct Servers {
     /// PostgreSQL URL.
     pub database_url: String,
@@ -40,6 +41,16 @@ pub struct Servers {
     pub nats_url: String,
     /// JetStream stream and subject prefix.
     pub stream: StreamConfig,
+}
+
+impl std::fmt::Debug for Servers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Servers")
+            .field("database_url", &crate::config::redact(&self.database_url))
+            .field("nats_url", &crate::config::redact(&self.nats_url))
+            .field("stream", &self.stream)
+            .finish()
+    }
 }
 
 impl Servers {
