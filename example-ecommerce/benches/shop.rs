@@ -12,8 +12,9 @@
 //!
 //! The mix: 70% `POST /inventory/{sku}/restock` over the 200 skus (as
 //! staff), 20% `POST /orders` (1 or 2 lines, as one of 50 customers;
-//! confirmed by the process manager), 10% `POST /orders/{id}/pay` of an
-//! earlier order (placed at least a second before, as its customer). After
+//! confirmed by the process manager), 10% `POST /orders/{id}/pay` of a
+//! confirmed order (as its customer; a slot that finds no order known to be
+//! confirmed restocks instead, and is counted). After
 //! every successful write, a read-your-writes read (`GET /products/{sku}` or
 //! `GET /orders/{id}`, `?min_position=` the command's `Strata-Position`):
 //! "command → visible" is from the scheduled send to that read's answer.
@@ -22,12 +23,13 @@
 //! at the rate: the achieved rate and the errors; command and command →
 //! visible latency (p50, p99, max); CPU seconds per 1,000 commands of each
 //! process (`/proc/<pid>/stat`, utime + stime over the window; Postgres is
-//! every process named `postgres*`, NATS is `nats-server`); the process
-//! manager's lag (placed → confirmed as the query API shows it, sampled on
-//! the latest order during the window, and how long after the window every
-//! order placed in it is confirmed or rejected); and what the command API
-//! and the query API count meanwhile (time in the command handler, appends
-//! per group commit, cache hits).
+//! every process named `postgres*`, split by the process at the other end
+//! of each backend's connection; NATS is `nats-server`); the process
+//! manager's lag (placed → confirmed as the query API shows it, sampled
+//! during the window, and how long after the window every order placed in
+//! it is confirmed or rejected, with the CPU spent until then); and what
+//! the services count meanwhile (time in the command handler, appends per
+//! group commit, Postgres transactions, cache hits).
 //!
 //! `STRATA_BENCH_SECS` (default 20) measured per rate,
 //! `STRATA_BENCH_WARMUP_SECS` (default 3), `STRATA_BENCH_RATES` (default
