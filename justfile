@@ -39,6 +39,13 @@ bench:
     STRATA_BENCH_WRITE=1 cargo bench -p strata --bench rebuild
     STRATA_BENCH_WRITE=1 cargo bench -p example-ecommerce --bench auth
 
+# The shop's release build as separate processes under open-loop load
+# (500, 1,000 and 2,000 commands/s), measured from outside: latency, command
+# to visible, CPU per process. Results go into docs/benchmarks.md.
+bench-shop:
+    cargo build --release -p example-ecommerce
+    STRATA_BENCH_WRITE=1 cargo bench -p example-ecommerce --bench shop
+
 # The shop as separate processes against the local Postgres and NATS
 # (Ctrl-C stops them all). Command API :8080, query API :8081. The APIs
 # trust the development issuer in .strata-dev (made on first use); get a
