@@ -130,11 +130,7 @@ fn median_by(rounds: &[Round], key: impl Fn(&Round) -> f64) -> f64 {
     v[v.len() / 2]
 }
 
-async fn serve_with(
-    shop: Shop<PgEventStore>,
-    auth: Auth,
-    shutdown: &CancellationToken,
-) -> String {
+async fn serve_with(shop: Shop<PgEventStore>, auth: Auth, shutdown: &CancellationToken) -> String {
     let ops = Ops {
         metrics: Arc::new(Metrics::default()),
         health: Arc::new(|| Box::pin(async { vec![("database", true)] })),
@@ -206,7 +202,10 @@ async fn main() {
     }
     shutdown.cancel();
     let errors: usize = with.iter().chain(&without).map(|r| r.errors).sum();
-    let (rw, ro) = (median_by(&with, Round::rate), median_by(&without, Round::rate));
+    let (rw, ro) = (
+        median_by(&with, Round::rate),
+        median_by(&without, Round::rate),
+    );
     let table = format!(
         "| {clients} clients, restock over HTTP | commands/s | p50 | p99 |\n\
          |---|---:|---:|---:|\n\
