@@ -707,3 +707,45 @@ async fn a_key_set_url_that_does_not_answer_fails_the_setup() {
         "{result:?}"
     );
 }
+
+/// A token accepted once is remembered (no second signature check), but
+/// never beyond its own expiry: the cache answers only inside the window
+/// the full check would accept.
+#[tokio::test]
+async fn a_remembered_token_still_expires() {
+    let issuer = DevIssuer::generate(ISS, AUD);
+    let verifier = JwtVerifier::from_jwks(
+        JwtConfig::new(ISS, AUD).with_leeway(Duration::ZERO),
+        &issuer.jwks(),
+    )
+    .unwrap();
+    let t = now();
+    let short = issuer.sign(&json!({
+        "iss": ISS, "aud": AUD, "sub": "alice", "roles": ["customer"],
+        "iat": t, "exp": t + 1,
+    }));
+    let alice = Principal::user("alice", ["customer"]);
+    for _ in 0..3 {
+        assert_eq!(verifier.verify(&short).await.unwrap(), alice);
+    }
+    // Wait (bounded) for the token's second to pass: time is what is tested.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while now() <= t + 1 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = verifier.verify(&short).await.unwrap_err();
+    assert!(
+        matches!(&refused, Unauthenticated::Invalid { detail } if detail.starts_with("expired")),
+        "{refused:?}"
+    );
+    // A token that differs in one byte of its signature is not the same
+    // token: it is checked, and refused.
+    let long = issuer.token("alice", &["customer"], HOUR);
+    assert!(verifier.verify(&long).await.is_ok());
+    let mut forged = long.clone().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    assert!(verifier.verify(&forged).await.is_err());
+}

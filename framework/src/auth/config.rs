@@ -36,6 +36,13 @@ pub struct JwtConfig {
     /// How old a key set from a URL may grow before the next token that
     /// comes along fetches it again. Default 10 minutes.
     pub refresh_interval: Duration,
+    /// How many accepted tokens to remember (by SHA-256), so a client that
+    /// sends the same token with every request pays for one signature
+    /// check, not one per request. A remembered token is still refused
+    /// once it expires (its `exp` plus the leeway), and every one is
+    /// forgotten when the key set changes. Default 10,000; 0 turns the
+    /// cache off.
+    pub cache_capacity: u64,
 }
 
 impl JwtConfig {
@@ -53,7 +60,14 @@ impl JwtConfig {
             roles_claim: "roles".to_owned(),
             refetch_interval: Duration::from_secs(30),
             refresh_interval: Duration::from_secs(600),
+            cache_capacity: 10_000,
         }
+    }
+
+    /// Sets how many accepted tokens are remembered (0: none).
+    pub fn with_cache_capacity(mut self, capacity: u64) -> Self {
+        self.cache_capacity = capacity;
+        self
     }
 
     /// Sets the clock leeway.

@@ -48,7 +48,22 @@ struct Inner {
     config: JwtConfig,
     keys: RwLock<Arc<KeySet>>,
     remote: Option<Remote>,
+    /// Tokens accepted before, by their SHA-256: emptied whenever the key
+    /// set changes.
+    accepted: Option<moka::sync::Cache<[u8; 32], Accepted>>,
 }
+
+/// A token that passed every check, and the window in which it still
+/// would (unix seconds, leeway included).
+#[derive(Clone)]
+struct Accepted {
+    principal: Principal,
+    not_before: f64,
+    until: f64,
+}
+
+/// The longest an accepted token is remembered, whatever its `exp`.
+const ACCEPTED_TTL: Duration = Duration::from_secs(300);
 
 /// The URL a key set comes from, and when it was last fetched.
 struct Remote {
@@ -112,11 +127,18 @@ impl JwtVerifier {
     }
 
     fn with_keys(config: JwtConfig, keys: KeySet, remote: Option<Remote>) -> Self {
+        let accepted = (config.cache_capacity > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(config.cache_capacity)
+                .time_to_live(ACCEPTED_TTL)
+                .build()
+        });
         JwtVerifier {
             inner: Arc::new(Inner {
                 config,
                 keys: RwLock::new(Arc::new(keys)),
                 remote,
+                accepted,
             }),
         }
     }
@@ -151,10 +173,23 @@ impl JwtVerifier {
         else {
             return Err(malformed("not three dot-separated parts"));
         };
+        self.refresh_if_stale().await;
+        // A token accepted before, still within its validity window, with
+        // the key set unchanged since: the same answer without the
+        // signature check.
+        let digest = self.inner.accepted.as_ref().map(|_| token_digest(token));
+        if let (Some(cache), Some(digest)) = (&self.inner.accepted, &digest) {
+            if let Some(hit) = cache.get(digest) {
+                let now = unix_now();
+                if hit.not_before <= now && now <= hit.until {
+                    return Ok(hit.principal);
+                }
+                cache.invalidate(digest);
+            }
+        }
         let header = parse_header(header_b64)?;
         let alg = header.algorithm(&self.inner.config)?;
 
-        self.refresh_if_stale().await;
         let keys = match header.kid.as_deref() {
             Some(kid) => self.keys_naming(kid).await,
             None => self.keys(),
@@ -206,7 +241,22 @@ impl JwtVerifier {
             decode_b64url(payload_b64).ok_or_else(|| malformed("the payload is not base64url"))?;
         let claims: Map<String, Value> = serde_json::from_slice(&payload)
             .map_err(|_| malformed("the payload is not a JSON object"))?;
-        check_claims(&self.inner.config, &claims, unix_now())
+        let principal = check_claims(&self.inner.config, &claims, unix_now())?;
+        if let (Some(cache), Some(digest)) = (&self.inner.accepted, digest) {
+            let leeway = self.inner.config.leeway.as_secs_f64();
+            let time = |name: &str| claims.get(name).and_then(Value::as_f64);
+            if let Some(exp) = time("exp") {
+                cache.insert(
+                    digest,
+                    Accepted {
+                        principal: principal.clone(),
+                        not_before: time("nbf").map_or(f64::MIN, |t| t - leeway),
+                        until: exp + leeway,
+                    },
+                );
+            }
+        }
+        Ok(principal)
     }
 
     fn keys(&self) -> Arc<KeySet> {
@@ -223,6 +273,10 @@ impl JwtVerifier {
             .keys
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+        // A key may have been withdrawn: nothing accepted before counts.
+        if let Some(cache) = &self.inner.accepted {
+            cache.invalidate_all();
+        }
     }
 
     /// The key set, fetched again first if it lacks `kid`, comes from a
@@ -319,6 +373,14 @@ impl Authenticator for JwtVerifier {
     ) -> BoxFuture<'a, Result<Principal, Unauthenticated>> {
         Box::pin(self.verify(token))
     }
+}
+
+/// The SHA-256 of a token, its key in the cache of accepted tokens.
+fn token_digest(token: &str) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
 }
 
 /// The header fields that matter.
