@@ -192,20 +192,9 @@ async fn an_interrupted_rebuild_resumes() {
     }
     let head = store.head().await.unwrap();
     let interrupt = CancellationToken::new();
-    // Interrupt as soon as the new version has some events in it.
-    let watcher = {
-        let (views, interrupt) = (views.clone(), interrupt.clone());
-        tokio::spawn(async move {
-            loop {
-                let cp = views.checkpoint("totals_v2").await.unwrap();
-                if cp.position > Position::START {
-                    interrupt.cancel();
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        })
-    };
+    // Interrupt as soon as the rebuild reports the new version has some
+    // events in it (its progress callback runs on its own loop, which
+    // checks the interrupt before going on).
     let err = strata::rebuild(
         totals(),
         store.clone(),
@@ -216,12 +205,18 @@ async fn an_interrupted_rebuild_resumes() {
             batch_size: 5,
             ..Default::default()
         },
-        |_| {},
+        {
+            let interrupt = interrupt.clone();
+            move |p: strata::RebuildProgress| {
+                if p.position > Position::START {
+                    interrupt.cancel();
+                }
+            }
+        },
         interrupt,
     )
     .await
     .unwrap_err();
-    watcher.await.unwrap();
     let (version, stopped_at) = match err {
         RebuildError::Interrupted {
             version, position, ..
