@@ -677,7 +677,9 @@ impl<S: EventStore> CommandSender<FulfilmentCommand> for Shop<S> {
                             &ctx.command_id,
                             b"release-late-reservation",
                         ))
-                        .causation_id(ctx.command_id)
+                        // Caused by the event the manager reacted to (the
+                        // late reservation), like every command it sends.
+                        .causation_id(ctx.causation_id.unwrap_or(ctx.command_id))
                         .actor("fulfilment");
                         let release_ctx = match ctx.correlation_id {
                             Some(c) => release_ctx.correlation_id(c),

@@ -56,7 +56,11 @@ impl Drop for Shop1 {
     }
 }
 
-async fn shop(identity: &DemoIdentity) -> Shop1 {
+/// `proxied`: point the page's proxy routes (a process-wide setting read
+/// at each request) at this shop's command API. Only the matrix, which
+/// runs its cells one after another, does; the other tests of this file
+/// run beside it and must not move the setting under it.
+async fn shop(identity: &DemoIdentity, proxied: bool) -> Shop1 {
     let store = InMemoryEventStore::new();
     let bus = InProcessBus::new(store.clone());
     let views = InMemoryViewStore::new();
@@ -74,14 +78,16 @@ async fn shop(identity: &DemoIdentity) -> Shop1 {
     reader.listen(&feed, shutdown.clone()).await.unwrap();
     let auth = identity.auth();
     let commands = command_router(shop, ops(), auth.clone());
-    // The page's proxy routes forward to a command API over a socket.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve(listener, commands.clone(), shutdown.clone()));
-    std::env::set_var(
-        example_ecommerce::live::COMMAND_URL_ENV,
-        format!("http://{addr}"),
-    );
+    if proxied {
+        // The page's proxy routes forward to a command API over a socket.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, commands.clone(), shutdown.clone()));
+        std::env::set_var(
+            example_ecommerce::live::COMMAND_URL_ENV,
+            format!("http://{addr}"),
+        );
+    }
     let queries = query_router(
         QueryState {
             reader: reader.clone(),
@@ -293,7 +299,7 @@ async fn every_route_as_every_kind_of_caller() {
         let label = format!("{} {} {}", route.api, route.method, route.path);
         let mut row = format!("{label:<44}");
         for who in WHO {
-            let s = shop(&identity).await;
+            let s = shop(&identity, true).await;
             let path = route.path.replace("{order}", &s.order.to_string());
             let router = if route.api == "command" {
                 &s.commands
@@ -333,7 +339,7 @@ async fn every_route_as_every_kind_of_caller() {
 #[tokio::test]
 async fn bad_tokens_are_401_with_a_challenge_and_change_nothing() {
     let identity = DemoIdentity::generate();
-    let s = shop(&identity).await;
+    let s = shop(&identity, false).await;
     let other = DemoIdentity::generate();
     let issuer = identity.issuer();
     let now = chrono::Utc::now().timestamp();
@@ -434,7 +440,7 @@ async fn bad_tokens_are_401_with_a_challenge_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_event_is_recorded_without_an_actor() {
     let identity = DemoIdentity::generate();
-    let s = shop(&identity).await;
+    let s = shop(&identity, false).await;
     // Ada pays (the payment step records the result), Bob orders and
     // cancels, staff restocks; the process manager confirms and ships.
     s.expect(
