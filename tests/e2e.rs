@@ -667,3 +667,143 @@ async fn rebuilding_every_view_while_the_shop_runs_fails_no_reader() {
     let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
     let _ = js.delete_stream(&cfg.stream).await;
 }
+
+/// Identity and access as a user meets them, across the real processes:
+/// a token printed by `ecommerce auth token` places an order in its
+/// subject's name; anonymous callers, other customers and bad tokens are
+/// refused by the command and query services (401 with a challenge, 403)
+/// and change nothing; operators read the metrics; the store records who
+/// did it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_decide_who_may_do_what_across_the_processes() {
+    let db = test_database().await;
+    let cfg = unique_stream();
+    let shop = start_shop(&db, &cfg).await;
+    let (cmd, query) = (shop.cmd.clone(), shop.query.clone());
+    let staff = client();
+    let (s, _) = post(
+        &staff,
+        format!("{cmd}/products"),
+        json!({ "sku": "MUG-01", "name": "Mug", "price_cents": 1250 }),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, _) = post(
+        &staff,
+        format!("{cmd}/inventory/MUG-01/restock"),
+        json!({ "quantity": 5 }),
+    )
+    .await;
+    assert_eq!(s, 201);
+
+    // Ada's token, as a developer gets one: from the command line.
+    let out = Command::new(BIN)
+        .args([
+            "auth", "token", "--sub", "ada", "--role", "customer", "--dir",
+        ])
+        .arg(&identity().1)
+        .output()
+        .expect("ecommerce auth token");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ada = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let bob = identity().0.token("bob", &["customer"]);
+    let stranger = DemoIdentity::generate().token("ada", &["customer"]);
+    let http = reqwest::Client::new();
+    let order = json!({ "lines": [{ "sku": "MUG-01", "quantity": 1 }] });
+    let store = PgEventStore::new(db.pool.clone());
+    let head = store.head().await.unwrap();
+
+    // Nobody, and a token of another issuer, may order: 401, a challenge,
+    // nothing recorded.
+    for bearer in [None, Some(stranger.as_str())] {
+        let mut req = http.post(format!("{cmd}/orders")).json(&order);
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 401);
+        let challenge = resp.headers()["www-authenticate"].to_str().unwrap();
+        assert!(challenge.starts_with("Bearer realm="), "{challenge}");
+    }
+    assert_eq!(store.head().await.unwrap(), head, "refusals record nothing");
+
+    // Ada orders in her own name; staff may not order at all.
+    let resp = http
+        .post(format!("{cmd}/orders"))
+        .bearer_auth(&ada)
+        .json(&order)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let placed: Value = resp.json().await.unwrap();
+    let (id, p) = (
+        placed["order_id"].as_str().unwrap().to_owned(),
+        placed["position"].as_u64().unwrap(),
+    );
+    let (s, _) = post(&staff, format!("{cmd}/orders"), order.clone()).await;
+    assert_eq!(s, 403, "staff do not place orders");
+
+    // Reading it: Ada yes, Bob no (403), anonymous no (401).
+    let read = |bearer: Option<String>| {
+        let mut req = http.get(format!("{query}/orders/{id}?min_position={p}"));
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        async move { req.send().await.unwrap() }
+    };
+    let mine = read(Some(ada.clone())).await;
+    assert_eq!(mine.status(), 200);
+    let doc: Value = mine.json().await.unwrap();
+    assert_eq!(doc["data"]["customer_id"], "ada");
+    assert_eq!(read(Some(bob.clone())).await.status(), 403);
+    assert_eq!(read(None).await.status(), 401);
+    // Bob may not pay or cancel it either.
+    for action in ["pay", "cancel"] {
+        let resp = http
+            .post(format!("{cmd}/orders/{id}/{action}"))
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403, "bob {action}s ada's order");
+    }
+    // Metrics are for operators.
+    let metrics = |bearer: &str| {
+        http.get(format!("{cmd}/metrics"))
+            .bearer_auth(bearer.to_owned())
+            .send()
+    };
+    assert_eq!(metrics(&ada).await.unwrap().status(), 403);
+    assert_eq!(
+        staff
+            .get(format!("{cmd}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // The store says who did what.
+    let events = store
+        .read_all(Position::START, 1_000, &EventFilter::all())
+        .await
+        .unwrap();
+    let actor_of = |ty: &str| {
+        events
+            .iter()
+            .find(|e| e.event_type == ty)
+            .and_then(|e| e.metadata.actor.clone())
+    };
+    assert_eq!(actor_of("OrderPlaced").as_deref(), Some("user:ada"));
+    assert_eq!(
+        actor_of("ProductRegistered").as_deref(),
+        Some("user:e2e-staff")
+    );
+    assert!(events.iter().all(|e| e.metadata.actor.is_some()));
+}
