@@ -649,8 +649,7 @@ impl<S: EventStore> CommandSender<FulfilmentCommand> for Shop<S> {
     async fn send(&self, command: FulfilmentCommand, ctx: CommandContext) -> Result<(), SendError> {
         match command {
             FulfilmentCommand::Inventory { sku, command } => {
-                let stream =
-                    inventory_stream(&sku).map_err(|e| SendError::Rejected(e.to_string()))?;
+                let stream = inventory_stream(&sku).map_err(SendError::rejected)?;
                 match self.inventory.handle(stream, command, ctx).await {
                     Ok(_) => Ok(()),
                     Err(e) => Err(SendError::from_command(e)),
@@ -685,8 +684,8 @@ impl<S: EventStore> CommandSender<FulfilmentCommand> for Shop<S> {
                             Some(c) => release_ctx.correlation_id(c),
                             None => release_ctx,
                         };
-                        let stream: StreamId = inventory_stream(&sku)
-                            .map_err(|e| SendError::Rejected(e.to_string()))?;
+                        let stream: StreamId =
+                            inventory_stream(&sku).map_err(SendError::rejected)?;
                         match self
                             .inventory
                             .handle(

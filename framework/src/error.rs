@@ -154,5 +154,65 @@ impl StoreError {
     }
 }
 
+/// One store error handed to every command of a failed group: each gets
+/// the same variant, and a backend cause is shared (its message and its
+/// source chain), not turned into text.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedStoreError(std::sync::Arc<StoreError>);
+
+impl From<StoreError> for SharedStoreError {
+    fn from(e: StoreError) -> Self {
+        SharedStoreError(std::sync::Arc::new(e))
+    }
+}
+
+impl SharedStoreError {
+    /// A copy of the error for one waiter.
+    pub(crate) fn get(&self) -> StoreError {
+        match &*self.0 {
+            StoreError::Conflict {
+                stream_id,
+                expected,
+                actual,
+            } => StoreError::Conflict {
+                stream_id: stream_id.clone(),
+                expected: *expected,
+                actual: *actual,
+            },
+            StoreError::Input(i) => StoreError::Input(i.clone()),
+            StoreError::EventIdReused { event_id } => StoreError::EventIdReused {
+                event_id: *event_id,
+            },
+            StoreError::Corrupt { position, reason } => StoreError::Corrupt {
+                position: *position,
+                reason: reason.clone(),
+            },
+            StoreError::Backend(_) => StoreError::Backend(Box::new(SharedCause(self.0.clone()))),
+        }
+    }
+}
+
+/// The backend cause of a shared store error.
+#[derive(Debug)]
+struct SharedCause(std::sync::Arc<StoreError>);
+
+impl std::fmt::Display for SharedCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &*self.0 {
+            StoreError::Backend(cause) => cause.fmt(f),
+            other => other.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SharedCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &*self.0 {
+            StoreError::Backend(cause) => cause.source(),
+            _ => None,
+        }
+    }
+}
+
 /// Result alias for store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::codec::Upcasters;
 use crate::envelope::EventEnvelope;
+use crate::error::BoxError;
 use crate::event_set::{EventSet, Recorded};
 use crate::propagation::bus::{EventBus, Subscription};
 use crate::store::EventFilter;
@@ -63,45 +64,91 @@ pub trait ProcessManager: Send + Sync + 'static {
     fn on_failure(&self) -> FailurePolicy {
         FailurePolicy::Skip
     }
+
+    /// How many streams' commands may be in flight at once (default 32).
+    ///
+    /// The runner reacts to a batch of events, then sends their commands
+    /// with one lane per stream of the causing events: the commands of one
+    /// stream's events go out one after another, in the order of those
+    /// events, while other streams' go out beside them. A command handler
+    /// gathers commands that arrive together into one commit, so a manager
+    /// keeps up with a busy shop instead of paying a round trip per
+    /// command. The checkpoint moves only past events whose commands were
+    /// all accepted.
+    ///
+    /// `1` sends every command one after another in the global order of
+    /// the causing events (one lane for everything).
+    fn max_in_flight(&self) -> usize {
+        32
+    }
 }
+
+/// The cause a [`SendError`] carries: the target's own error (a domain
+/// error, a [`CommandError`], a store error), shared so the error can be
+/// cloned into a dead letter and a log line. Downcast it to inspect it.
+pub type SendCause = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Why a command could not be sent.
 ///
 /// Only [`SendError::Transient`] is retried; the others fail for good and
 /// go to the process manager's dead letters (see [`ProcessManager::on_failure`]).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Each carries the target's error, typed: downcast the cause (for
+/// example to your domain's error) to tell refusals apart.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum SendError {
     /// The target refused it (a domain rule): dead-lettered, not retried.
     #[error("command rejected: {0}")]
-    Rejected(String),
+    Rejected(SendCause),
     /// It can never succeed as sent (its id was used for another command,
-    /// its events break a store limit, the target's events do not decode):
-    /// dead-lettered, not retried.
+    /// its events break a store limit, the target's events do not decode,
+    /// the manager may not do it): dead-lettered, not retried.
     #[error("command failed for good: {0}")]
-    Failed(String),
+    Failed(SendCause),
     /// Try again later (store or network trouble, conflicts out of
     /// retries): retried with backoff.
     #[error("command failed, will retry: {0}")]
-    Transient(String),
+    Transient(SendCause),
 }
 
 impl SendError {
+    /// A refusal by the target (a domain rule), carrying its error.
+    pub fn rejected(cause: impl Into<BoxError>) -> Self {
+        SendError::Rejected(Arc::from(cause.into()))
+    }
+
+    /// A failure for good, carrying its cause.
+    pub fn failed(cause: impl Into<BoxError>) -> Self {
+        SendError::Failed(Arc::from(cause.into()))
+    }
+
+    /// A failure worth retrying, carrying its cause.
+    pub fn transient(cause: impl Into<BoxError>) -> Self {
+        SendError::Transient(Arc::from(cause.into()))
+    }
+
     /// Classifies a command handler's error: domain refusals are
-    /// [`SendError::Rejected`]; conflicts and store trouble are
-    /// [`SendError::Transient`]; a reused command id, bad input or an
-    /// undecodable stream are [`SendError::Failed`].
-    pub fn from_command<E: std::error::Error + 'static>(e: CommandError<E>) -> Self {
+    /// [`SendError::Rejected`] carrying the domain error; conflicts and
+    /// store trouble are [`SendError::Transient`]; a reused command id,
+    /// bad input, a refused principal or an undecodable stream are
+    /// [`SendError::Failed`]. The others carry the [`CommandError`].
+    pub fn from_command<E: std::error::Error + Send + Sync + 'static>(e: CommandError<E>) -> Self {
         match e {
-            CommandError::Domain(d) => SendError::Rejected(d.to_string()),
-            CommandError::Conflict { .. } | CommandError::Store(_) => {
-                SendError::Transient(e.to_string())
-            }
+            CommandError::Domain(d) => SendError::rejected(d),
+            CommandError::Conflict { .. } | CommandError::Store(_) => SendError::transient(e),
             CommandError::CommandIdReused { .. }
             | CommandError::CommandMismatch { .. }
             | CommandError::Input(_)
             | CommandError::Forbidden(_)
             | CommandError::NoActor
-            | CommandError::Decode(_) => SendError::Failed(e.to_string()),
+            | CommandError::Decode(_) => SendError::failed(e),
+        }
+    }
+
+    /// The target's error.
+    pub fn cause(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        match self {
+            SendError::Rejected(c) | SendError::Failed(c) | SendError::Transient(c) => &**c,
         }
     }
 
@@ -111,7 +158,7 @@ impl SendError {
     }
 }
 
-impl<E: std::error::Error + 'static> From<CommandError<E>> for SendError {
+impl<E: std::error::Error + Send + Sync + 'static> From<CommandError<E>> for SendError {
     fn from(e: CommandError<E>) -> Self {
         SendError::from_command(e)
     }
@@ -232,13 +279,20 @@ where
                 crate::propagation::bus::ack_batch(stale).await;
                 continue;
             }
-            let mut to = position;
+            // React to the whole batch (pure), then send the commands
+            // (lanes per stream, concurrently), then move the checkpoint
+            // in order, as far as the events were handled.
+            let mut work = Vec::with_capacity(batch.len());
+            let mut seen = position;
             for d in &batch {
                 let mut event = d.envelope.clone();
-                if event.position <= to {
+                if event.position <= seen {
                     continue;
                 }
-                if filter.matches(&event) {
+                seen = event.position;
+                let reaction = if !filter.matches(&event) {
+                    Reaction::Commands(Vec::new())
+                } else {
                     let reacted = self
                         .upcasters
                         .apply(&mut event)
@@ -252,75 +306,80 @@ where
                             None => Ok(Vec::new()),
                         });
                     match reacted {
-                        Ok(commands) => {
-                            let mut failures = Vec::new();
-                            for (i, command) in commands.into_iter().enumerate() {
-                                match self.send(&event, i, command, shutdown).await {
-                                    Sent::Done => {}
-                                    Sent::Failed(reason) => failures.push(reason),
-                                    Sent::Interrupted => {
-                                        // Shutting down: commit what was done.
-                                        self.views
-                                            .commit(&name, None, vec![], position, to)
-                                            .await?;
-                                        return Ok(());
-                                    }
-                                }
-                            }
-                            if !failures.is_empty() {
-                                // Commit what came before, then park the event.
-                                if to > position {
-                                    self.views.commit(&name, None, vec![], position, to).await?;
-                                    position = to;
-                                }
-                                let skip = self.manager.on_failure() == FailurePolicy::Skip;
-                                let error = failures.join("; ");
-                                tracing::error!(
-                                    manager = %name, position = %event.position,
-                                    event_id = %event.event_id, event_type = %event.event_type,
-                                    error = %error, skip,
-                                    "process manager command failed for good; dead-lettered"
-                                );
-                                self.views
-                                    .park(
-                                        DeadLetter::for_event(&name, &event, error.clone(), 1),
-                                        position,
-                                        skip,
-                                    )
-                                    .await?;
-                                self.status.send_modify(|s| {
-                                    s.dead_letters += 1;
-                                    s.last_error = Some(error);
-                                });
-                                if !skip {
-                                    // Halted: acknowledge nothing; the event
-                                    // comes again once the letter is retried.
-                                    self.status.send_modify(|s| {
-                                        s.state = RunState::Halted;
-                                        s.position = position;
-                                    });
-                                    return Err(RunError::View(crate::ViewError::backend(
-                                        "halted on a dead letter",
-                                    )));
-                                }
-                                position = event.position;
-                            }
+                        Ok(commands) => Reaction::Commands(commands),
+                        Err(error) => Reaction::Broken(error),
+                    }
+                };
+                work.push(Work { event, reaction });
+            }
+            let outcomes = self.send_all(&work, shutdown).await;
+            let mut to = position;
+            for (item, outcome) in work.iter().zip(outcomes) {
+                let event = &item.event;
+                match outcome {
+                    Outcome::Done => {}
+                    Outcome::NotSent => {
+                        // Shutting down (or a lane stopped before this
+                        // event): commit what came before it.
+                        if to > position {
+                            self.views.commit(&name, None, vec![], position, to).await?;
                         }
-                        Err(error) => {
+                        return Ok(());
+                    }
+                    Outcome::Failed(failures) => {
+                        // Commit what came before, then park the event.
+                        if to > position {
                             self.views.commit(&name, None, vec![], position, to).await?;
                             position = to;
-                            tracing::error!(manager = %name, position = %event.position, error = %error, "process manager failed on an event; dead-lettered and skipped");
-                            self.views
-                                .park(
-                                    DeadLetter::for_event(&name, &event, error.to_string(), 1),
-                                    position,
-                                    true,
-                                )
-                                .await?;
-                            position = event.position;
-                            self.status.send_modify(|s| s.dead_letters += 1);
                         }
+                        let skip = self.manager.on_failure() == FailurePolicy::Skip;
+                        let error = failures.join("; ");
+                        tracing::error!(
+                            manager = %name, position = %event.position,
+                            event_id = %event.event_id, event_type = %event.event_type,
+                            error = %error, skip,
+                            "process manager command failed for good; dead-lettered"
+                        );
+                        self.views
+                            .park(
+                                DeadLetter::for_event(&name, event, error.clone(), 1),
+                                position,
+                                skip,
+                            )
+                            .await?;
+                        self.status.send_modify(|s| {
+                            s.dead_letters += 1;
+                            s.last_error = Some(error);
+                        });
+                        if !skip {
+                            // Halted: acknowledge nothing; the event
+                            // comes again once the letter is retried.
+                            self.status.send_modify(|s| {
+                                s.state = RunState::Halted;
+                                s.position = position;
+                            });
+                            return Err(RunError::View(crate::ViewError::backend(
+                                "halted on a dead letter",
+                            )));
+                        }
+                        position = event.position;
                     }
+                }
+                if let Reaction::Broken(error) = &item.reaction {
+                    if to > position {
+                        self.views.commit(&name, None, vec![], position, to).await?;
+                        position = to;
+                    }
+                    tracing::error!(manager = %name, position = %event.position, error = %error, "process manager failed on an event; dead-lettered and skipped");
+                    self.views
+                        .park(
+                            DeadLetter::for_event(&name, event, error.to_string(), 1),
+                            position,
+                            true,
+                        )
+                        .await?;
+                    position = event.position;
+                    self.status.send_modify(|s| s.dead_letters += 1);
                 }
                 to = event.position;
             }
@@ -335,6 +394,96 @@ where
                 s.lag = lag;
             });
         }
+    }
+
+    /// Sends the commands of a batch's events: one lane per stream of the
+    /// causing events (one lane for all with `max_in_flight` 1), lanes
+    /// side by side. Returns how each event ended, in the order of `work`.
+    async fn send_all(
+        &self,
+        work: &[Work<M::Command>],
+        shutdown: &CancellationToken,
+    ) -> Vec<Outcome> {
+        use futures::StreamExt;
+
+        let max = self.manager.max_in_flight().max(1);
+        let mut lanes: Vec<Vec<usize>> = Vec::new();
+        let mut lane_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for (i, item) in work.iter().enumerate() {
+            match &item.reaction {
+                Reaction::Commands(c) if !c.is_empty() => {}
+                _ => continue,
+            }
+            let key = if max == 1 {
+                ""
+            } else {
+                item.event.stream_id.as_str()
+            };
+            let lane = *lane_of.entry(key).or_insert_with(|| {
+                lanes.push(Vec::new());
+                lanes.len() - 1
+            });
+            lanes[lane].push(i);
+        }
+        let halt_on_failure = self.manager.on_failure() == FailurePolicy::Halt;
+        let finished: Vec<Vec<(usize, Outcome)>> = futures::stream::iter(lanes)
+            .map(|lane| async move {
+                let mut out = Vec::with_capacity(lane.len());
+                for i in lane {
+                    let item = &work[i];
+                    let Reaction::Commands(commands) = &item.reaction else {
+                        continue;
+                    };
+                    if shutdown.is_cancelled() {
+                        out.push((i, Outcome::NotSent));
+                        break;
+                    }
+                    let mut failures = Vec::new();
+                    let mut interrupted = false;
+                    for (index, command) in commands.iter().enumerate() {
+                        match self
+                            .send(&item.event, index, command.clone(), shutdown)
+                            .await
+                        {
+                            Sent::Done => {}
+                            Sent::Failed(reason) => failures.push(reason),
+                            Sent::Interrupted => {
+                                interrupted = true;
+                                break;
+                            }
+                        }
+                    }
+                    if interrupted {
+                        out.push((i, Outcome::NotSent));
+                        break;
+                    }
+                    if failures.is_empty() {
+                        out.push((i, Outcome::Done));
+                    } else {
+                        out.push((i, Outcome::Failed(failures)));
+                        if halt_on_failure {
+                            // Later events of this stream wait for the
+                            // operator, like the failed one.
+                            break;
+                        }
+                    }
+                }
+                out
+            })
+            .buffer_unordered(max)
+            .collect()
+            .await;
+        let mut outcomes: Vec<Outcome> = work
+            .iter()
+            .map(|item| match &item.reaction {
+                Reaction::Commands(c) if !c.is_empty() => Outcome::NotSent,
+                _ => Outcome::Done,
+            })
+            .collect();
+        for (i, outcome) in finished.into_iter().flatten() {
+            outcomes[i] = outcome;
+        }
+        outcomes
     }
 
     /// Sends one command, retrying transient failures until shutdown.
@@ -375,6 +524,30 @@ where
             }
         }
     }
+}
+
+/// One event of a batch and what the manager made of it.
+struct Work<C> {
+    event: EventEnvelope,
+    reaction: Reaction<C>,
+}
+
+/// The commands an event calls for, or why there are none.
+enum Reaction<C> {
+    /// The commands (none for events it does not follow).
+    Commands(Vec<C>),
+    /// The event did not decode, or `react` failed.
+    Broken(ProjectionError),
+}
+
+/// How sending an event's commands ended.
+enum Outcome {
+    /// All accepted (or nothing to send).
+    Done,
+    /// Some failed for good: why, one entry per command.
+    Failed(Vec<String>),
+    /// Shutdown came first, or its lane stopped before it.
+    NotSent,
 }
 
 /// How sending one command ended.

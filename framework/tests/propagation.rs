@@ -1538,3 +1538,100 @@ async fn a_fresh_reader_answers_a_position_already_applied_at_once() {
     );
     stop.cancel();
 }
+
+/// Forwards each increment of a `counter-src-*` stream as the command
+/// `(source stream, by)`, for [`RecordingSender`] to record.
+struct Forward;
+
+impl strata::ProcessManager for Forward {
+    type Event = CounterEvent;
+    type Command = (StreamId, u64);
+    fn name(&self) -> &str {
+        "forward"
+    }
+    fn react(
+        &self,
+        e: strata::Recorded<'_, CounterEvent>,
+    ) -> Result<Vec<Self::Command>, ProjectionError> {
+        let CounterEvent::Incremented { by } = *e.event else {
+            return Ok(vec![]);
+        };
+        Ok(vec![(e.stream_id().clone(), by)])
+    }
+}
+
+/// Records the commands it gets, per stream. The first command of
+/// `counter-src-a` is held until a command of `counter-src-b` has arrived
+/// (for at most 10 s; then it fails for good), so a runner that sends one
+/// command at a time dead-letters it.
+#[derive(Clone, Default)]
+struct RecordingSender {
+    seen: std::sync::Arc<std::sync::Mutex<BTreeMap<String, Vec<u64>>>>,
+    b_arrived: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl strata::CommandSender<(StreamId, u64)> for RecordingSender {
+    async fn send(
+        &self,
+        (stream, by): (StreamId, u64),
+        _ctx: CommandContext,
+    ) -> Result<(), strata::SendError> {
+        if stream.as_str() == "counter-src-b" {
+            self.b_arrived.notify_one();
+        }
+        if stream.as_str() == "counter-src-a" && by == 1 {
+            tokio::time::timeout(Duration::from_secs(10), self.b_arrived.notified())
+                .await
+                .map_err(|_| strata::SendError::failed("no command of stream b came meanwhile"))?;
+        }
+        self.seen
+            .lock()
+            .unwrap()
+            .entry(stream.as_str().to_owned())
+            .or_default()
+            .push(by);
+        Ok(())
+    }
+}
+
+/// The runner sends the commands of different streams side by side (the
+/// first command of stream a waits for one of stream b), and those of one
+/// stream in the order of its events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_manager_sends_streams_side_by_side_in_order_per_stream() {
+    let store = InMemoryEventStore::new();
+    let handler = CommandHandler::<Counter, _>::new(store.clone());
+    for by in 1..=5u64 {
+        for stream in ["counter-src-a", "counter-src-b"] {
+            handler
+                .handle(
+                    StreamId::new(stream).unwrap(),
+                    CounterCommand::Increment(by),
+                    CommandContext::system("test"),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let views = InMemoryViewStore::new();
+    let sender = RecordingSender::default();
+    let runner = strata::ProcessManagerRunner::new(
+        Forward,
+        InProcessBus::new(store.clone()),
+        views.clone(),
+        sender.clone(),
+    );
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(stop.clone()));
+    wait_checkpoint(&views, "forward", store.head().await.unwrap()).await;
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(
+        views.dead_letters(Some("forward")).await.unwrap(),
+        vec![],
+        "a command waited for another stream's and failed"
+    );
+    let seen = sender.seen.lock().unwrap().clone();
+    assert_eq!(seen["counter-src-a"], vec![1, 2, 3, 4, 5]);
+    assert_eq!(seen["counter-src-b"], vec![1, 2, 3, 4, 5]);
+}

@@ -31,26 +31,41 @@ use crate::views::store::{
 };
 
 /// Why a projection could not apply an event.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ProjectionError(pub String);
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProjectionError {
+    /// The event did not upcast or decode into the projection's event
+    /// type.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// A stored document did not read back as the projection's document
+    /// type, or a new one did not serialise.
+    #[error("document {key:?}: {source}")]
+    Document {
+        /// The document's key.
+        key: String,
+        /// What serde said.
+        #[source]
+        source: Arc<serde_json::Error>,
+    },
+    /// The projection refused the event (its own rule: a value it cannot
+    /// fold, an event that contradicts the document).
+    #[error("{0}")]
+    Refused(String),
+}
 
 impl ProjectionError {
-    /// An error with a message.
+    /// A refusal with a message (what `apply` or `react` returns for an
+    /// event it cannot take).
     pub fn new(msg: impl Into<String>) -> Self {
-        ProjectionError(msg.into())
+        ProjectionError::Refused(msg.into())
     }
-}
 
-impl From<DecodeError> for ProjectionError {
-    fn from(e: DecodeError) -> Self {
-        ProjectionError(e.to_string())
-    }
-}
-
-impl From<serde_json::Error> for ProjectionError {
-    fn from(e: serde_json::Error) -> Self {
-        ProjectionError(format!("JSON: {e}"))
+    fn document(key: &str, source: serde_json::Error) -> Self {
+        ProjectionError::Document {
+            key: key.to_owned(),
+            source: Arc::new(source),
+        }
     }
 }
 
@@ -544,14 +559,17 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
                 None => loaded.get(&key),
             };
             let doc: Option<P::Doc> = match current {
-                Some(d) => Some(serde_json::from_value(d.doc.clone())?),
+                Some(d) => Some(
+                    P::Doc::deserialize(&d.doc).map_err(|e| ProjectionError::document(&key, e))?,
+                ),
                 None => None,
             };
             let new = self.projection.apply(&key, doc, recorded)?;
             let stored = match new {
                 Some(doc) => Some(StoredDoc {
                     key: key.clone(),
-                    doc: serde_json::to_value(doc)?,
+                    doc: serde_json::to_value(doc)
+                        .map_err(|e| ProjectionError::document(&key, e))?,
                     position: recorded.position(),
                 }),
                 None => None,

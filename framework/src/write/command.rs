@@ -37,7 +37,7 @@ use uuid::Uuid;
 use crate::access::{Forbidden, Principal};
 use crate::codec::{encode, unstored_decode_error, DecodeError, Upcasters};
 use crate::envelope::{Metadata, NewEvent, Position, StreamId};
-use crate::error::{InputError, StoreError};
+use crate::error::{InputError, SharedStoreError, StoreError};
 use crate::store::{AppendRequest, EventStore, ExpectedVersion};
 use crate::write::aggregate::{Aggregate, Snapshot, SnapshotPolicy, SnapshotStore};
 
@@ -727,16 +727,22 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                 None => match self.load_state(stream_id).await {
                     Ok(l) => l,
                     Err(e) => {
-                        let msg = e.to_string();
-                        tracing::error!(stream = %stream_id, error = %msg, "loading the aggregate failed");
-                        let decode = match e {
-                            CommandError::Decode(d) => Some(d),
-                            _ => None,
-                        };
-                        self.fail_all(group, |_| match &decode {
-                            Some(d) => CommandError::Decode(d.clone()),
-                            None => CommandError::Store(StoreError::backend(msg.clone())),
-                        });
+                        tracing::error!(stream = %stream_id, error = %e, "loading the aggregate failed");
+                        match e {
+                            CommandError::Decode(d) => {
+                                self.fail_all(group, |_| CommandError::Decode(d.clone()))
+                            }
+                            CommandError::Store(s) => {
+                                let shared = SharedStoreError::from(s);
+                                self.fail_all(group, |_| CommandError::Store(shared.get()))
+                            }
+                            other => {
+                                // load_state fails only with the two above.
+                                let shared =
+                                    SharedStoreError::from(StoreError::backend(other.to_string()));
+                                self.fail_all(group, |_| CommandError::Store(shared.get()))
+                            }
+                        }
                         return Vec::new();
                     }
                 },
@@ -841,8 +847,8 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                 group = match self.answer_repeats(stream_id, group).await {
                     Ok(g) => g,
                     Err((g, e)) => {
-                        let msg = e.to_string();
-                        self.fail_all(g, |_| CommandError::Store(StoreError::backend(msg.clone())));
+                        let shared = SharedStoreError::from(e);
+                        self.fail_all(g, |_| CommandError::Store(shared.get()));
                         return leftover;
                     }
                 };
@@ -932,10 +938,8 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                     group = match self.answer_repeats(stream_id, group).await {
                         Ok(g) => g,
                         Err((g, e)) => {
-                            let msg = e.to_string();
-                            self.fail_all(g, |_| {
-                                CommandError::Store(StoreError::backend(msg.clone()))
-                            });
+                            let shared = SharedStoreError::from(e);
+                            self.fail_all(g, |_| CommandError::Store(shared.get()));
                             return Vec::new();
                         }
                     };
@@ -950,15 +954,15 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                 }
                 Err(e) => {
                     tracing::error!(stream = %stream_id, error = %e, "append failed");
-                    let input = match &e {
-                        StoreError::Input(i) => Some(i.clone()),
-                        _ => None,
-                    };
-                    let msg = e.to_string();
-                    self.fail_all(group, |_| match &input {
-                        Some(i) => CommandError::Input(i.clone()),
-                        None => CommandError::Store(StoreError::backend(msg.clone())),
-                    });
+                    match e {
+                        StoreError::Input(i) => {
+                            self.fail_all(group, |_| CommandError::Input(i.clone()))
+                        }
+                        other => {
+                            let shared = SharedStoreError::from(other);
+                            self.fail_all(group, |_| CommandError::Store(shared.get()))
+                        }
+                    }
                     return leftover;
                 }
             }
