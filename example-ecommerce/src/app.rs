@@ -178,6 +178,9 @@ pub struct Shop<S: EventStore> {
     pub gateway: Arc<PaymentGateway>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Skus known to be registered. A product is never unregistered, so
+    /// once seen, a sku needs no read of its stream again to be restocked.
+    known_skus: moka::sync::Cache<String, ()>,
 }
 
 impl<S: EventStore> Clone for Shop<S> {
@@ -189,6 +192,7 @@ impl<S: EventStore> Clone for Shop<S> {
             orders: self.orders.clone(),
             gateway: Arc::clone(&self.gateway),
             metrics: Arc::clone(&self.metrics),
+            known_skus: self.known_skus.clone(),
         }
     }
 }
@@ -203,7 +207,26 @@ impl<S: EventStore> Shop<S> {
             store,
             gateway: Arc::new(gateway),
             metrics,
+            known_skus: moka::sync::Cache::new(100_000),
         }
+    }
+
+    /// Fails with [`ShopError::NotFound`] unless `sku` is registered: read
+    /// from its stream once, then remembered.
+    async fn product_exists(&self, sku: &str) -> Result<(), ShopError> {
+        if self.known_skus.contains_key(sku) {
+            return Ok(());
+        }
+        let (_, version) = self
+            .products
+            .load(&product_stream(sku)?)
+            .await
+            .map_err(|e| command_error(e, product_rule))?;
+        if version == 0 {
+            return Err(ShopError::NotFound(format!("unknown sku {sku}")));
+        }
+        self.known_skus.insert(sku.to_owned(), ());
+        Ok(())
     }
 
     /// Runs one command, counting its outcome and duration in the metrics.
@@ -327,15 +350,7 @@ impl<S: EventStore> Shop<S> {
             {
                 return Ok(first);
             }
-            let (product, version) = self
-                .products
-                .load(&product_stream(sku)?)
-                .await
-                .map_err(|e| command_error(e, product_rule))?;
-            if version == 0 {
-                return Err(ShopError::NotFound(format!("unknown sku {sku}")));
-            }
-            drop(product);
+            self.product_exists(sku).await?;
             self.inventory
                 .handle(
                     stream,
