@@ -1635,3 +1635,84 @@ async fn process_manager_sends_streams_side_by_side_in_order_per_stream() {
     assert_eq!(seen["counter-src-a"], vec![1, 2, 3, 4, 5]);
     assert_eq!(seen["counter-src-b"], vec![1, 2, 3, 4, 5]);
 }
+
+/// Adds every increment to two documents, `both-a` and `both-b`; the
+/// first attempt at each event with `by == 2` fails on `both-b`, after
+/// `both-a` took it.
+struct TwoKeysFlaky {
+    failed: std::sync::Mutex<std::collections::HashSet<u64>>,
+}
+
+impl strata::Projection for TwoKeysFlaky {
+    type Event = CounterEvent;
+    type Doc = common::Total;
+    fn name(&self) -> &str {
+        "two_keys"
+    }
+    fn keys(&self, _e: strata::Recorded<'_, CounterEvent>) -> Vec<String> {
+        vec!["both-a".into(), "both-b".into()]
+    }
+    fn apply(
+        &self,
+        key: &str,
+        doc: Option<common::Total>,
+        e: strata::Recorded<'_, CounterEvent>,
+    ) -> Result<Option<common::Total>, ProjectionError> {
+        let CounterEvent::Incremented { by } = *e.event else {
+            return Ok(doc);
+        };
+        if key == "both-b" && by == 2 && self.failed.lock().unwrap().insert(e.position().0) {
+            return Err(ProjectionError::new("first attempt fails"));
+        }
+        let mut t = doc.unwrap_or_default();
+        t.value += by;
+        t.events += 1;
+        Ok(Some(t))
+    }
+}
+
+/// An event that fails on one of its documents and succeeds when tried
+/// again is applied once to each: the attempt that failed leaves nothing
+/// of itself behind, in the stored documents or in what the batch holds
+/// for the next event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_event_is_applied_once_to_every_document() {
+    let store = InMemoryEventStore::new();
+    let handler = CommandHandler::<Counter, _>::new(store.clone());
+    for by in [1u64, 2, 3, 2, 1] {
+        handler
+            .handle(
+                StreamId::new("counter-flaky").unwrap(),
+                CounterCommand::Increment(by),
+                CommandContext::system("test"),
+            )
+            .await
+            .unwrap();
+    }
+    let views = InMemoryViewStore::new();
+    let projection = TwoKeysFlaky {
+        failed: Default::default(),
+    };
+    let projector = Projector::new(projection, InProcessBus::new(store.clone()), views.clone())
+        .with_config(strata::ProjectorConfig {
+            attempts: 3,
+            backoff: Duration::from_millis(1),
+            ..Default::default()
+        });
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(projector.run(stop.clone()));
+    wait_checkpoint(&views, "two_keys_v1", store.head().await.unwrap()).await;
+    stop.cancel();
+    task.await.unwrap();
+    let view = ViewId::new("two_keys", 1).unwrap();
+    for key in ["both-a", "both-b"] {
+        let doc = views.get(&view, key).await.unwrap();
+        let total: common::Total = serde_json::from_value(doc.doc.expect("document").doc).unwrap();
+        assert_eq!(total.value, 9, "{key}: {total:?}");
+        assert_eq!(total.events, 5, "{key}: {total:?}");
+    }
+    assert_eq!(
+        views.dead_letters(Some("two_keys_v1")).await.unwrap(),
+        vec![]
+    );
+}

@@ -447,6 +447,9 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
 
         let mut start = from;
         let mut changes: HashMap<String, Option<StoredDoc>> = HashMap::new();
+        // The documents this batch changed, as the projection's type, so
+        // the next event on a key does not read its JSON back.
+        let mut typed: HashMap<String, Option<P::Doc>> = HashMap::new();
         let mut to = from;
         let mut applied = 0u64;
         for decoded in &events {
@@ -454,7 +457,10 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
             let position = event.position;
             let result = match &decoded.event {
                 Ok(None) => Ok(HashMap::new()),
-                Ok(Some(e)) => self.apply_event(e, decoded, &changes, &loaded).await,
+                Ok(Some(e)) => {
+                    self.apply_event(e, decoded, &changes, &loaded, &mut typed)
+                        .await
+                }
                 Err(e) => Err((e.clone(), 1)),
             };
             match result {
@@ -527,11 +533,12 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
         decoded: &Decoded<P::Event>,
         changes: &HashMap<String, Option<StoredDoc>>,
         loaded: &HashMap<String, StoredDoc>,
+        typed: &mut HashMap<String, Option<P::Doc>>,
     ) -> Result<HashMap<String, Option<StoredDoc>>, (ProjectionError, u32)> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_apply(event, decoded, changes, loaded) {
+            match self.try_apply(event, decoded, changes, loaded, typed) {
                 Ok(docs) => return Ok(docs),
                 Err(e) if attempt >= self.config.attempts => return Err((e, attempt)),
                 Err(_) => {
@@ -541,31 +548,45 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
         }
     }
 
+    /// Applies one event to each of its keys. A key's current document is
+    /// taken from `typed` when this batch already holds it as the
+    /// projection's type, else read from its JSON (`changes`, then
+    /// `loaded`); the new documents go back into `typed`. `typed` is only
+    /// a cache of `changes`: an entry taken by an attempt that then fails
+    /// is read from the JSON again by the next.
     fn try_apply(
         &self,
         event: &P::Event,
         decoded: &Decoded<P::Event>,
         changes: &HashMap<String, Option<StoredDoc>>,
         loaded: &HashMap<String, StoredDoc>,
+        typed: &mut HashMap<String, Option<P::Doc>>,
     ) -> Result<HashMap<String, Option<StoredDoc>>, ProjectionError> {
         let mut out = HashMap::new();
+        let mut new_typed = Vec::with_capacity(decoded.keys.len());
         let recorded = Recorded {
             event,
             envelope: &decoded.envelope,
         };
         for key in decoded.keys.iter().cloned() {
-            let current: Option<&StoredDoc> = match changes.get(&key) {
-                Some(c) => c.as_ref(),
-                None => loaded.get(&key),
-            };
-            let doc: Option<P::Doc> = match current {
-                Some(d) => Some(
-                    P::Doc::deserialize(&d.doc).map_err(|e| ProjectionError::document(&key, e))?,
-                ),
-                None => None,
+            let doc: Option<P::Doc> = match typed.remove(&key) {
+                Some(doc) => doc,
+                None => {
+                    let current: Option<&StoredDoc> = match changes.get(&key) {
+                        Some(c) => c.as_ref(),
+                        None => loaded.get(&key),
+                    };
+                    match current {
+                        Some(d) => Some(
+                            P::Doc::deserialize(&d.doc)
+                                .map_err(|e| ProjectionError::document(&key, e))?,
+                        ),
+                        None => None,
+                    }
+                }
             };
             let new = self.projection.apply(&key, doc, recorded)?;
-            let stored = match new {
+            let stored = match &new {
                 Some(doc) => Some(StoredDoc {
                     key: key.clone(),
                     doc: serde_json::to_value(doc)
@@ -574,8 +595,12 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
                 }),
                 None => None,
             };
+            new_typed.push((key.clone(), new));
             out.insert(key, stored);
         }
+        // Only once every key took the event: a failed attempt must not
+        // leave half of it in the cache.
+        typed.extend(new_typed);
         Ok(out)
     }
 
