@@ -1,0 +1,384 @@
+//! The PostgreSQL event store.
+//!
+//! # How appends work
+//!
+//! Every append in a process goes to a writer task (two by default, each
+//! owning a dedicated connection). A writer takes whatever appends are
+//! waiting (group commit) and writes them in one transaction, in one of two
+//! ways (ADR 0006):
+//!
+//! - **One call** when every append names its expected version: the shared
+//!   append rules ([`crate::store`]) decide each append assuming its stream
+//!   is at that version, and one autocommit call of `strata_append` takes
+//!   the append lock (`SELECT position FROM strata_head ... FOR UPDATE`),
+//!   checks the assumption, inserts the events at the next positions, moves
+//!   the streams and the head, and `NOTIFY`s followers. If a stream was
+//!   elsewhere it writes nothing, and so does a stored event id (a retried
+//!   request, caught by the unique constraint); either way the writer falls
+//!   back to:
+//! - **The locked transaction**: `BEGIN` and the lock, one query for the
+//!   streams' current versions and any stored ids, the shared rules decide
+//!   (write, duplicate with the original outcome, or conflict), one
+//!   statement writes, `COMMIT` releases the lock.
+//!
+//! Because positions are assigned under a lock that is held until commit, a
+//! position becomes visible only after all lower positions are visible: a
+//! reader that reads `position > p` in order never skips an event, and
+//! positions are dense. See `docs/adr/0001-gap-safe-global-order.md`.
+//!
+//! # Layout
+//!
+//! - this file: [`PgEventStore`], its settings and counters, and the
+//!   [`EventStore`] implementation that wires the parts together;
+//! - `writer.rs`: the group-commit writer tasks, and `plan.rs`, how a
+//!   group's appends are decided and laid out in columns;
+//! - `reads.rs`: the queries that read events;
+//! - `listener.rs`: the `NOTIFY` listener that keeps the head current for
+//!   followers;
+//! - `schema.rs`: [`migrate`] and [`check_migrated`];
+//! - `snapshots.rs`: [`PgSnapshotStore`].
+
+mod listener;
+mod plan;
+mod reads;
+mod schema;
+mod snapshots;
+mod writer;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use uuid::Uuid;
+
+use crate::envelope::{EventEnvelope, Position, StreamId};
+use crate::error::{Result, StoreError};
+use crate::store::{
+    validate, AppendOutcome, AppendRequest, EventFilter, EventStore, StoreLimits, StreamEvent,
+    ValidAppend,
+};
+
+pub use schema::{check_migrated, migrate};
+pub use snapshots::PgSnapshotStore;
+
+use writer::Writer;
+
+/// The channel followers `LISTEN` on; the payload is the new head position.
+pub const NOTIFY_CHANNEL: &str = "strata_events";
+
+/// The store's pool on `url`.
+async fn connect_pool(url: &str) -> Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+        .map_err(StoreError::backend)
+}
+
+/// Settings of the Postgres store.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PgStoreConfig {
+    /// Limits on one append.
+    pub limits: StoreLimits,
+    /// Most events the writer puts in one group-commit transaction (default 4,000).
+    pub max_batch_events: usize,
+    /// Writer tasks, each with its own connection (default 2). They take
+    /// turns at the append lock; a second one gathers and sends its group
+    /// while the first holds the lock, so Postgres parses one group's
+    /// payloads while it writes another's.
+    pub writers: usize,
+    /// How long an append waits for the append lock before failing (default 10 s).
+    pub lock_timeout: Duration,
+    /// A lock wait longer than this logs the sessions holding it (default 1 s).
+    pub slow_lock_warning: Duration,
+    /// Safety-net poll of the head for followers, besides LISTEN/NOTIFY (default 1 s).
+    pub poll_interval: Duration,
+}
+
+impl Default for PgStoreConfig {
+    fn default() -> Self {
+        PgStoreConfig {
+            limits: StoreLimits::default(),
+            max_batch_events: 4_000,
+            writers: 2,
+            lock_timeout: Duration::from_secs(10),
+            slow_lock_warning: Duration::from_secs(1),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl PgStoreConfig {
+    /// Sets the limits on one append.
+    pub fn limits(mut self, limits: StoreLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets the group-commit cap.
+    pub fn max_batch_events(mut self, n: usize) -> Self {
+        self.max_batch_events = n.max(1);
+        self
+    }
+
+    /// Sets the number of writer tasks (at least 1).
+    pub fn writers(mut self, n: usize) -> Self {
+        self.writers = n.max(1);
+        self
+    }
+
+    /// Sets the append lock timeout.
+    pub fn lock_timeout(mut self, d: Duration) -> Self {
+        self.lock_timeout = d;
+        self
+    }
+
+    /// Sets the slow-lock warning threshold.
+    pub fn slow_lock_warning(mut self, d: Duration) -> Self {
+        self.slow_lock_warning = d;
+        self
+    }
+
+    /// Sets the followers' safety-net poll interval.
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d;
+        self
+    }
+}
+
+/// Counters of the store's write path, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Appends that wrote events.
+    pub appends: u64,
+    /// Events written.
+    pub events: u64,
+    /// Group-commit transactions committed.
+    pub batches: u64,
+    /// Appends refused with a version conflict.
+    pub conflicts: u64,
+    /// Appends answered as duplicates of an earlier append.
+    pub duplicates: u64,
+    /// Lock waits longer than the slow-lock threshold.
+    pub slow_lock_waits: u64,
+    /// The longest wait for the append lock, in microseconds.
+    pub max_lock_wait_us: u64,
+    /// Groups the one-round-trip append handed to the locked transaction
+    /// (a stream was not at the expected version, or an id was stored).
+    pub fallbacks: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    appends: AtomicU64,
+    events: AtomicU64,
+    batches: AtomicU64,
+    conflicts: AtomicU64,
+    duplicates: AtomicU64,
+    slow_lock_waits: AtomicU64,
+    max_lock_wait_us: AtomicU64,
+    fallbacks: AtomicU64,
+}
+
+struct Shared {
+    head: watch::Sender<Position>,
+    counters: Counters,
+    listener_started: AtomicBool,
+    /// The listener is LISTENing and has polled since: the head watch is
+    /// current, so waiters need not ask the database.
+    listening: AtomicBool,
+    /// Events in the groups writers have sent and not yet seen answered.
+    in_flight: AtomicUsize,
+    /// Woken whenever a writer's group is answered.
+    landed: Notify,
+}
+
+impl Shared {
+    fn advance_head(&self, to: Position) {
+        self.head.send_if_modified(|h| {
+            if to > *h {
+                *h = to;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+struct Job {
+    append: ValidAppend,
+    reply: oneshot::Sender<Result<AppendOutcome>>,
+    /// When the append was queued: its wait for the append lock, one
+    /// `lock_timeout` in all, counts from here.
+    queued: Instant,
+}
+
+struct PgInner {
+    pool: PgPool,
+    jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+    config: PgStoreConfig,
+}
+
+/// The PostgreSQL event store. Cheap to clone.
+#[derive(Clone)]
+pub struct PgEventStore {
+    inner: Arc<PgInner>,
+}
+
+impl PgEventStore {
+    /// Connects to `url`, applies migrations, and starts the store. The
+    /// role in `url` must be allowed to change the schema; a role that is
+    /// not uses [`connect_migrated`](Self::connect_migrated).
+    pub async fn connect(url: &str) -> Result<Self> {
+        let pool = connect_pool(url).await?;
+        migrate(&pool).await.map_err(StoreError::backend)?;
+        Ok(Self::new(pool))
+    }
+
+    /// Connects to `url` and starts the store without applying migrations:
+    /// checks that they have been applied ([`check_migrated`]) and fails if
+    /// not. For a database role that may not change the schema; the
+    /// schema's owner migrates beforehand.
+    pub async fn connect_migrated(url: &str) -> Result<Self> {
+        let pool = connect_pool(url).await?;
+        check_migrated(&pool).await?;
+        Ok(Self::new(pool))
+    }
+
+    /// A store over an existing pool (migrations must have been applied).
+    /// Must be called inside a Tokio runtime: it starts the writer task.
+    pub fn new(pool: PgPool) -> Self {
+        Self::with_config(pool, PgStoreConfig::default())
+    }
+
+    /// A store with explicit settings.
+    pub fn with_config(pool: PgPool, config: PgStoreConfig) -> Self {
+        let (tx, rx) = mpsc::channel(16_384);
+        let shared = Arc::new(Shared {
+            head: watch::Sender::new(Position::START),
+            counters: Counters::default(),
+            listener_started: AtomicBool::new(false),
+            listening: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            landed: Notify::new(),
+        });
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..config.writers {
+            let writer = Writer::new(pool.clone(), Arc::clone(&shared), config.clone());
+            tokio::spawn(writer.run(Arc::clone(&rx)));
+        }
+        PgEventStore {
+            inner: Arc::new(PgInner {
+                pool,
+                jobs: tx,
+                shared,
+                config,
+            }),
+        }
+    }
+
+    /// The connection pool (for projections and admin queries).
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// A snapshot of the write-path counters.
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.inner.shared.counters;
+        StoreStats {
+            appends: c.appends.load(Ordering::Relaxed),
+            events: c.events.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            conflicts: c.conflicts.load(Ordering::Relaxed),
+            duplicates: c.duplicates.load(Ordering::Relaxed),
+            slow_lock_waits: c.slow_lock_waits.load(Ordering::Relaxed),
+            max_lock_wait_us: c.max_lock_wait_us.load(Ordering::Relaxed),
+            fallbacks: c.fallbacks.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl EventStore for PgEventStore {
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome> {
+        let append = validate(request, &self.inner.config.limits)?;
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .jobs
+            .send(Job {
+                append,
+                reply,
+                queued: Instant::now(),
+            })
+            .await
+            .map_err(|_| StoreError::backend("the store's writer task has stopped"))?;
+        rx.await
+            .map_err(|_| StoreError::backend("the store's writer task dropped the append"))?
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<EventEnvelope>> {
+        reads::read_stream(&self.inner.pool, stream_id, from_version, limit).await
+    }
+
+    async fn read_stream_raw(
+        &self,
+        stream_id: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<StreamEvent>> {
+        reads::read_stream_raw(&self.inner.pool, stream_id, from_version, limit).await
+    }
+
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<Vec<EventEnvelope>> {
+        reads::read_all(&self.inner.pool, after, limit, filter).await
+    }
+
+    async fn head(&self) -> Result<Position> {
+        let head = reads::head(&self.inner.pool).await?;
+        self.inner.shared.advance_head(head);
+        Ok(head)
+    }
+
+    async fn wait_for_head(&self, after: Position, max_wait: Duration) -> Result<Position> {
+        self.ensure_listener();
+        let mut rx = self.inner.shared.head.subscribe();
+        let current = self.inner.shared.listening.load(Ordering::Acquire);
+        if !current && *rx.borrow_and_update() <= after {
+            // The watch may lag the database (the listener is starting or
+            // reconnecting).
+            let head = self.head().await?;
+            if head > after {
+                return Ok(head);
+            }
+        }
+        let waited = tokio::time::timeout(max_wait, rx.wait_for(|h| *h > after)).await;
+        Ok(match waited {
+            Ok(Ok(head)) => *head,
+            _ => *self.inner.shared.head.borrow(),
+        })
+    }
+
+    async fn events_by_id(&self, ids: &[Uuid]) -> Result<Vec<EventEnvelope>> {
+        reads::events_by_id(&self.inner.pool, ids).await
+    }
+
+    async fn stream_version(&self, stream_id: &StreamId) -> Result<u64> {
+        reads::stream_version(&self.inner.pool, stream_id).await
+    }
+}

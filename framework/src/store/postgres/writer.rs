@@ -1,0 +1,623 @@
+//! The group-commit writer: tasks that take the waiting appends, write them
+//! under the append lock in one round trip or the locked transaction, and
+//! isolate an append whose data fails its group.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::plan::plan;
+use super::{Job, PgStoreConfig, Shared, NOTIFY_CHANNEL};
+use crate::envelope::{Position, StreamId};
+use crate::error::{InputError, Result, StoreError};
+use crate::store::{AppendOutcome, ExpectedVersion, StoredId};
+
+/// Binds a group's event columns as parameters `$1` to `$9`, the order both
+/// write paths use.
+macro_rules! bind_events {
+    ($query:expr, $c:expr) => {
+        $query
+            .bind(&$c.event_ids)
+            .bind(&$c.stream_ids)
+            .bind(&$c.stream_types)
+            .bind(&$c.versions)
+            .bind(&$c.event_types)
+            .bind(&$c.schema_versions)
+            .bind(&$c.payloads)
+            .bind(&$c.metadata)
+            .bind(&$c.recorded_at)
+    };
+}
+
+/// How long past a group's lock deadline the writer waits for Postgres's own
+/// `lock_timeout` before cancelling the statement itself.
+const CANCEL_GRACE: Duration = Duration::from_millis(250);
+
+/// The group-commit writer: one per store, owning one connection.
+pub(super) struct Writer {
+    pool: PgPool,
+    shared: Arc<Shared>,
+    config: PgStoreConfig,
+    conn: Option<(PgConnection, i32)>,
+    /// When the group being written has waited one `lock_timeout`, counted
+    /// from its oldest append's arrival. Every statement that takes the
+    /// append lock waits at most until then, so an append that queued
+    /// behind busy writers, or whose group fell back to the locked
+    /// transaction, still gets its answer within one `lock_timeout`.
+    deadline: Instant,
+}
+
+/// Per-append results of a batch, or the error that failed the whole batch.
+type BatchResult = std::result::Result<Vec<Result<AppendOutcome>>, sqlx::Error>;
+
+impl Writer {
+    /// A writer over its own connection to `pool`'s database (opened on
+    /// first use).
+    pub(super) fn new(pool: PgPool, shared: Arc<Shared>, config: PgStoreConfig) -> Self {
+        Writer {
+            pool,
+            shared,
+            config,
+            conn: None,
+            deadline: Instant::now(),
+        }
+    }
+
+    /// Gathers a group and writes it. Writers share the queue: while one
+    /// holds the append lock, the next gathers its group and has its
+    /// arguments parsed, then waits for the lock.
+    ///
+    /// A writer with nothing ahead of it sends at once. One that has a
+    /// group in flight ahead of it keeps gathering until its own group is
+    /// as large as that one, or that one is answered, or the group cap is
+    /// reached: it would wait for the lock anyway, and every append that
+    /// joins the group shares its lock turn and its commit instead of
+    /// taking one of its own.
+    pub(super) async fn run(mut self, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
+        let cap = self.config.max_batch_events;
+        loop {
+            let (batch, events) = {
+                let mut rx = rx.lock().await;
+                let Some(first) = rx.recv().await else { return };
+                let mut events = first.append.request.events.len();
+                let mut batch = vec![first];
+                loop {
+                    while events < cap {
+                        match rx.try_recv() {
+                            Ok(job) => {
+                                events += job.append.request.events.len();
+                                batch.push(job);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let landed = self.shared.landed.notified();
+                    tokio::pin!(landed);
+                    landed.as_mut().enable();
+                    let ahead = self.shared.in_flight.load(Ordering::Acquire);
+                    if events >= cap || ahead == 0 || events >= ahead {
+                        break;
+                    }
+                    tokio::select! {
+                        job = rx.recv() => match job {
+                            Some(job) => {
+                                events += job.append.request.events.len();
+                                batch.push(job);
+                            }
+                            None => break,
+                        },
+                        _ = &mut landed => {}
+                    }
+                }
+                self.shared.in_flight.fetch_add(events, Ordering::AcqRel);
+                (batch, events)
+            };
+            self.handle(batch).await;
+            self.shared.in_flight.fetch_sub(events, Ordering::AcqRel);
+            self.shared.landed.notify_waiters();
+        }
+    }
+
+    async fn handle(&mut self, batch: Vec<Job>) {
+        let oldest = batch.iter().map(|j| j.queued).min();
+        self.deadline = oldest.unwrap_or_else(Instant::now) + self.config.lock_timeout;
+        let results = self.write_isolating(&batch).await;
+        for (job, result) in batch.into_iter().zip(results) {
+            let _ = job.reply.send(result);
+        }
+    }
+
+    /// Writes a group so that one append's data cannot fail the others.
+    ///
+    /// A group's statement that fails on data (a value or constraint
+    /// Postgres refuses, see [`is_data_error`]) writes nothing, so its
+    /// appends can be written again: in two halves, in order, each halved
+    /// again while it fails, until the culprit stands alone and gets the
+    /// error. The others commit in their original order, each exactly once
+    /// (a half decides afresh, so a duplicate in a later half is answered
+    /// as one). Any other error (connection, lock timeout, server) fails
+    /// the part of the group it hit.
+    async fn write_isolating(&mut self, batch: &[Job]) -> Vec<Result<AppendOutcome>> {
+        let mut results: Vec<Option<Result<AppendOutcome>>> =
+            std::iter::repeat_with(|| None).take(batch.len()).collect();
+        // Ranges still to write; the last is next, so ranges run in order.
+        let mut todo: Vec<std::ops::Range<usize>> = Vec::new();
+        todo.push(0..batch.len());
+        while let Some(range) = todo.pop() {
+            let part = &batch[range.clone()];
+            match self.write(part).await {
+                Ok(written) => {
+                    for (slot, r) in results[range].iter_mut().zip(written) {
+                        *slot = Some(r);
+                    }
+                }
+                Err(e) if part.len() > 1 && is_data_error(&e) => {
+                    tracing::warn!(
+                        error = %e,
+                        appends = part.len(),
+                        "the data of one append failed its group; writing the group in halves"
+                    );
+                    let mid = range.start + part.len() / 2;
+                    todo.push(mid..range.end);
+                    todo.push(range.start..mid);
+                }
+                Err(e) => {
+                    let failed = self.batch_error(part, e);
+                    for (slot, r) in results[range].iter_mut().zip(failed) {
+                        *slot = Some(r);
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(StoreError::backend("append was not written"))))
+            .collect()
+    }
+
+    /// Maps an error that failed a whole batch to one error per append.
+    fn batch_error(&mut self, batch: &[Job], e: sqlx::Error) -> Vec<Result<AppendOutcome>> {
+        if let (Some(constraint), 1) = (violated(&e), batch.len()) {
+            let request = &batch[0].append.request;
+            match constraint {
+                "strata_events_event_id_key" => {
+                    return vec![Err(StoreError::EventIdReused {
+                        event_id: request.events[0].event_id,
+                    })]
+                }
+                "strata_events_stream_version_key" => {
+                    return vec![Err(StoreError::Conflict {
+                        stream_id: request.stream_id.clone(),
+                        expected: request.expected,
+                        actual: 0,
+                    })]
+                }
+                // A duplicate position means something appended without
+                // the lock: a broken invariant, reported as a backend error.
+                _ => {}
+            }
+        }
+        if batch.len() == 1 && is_data_error(&e) && !is_unique_violation(&e) {
+            // This append's own data, alone in its statement: refused for
+            // good, and the connection is fine.
+            tracing::warn!(error = %e, stream = %batch[0].append.request.stream_id, "the event store refused an append's data");
+            return vec![Err(InputError::RefusedByBackend {
+                reason: e.to_string(),
+            }
+            .into())];
+        }
+        tracing::error!(error = %e, appends = batch.len(), "event store append failed");
+        // The connection may be broken: start afresh next time.
+        self.conn = None;
+        let message = e.to_string();
+        batch
+            .iter()
+            .map(|_| Err(StoreError::backend(message.clone())))
+            .collect()
+    }
+
+    async fn connection(&mut self) -> std::result::Result<&mut (PgConnection, i32), sqlx::Error> {
+        if self.conn.is_none() {
+            let options: PgConnectOptions = (*self.pool.connect_options())
+                .clone()
+                .application_name("strata-writer")
+                .log_statements(tracing::log::LevelFilter::Trace);
+            let mut conn = PgConnection::connect_with(&options).await?;
+            let timeout_ms = self.config.lock_timeout.as_millis().max(1).to_string();
+            // Custom plans: a generic plan for `= ANY($1)` may scan the
+            // whole table while holding the append lock.
+            sqlx::query(
+                "SELECT set_config('lock_timeout', $1, false), \
+                        set_config('idle_in_transaction_session_timeout', $2, false), \
+                        set_config('plan_cache_mode', 'force_custom_plan', false)",
+            )
+            .bind(&timeout_ms)
+            .bind("60000")
+            .execute(&mut conn)
+            .await?;
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&mut conn)
+                .await?;
+            self.conn = Some((conn, pid));
+        }
+        Ok(self.conn.as_mut().expect("connection set above"))
+    }
+
+    /// Writes a group: in one round trip when every append names the
+    /// version it expects (the usual case), else, or when that finds the
+    /// streams moved or an id already stored, in the locked transaction.
+    async fn write(&mut self, batch: &[Job]) -> BatchResult {
+        let expectations_known = batch
+            .iter()
+            .all(|j| !matches!(j.append.request.expected, ExpectedVersion::Any));
+        if expectations_known {
+            match self.write_fast(batch).await {
+                Ok(Some(results)) => return Ok(results),
+                Ok(None) => {}
+                Err(e) if is_unique_violation(&e) => {}
+                Err(e) => return Err(e),
+            }
+            self.shared
+                .counters
+                .fallbacks
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.write_locked(batch).await
+    }
+
+    /// What is left of the group's one `lock_timeout`, as a `lock_timeout`
+    /// setting in milliseconds (at least 1: 0 would mean "wait forever").
+    fn lock_budget(&self) -> String {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        left.as_millis().max(1).to_string()
+    }
+
+    /// Runs `call`, a statement that takes the append lock, on the writer's
+    /// connection (`pid`). If it waits longer than the slow-lock threshold,
+    /// logs who holds the lock. If it is still running `CANCEL_GRACE` past
+    /// the group's deadline, cancels it from another connection.
+    ///
+    /// The statement's own `lock_timeout` is set to the group's budget, but
+    /// Postgres restarts that timer for each lock it waits for, and a writer
+    /// queued behind another waiter waits twice: for the tuple lock the
+    /// waiter ahead holds, then for the holder's transaction. The cancel
+    /// bounds the total. Returns the statement's result and whether the
+    /// cancel was sent (the caller then discards the connection: a cancel
+    /// that lands late must not hit a later statement).
+    async fn watch_lock<T>(
+        shared: &Shared,
+        pool: &PgPool,
+        pid: i32,
+        slow: Duration,
+        deadline: Instant,
+        call: impl std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
+    ) -> (std::result::Result<T, sqlx::Error>, bool) {
+        tokio::pin!(call);
+        let slow_timer = tokio::time::sleep(slow);
+        let cancel_timer = tokio::time::sleep_until((deadline + CANCEL_GRACE).into());
+        tokio::pin!(slow_timer, cancel_timer);
+        let (mut warned, mut cancelled) = (false, false);
+        loop {
+            tokio::select! {
+                r = &mut call => return (r, cancelled),
+                _ = &mut slow_timer, if !warned => {
+                    warned = true;
+                    shared.counters.slow_lock_waits.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(report_lock_holders(pool.clone(), pid));
+                }
+                _ = &mut cancel_timer, if !cancelled => {
+                    cancelled = true;
+                    if let Err(e) = sqlx::query("SELECT pg_cancel_backend($1)")
+                        .bind(pid)
+                        .execute(pool)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "could not cancel an append past its lock_timeout");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The error of a group whose wait for the append lock was cut short
+    /// by [`watch_lock`](Self::watch_lock)'s cancel.
+    fn lock_timed_out(&self) -> sqlx::Error {
+        sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "canceling statement due to lock timeout: the append lock was not granted \
+                 within lock_timeout ({:?}) of the append's arrival",
+                self.config.lock_timeout
+            ),
+        ))
+    }
+
+    /// The one-round-trip append: decide assuming each stream is at the
+    /// version its first append expects, then let `strata_append` take the
+    /// lock, check the assumption and write, in one autocommit call.
+    /// `Ok(None)` when the assumption was wrong (nothing written).
+    async fn write_fast(
+        &mut self,
+        batch: &[Job],
+    ) -> std::result::Result<Option<Vec<Result<AppendOutcome>>>, sqlx::Error> {
+        let mut assumed: HashMap<String, u64> = HashMap::new();
+        for job in batch {
+            let r = &job.append.request;
+            let v = match r.expected {
+                ExpectedVersion::Exact(v) => v,
+                ExpectedVersion::NoStream | ExpectedVersion::Any => 0,
+            };
+            assumed.entry(r.stream_id.to_string()).or_insert(v);
+        }
+        let (check_ids, check_versions): (Vec<&str>, Vec<i64>) =
+            assumed.iter().map(|(s, v)| (s.as_str(), *v as i64)).unzip();
+        let plan = plan(batch, assumed.clone(), HashMap::new(), 0);
+        let (s_ids, s_types, s_versions) = plan.stream_columns();
+        let slow = self.config.slow_lock_warning;
+        let pool = self.pool.clone();
+        let shared = Arc::clone(&self.shared);
+        let budget = self.lock_budget();
+        let deadline = self.deadline;
+        let (conn, pid) = self.connection().await?;
+        let pid = *pid;
+        let c = &plan.cols;
+        // The lock wait is bounded by what is left of the group's budget
+        // (`set_config` in a FROM subquery runs before the call, and is
+        // local to the call's transaction).
+        let call = sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT strata_append($1, $2, $3, $4, $5, $6, $7::text[]::jsonb[], \
+                    $8::text[]::jsonb[], $9, $10, $11, $12, $13, $14, $15) \
+               FROM (SELECT set_config('lock_timeout', $16, true)) AS budget",
+        );
+        let call = bind_events!(call, c)
+            .bind(&check_ids)
+            .bind(&check_versions)
+            .bind(&s_ids)
+            .bind(&s_types)
+            .bind(&s_versions)
+            .bind(NOTIFY_CHANNEL)
+            .bind(&budget)
+            .fetch_one(&mut *conn);
+        let started = Instant::now();
+        let (base, cancelled) = Self::watch_lock(&shared, &pool, pid, slow, deadline, call).await;
+        if cancelled {
+            // A cancel that lands late must not hit a later statement.
+            self.conn = None;
+            if base.is_err() {
+                return Err(self.lock_timed_out());
+            }
+        }
+        let base = base?;
+        shared
+            .counters
+            .max_lock_wait_us
+            .fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let Some(base) = base else { return Ok(None) };
+        let base = base as u64;
+        let results = plan
+            .results
+            .into_iter()
+            .map(|r| {
+                r.map(|mut o| {
+                    o.first_position = Position(o.first_position.0 + base);
+                    o.position = Position(o.position.0 + base);
+                    o
+                })
+            })
+            .collect();
+        shared.committed(&plan.tally, base);
+        Ok(Some(results))
+    }
+
+    /// The locked transaction: lock, read the streams' versions and any
+    /// stored ids, decide, write, commit (four round trips).
+    async fn write_locked(&mut self, batch: &[Job]) -> BatchResult {
+        let slow = self.config.slow_lock_warning;
+        let pool = self.pool.clone();
+        let shared = Arc::clone(&self.shared);
+        let budget = self.lock_budget();
+        let deadline = self.deadline;
+        let (conn, pid) = self.connection().await?;
+        let pid = *pid;
+        // 1. `BEGIN`, then the append lock, waiting at most what is left of
+        //    the group's budget (a fallback after the one-call path does
+        //    not start a second full wait). The lock is held until commit.
+        let started = Instant::now();
+        let mut tx = conn.begin().await?;
+        let lock = sqlx::query(
+            "SELECT 1 FROM strata_head, (SELECT set_config('lock_timeout', $1, true)) AS budget \
+              WHERE id = 1 FOR UPDATE OF strata_head",
+        )
+        .bind(&budget)
+        .execute(&mut *tx);
+        let (locked, cancelled) = Self::watch_lock(&shared, &pool, pid, slow, deadline, lock).await;
+        if cancelled {
+            // Past the deadline either way; a cancel that lands late would
+            // hit the statements below. Dropping the connection rolls back.
+            drop(tx);
+            self.conn = None;
+            return Err(self.lock_timed_out());
+        }
+        locked?;
+        shared
+            .counters
+            .max_lock_wait_us
+            .fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+
+        let stream_ids: Vec<&str> = batch
+            .iter()
+            .map(|j| j.append.request.stream_id.as_str())
+            .collect();
+        let event_ids: Vec<Uuid> = batch
+            .iter()
+            .flat_map(|j| j.append.request.events.iter().map(|e| e.event_id))
+            .collect();
+        // 2. The head, current versions and existing ids. Under the lock,
+        //    this statement's snapshot sees every committed append.
+        let rows = sqlx::query(
+            "SELECT NULL::text AS stream_id, position AS version, NULL::uuid AS event_id, \
+                    NULL::bigint AS position FROM strata_head WHERE id = 1 \
+             UNION ALL \
+             SELECT stream_id, version, NULL, NULL \
+               FROM strata_streams WHERE stream_id = ANY($1) \
+             UNION ALL \
+             SELECT stream_id, stream_version, event_id, position \
+               FROM strata_events WHERE event_id = ANY($2)",
+        )
+        .bind(&stream_ids)
+        .bind(&event_ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut versions: HashMap<String, u64> = HashMap::new();
+        let mut existing: HashMap<Uuid, StoredId> = HashMap::new();
+        let mut head: Option<i64> = None;
+        for row in &rows {
+            let version: i64 = row.try_get(1)?;
+            let Some(stream_id) = row.try_get::<Option<String>, _>(0)? else {
+                head = Some(version);
+                continue;
+            };
+            match row.try_get::<Option<Uuid>, _>(2)? {
+                None => {
+                    versions.insert(stream_id, version as u64);
+                }
+                Some(event_id) => {
+                    let position: i64 = row.try_get::<Option<i64>, _>(3)?.unwrap_or(0);
+                    let Ok(stream_id) = StreamId::new(stream_id) else {
+                        continue;
+                    };
+                    existing.insert(
+                        event_id,
+                        StoredId {
+                            stream_id,
+                            stream_version: version as u64,
+                            position: Position(position as u64),
+                        },
+                    );
+                }
+            }
+        }
+
+        // 3. Decide each append in order, as if they ran one after another.
+        let head = head.ok_or_else(|| sqlx::Error::RowNotFound)? as u64;
+        let plan = plan(batch, versions, existing, head);
+
+        // 4. One statement writes everything.
+        if !plan.cols.positions.is_empty() {
+            let (s_ids, s_types, s_versions) = plan.stream_columns();
+            let c = &plan.cols;
+            let next = head + c.positions.len() as u64;
+            let insert = sqlx::query(
+                "WITH new_events AS ( \
+                   INSERT INTO strata_events (position, event_id, stream_id, stream_type, \
+                     stream_version, event_type, schema_version, payload, metadata, recorded_at) \
+                   SELECT p, e, s, st, v, et, sv, pl::jsonb, md::jsonb, COALESCE(ra, clock_timestamp()) \
+                   FROM UNNEST($10::bigint[], $1::uuid[], $2::text[], $3::text[], $4::bigint[], \
+                               $5::text[], $6::int[], $7::text[], $8::text[], $9::timestamptz[]) \
+                     AS t(p, e, s, st, v, et, sv, pl, md, ra) \
+                   RETURNING 1), \
+                 streams AS ( \
+                   INSERT INTO strata_streams (stream_id, stream_type, version) \
+                   SELECT * FROM UNNEST($11::text[], $12::text[], $13::bigint[]) \
+                   ON CONFLICT (stream_id) DO UPDATE SET version = EXCLUDED.version \
+                   RETURNING 1), \
+                 head AS (UPDATE strata_head SET position = $14 WHERE id = 1 RETURNING 1) \
+                 SELECT pg_notify($15, $14::text)",
+            );
+            bind_events!(insert, c)
+                .bind(&c.positions)
+                .bind(&s_ids)
+                .bind(&s_types)
+                .bind(&s_versions)
+                .bind(next as i64)
+                .bind(NOTIFY_CHANNEL)
+                .execute(&mut *tx)
+                .await?;
+        }
+
+        // 5. Commit, which releases the lock.
+        tx.commit().await?;
+        shared.committed(&plan.tally, 0);
+        Ok(plan.results)
+    }
+}
+
+/// True when a statement failed on the data it was given: a value or a
+/// constraint Postgres refuses (SQLSTATE classes 22 "data exception" and 23
+/// "integrity constraint violation"), a backend limit (54), or a trigger
+/// that raised (P0001). The statement wrote nothing and the connection is
+/// fine; the same data fails again. Connection errors, lock timeouts (55P03)
+/// and server trouble are not data errors.
+fn is_data_error(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| {
+            c.starts_with("22") || c.starts_with("23") || c.starts_with("54") || c == "P0001"
+        })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.is_unique_violation())
+}
+
+/// The unique constraint an error violated, if any.
+fn violated(e: &sqlx::Error) -> Option<&str> {
+    e.as_database_error()
+        .filter(|d| d.is_unique_violation())
+        .and_then(|d| d.constraint())
+}
+
+/// Logs the sessions that hold up the append lock: the failure mode of a
+/// serialised append is a stuck transaction holding it.
+///
+/// Waiters queue behind each other: `pg_blocking_pids` of a waiting writer
+/// names the waiter ahead of it, often another Strata writer. So this walks
+/// the chain of blockers from `waiting_pid` and names the sessions at its
+/// head, those that are not waiting for anyone themselves: the ones that
+/// hold the lock.
+async fn report_lock_holders(pool: PgPool, waiting_pid: i32) {
+    let rows = sqlx::query(
+        "WITH RECURSIVE chain(pid) AS ( \
+             SELECT unnest(pg_blocking_pids($1)) \
+           UNION \
+             SELECT b.pid FROM chain c CROSS JOIN LATERAL unnest(pg_blocking_pids(c.pid)) AS b(pid) \
+         ) \
+         SELECT pid, usename::text, application_name, state, \
+                EXTRACT(EPOCH FROM now() - xact_start)::float8 AS xact_seconds, \
+                left(query, 200) AS query \
+           FROM pg_stat_activity \
+          WHERE pid IN (SELECT pid FROM chain) AND pid <> $1 \
+            AND cardinality(pg_blocking_pids(pid)) = 0",
+    )
+    .bind(waiting_pid)
+    .fetch_all(&pool)
+    .await;
+    match rows {
+        Ok(rows) if rows.is_empty() => tracing::warn!(
+            waiting_pid,
+            "append lock is slow; its holder was gone (or still waiting itself) when looked up"
+        ),
+        Ok(rows) => {
+            for r in rows {
+                tracing::warn!(
+                    holder_pid = r.try_get::<i32, _>("pid").unwrap_or_default(),
+                    waiting_pid,
+                    user = r.try_get::<Option<String>, _>("usename").ok().flatten().unwrap_or_default(),
+                    application = r.try_get::<Option<String>, _>("application_name").ok().flatten().unwrap_or_default(),
+                    state = r.try_get::<Option<String>, _>("state").ok().flatten().unwrap_or_default(),
+                    transaction_seconds = r.try_get::<Option<f64>, _>("xact_seconds").ok().flatten().unwrap_or_default(),
+                    query = r.try_get::<Option<String>, _>("query").ok().flatten().unwrap_or_default(),
+                    "append lock held up by another session; appends wait until it ends or lock_timeout"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "append lock is slow; could not look up the holder"),
+    }
+}
