@@ -49,7 +49,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use uuid::Uuid;
@@ -69,14 +69,64 @@ use writer::Writer;
 /// The channel followers `LISTEN` on; the payload is the new head position.
 pub const NOTIFY_CHANNEL: &str = "strata_events";
 
-/// The store's pool on `url`.
+/// A pooled connection idle at least this long is checked with a round
+/// trip before it is handed out; one in use more recently is not.
+const PING_IF_IDLE: Duration = Duration::from_secs(30);
+
+/// The store's pool on `url` (see [`connect_options`]).
+///
+/// sqlx checks every connection with a round trip each time it leaves the
+/// pool by default, which doubles the round trips of short statements;
+/// here only a connection idle for [`PING_IF_IDLE`] is checked, and one
+/// that broke while in use fails its statement (a backend error the
+/// callers retry) and is dropped.
 async fn connect_pool(url: &str) -> Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(16)
         .acquire_timeout(Duration::from_secs(10))
-        .connect(url)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
+        .connect_with(connect_options(url)?)
         .await
         .map_err(StoreError::backend)
+}
+
+/// The connection settings of `url`, as written, but for one default: a
+/// server on this machine (`localhost`, `127.0.0.0/8`, `::1`) is reached
+/// without TLS unless the URL (`sslmode=`) or `PGSSLMODE` asks for it.
+/// sqlx's own default, `prefer`, encrypts wherever the server offers TLS,
+/// loopback included, where it protects nothing and costs both ends a
+/// share of every statement. Any other host keeps sqlx's defaults.
+pub fn connect_options(url: &str) -> Result<PgConnectOptions> {
+    let options: PgConnectOptions = url.parse().map_err(StoreError::backend)?;
+    let mode_named = url
+        .split_once('?')
+        .map(|(_, query)| {
+            query.split('&').any(|param| {
+                let key = param.split('=').next().unwrap_or("");
+                key.eq_ignore_ascii_case("sslmode") || key.eq_ignore_ascii_case("ssl-mode")
+            })
+        })
+        .unwrap_or(false);
+    if mode_named || std::env::var_os("PGSSLMODE").is_some() || !is_loopback(options.get_host()) {
+        return Ok(options);
+    }
+    Ok(options.ssl_mode(PgSslMode::Disable))
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Settings of the Postgres store.
@@ -380,5 +430,45 @@ impl EventStore for PgEventStore {
 
     async fn stream_version(&self, stream_id: &StreamId) -> Result<u64> {
         reads::stream_version(&self.inner.pool, stream_id).await
+    }
+}
+
+#[cfg(test)]
+mod connect_tests {
+    use super::*;
+
+    fn mode(url: &str) -> PgSslMode {
+        connect_options(url).unwrap().get_ssl_mode()
+    }
+
+    #[test]
+    fn loopback_servers_go_without_tls_unless_asked() {
+        if std::env::var_os("PGSSLMODE").is_some() {
+            return; // the environment decides; nothing of ours to check
+        }
+        for url in [
+            "postgres://u@127.0.0.1:5432/db",
+            "postgres://u@localhost/db",
+            "postgres://u@[::1]:5432/db",
+            "postgres://u@127.0.0.2/db?application_name=x",
+        ] {
+            assert!(matches!(mode(url), PgSslMode::Disable), "{url}");
+        }
+        assert!(matches!(
+            mode("postgres://u@127.0.0.1/db?sslmode=require"),
+            PgSslMode::Require
+        ));
+        assert!(matches!(
+            mode("postgres://u@localhost/db?application_name=x&sslmode=verify-full"),
+            PgSslMode::VerifyFull
+        ));
+        assert!(matches!(
+            mode("postgres://u@db.internal/db"),
+            PgSslMode::Prefer
+        ));
+        assert!(matches!(
+            mode("postgres://u@10.0.0.7/db"),
+            PgSslMode::Prefer
+        ));
     }
 }
