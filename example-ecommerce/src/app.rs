@@ -248,6 +248,27 @@ impl<S: EventStore> Shop<S> {
             .map_err(|e| command_error(e, rule))
     }
 
+    /// Runs a catalog command on `sku`'s product, timed as `kind`.
+    async fn product_command(
+        &self,
+        kind: &str,
+        sku: &str,
+        command: ProductCommand,
+        ctx: CommandContext,
+    ) -> Result<CommandOutcome, ShopError> {
+        self.timed(kind, async {
+            let stream = product_stream(sku)?;
+            if let Some(first) = Self::repeat(&self.products, &stream, &ctx, product_rule).await? {
+                return Ok(first);
+            }
+            self.products
+                .handle(stream, command, ctx)
+                .await
+                .map_err(|e| command_error(e, product_rule))
+        })
+        .await
+    }
+
     /// Registers a product.
     pub async fn register_product(
         &self,
@@ -256,22 +277,13 @@ impl<S: EventStore> Shop<S> {
         price_cents: i64,
         ctx: CommandContext,
     ) -> Result<CommandOutcome, ShopError> {
-        self.timed("register_product", async {
-            let stream = product_stream(sku)?;
-            if let Some(first) = Self::repeat(&self.products, &stream, &ctx, product_rule).await? {
-                return Ok(first);
-            }
-            let command = ProductCommand::Register {
-                sku: sku.to_owned(),
-                name: name.to_owned(),
-                price_cents,
-            };
-            self.products
-                .handle(stream, command, ctx)
-                .await
-                .map_err(|e| command_error(e, product_rule))
-        })
-        .await
+        let command = ProductCommand::Register {
+            sku: sku.to_owned(),
+            name: name.to_owned(),
+            price_cents,
+        };
+        self.product_command("register_product", sku, command, ctx)
+            .await
     }
 
     /// Changes a product's price.
@@ -281,17 +293,9 @@ impl<S: EventStore> Shop<S> {
         price_cents: i64,
         ctx: CommandContext,
     ) -> Result<CommandOutcome, ShopError> {
-        self.timed("change_price", async {
-            let stream = product_stream(sku)?;
-            if let Some(first) = Self::repeat(&self.products, &stream, &ctx, product_rule).await? {
-                return Ok(first);
-            }
-            self.products
-                .handle(stream, ProductCommand::ChangePrice { price_cents }, ctx)
-                .await
-                .map_err(|e| command_error(e, product_rule))
-        })
-        .await
+        let command = ProductCommand::ChangePrice { price_cents };
+        self.product_command("change_price", sku, command, ctx)
+            .await
     }
 
     /// Discontinues a product.
@@ -300,17 +304,8 @@ impl<S: EventStore> Shop<S> {
         sku: &str,
         ctx: CommandContext,
     ) -> Result<CommandOutcome, ShopError> {
-        self.timed("discontinue", async {
-            let stream = product_stream(sku)?;
-            if let Some(first) = Self::repeat(&self.products, &stream, &ctx, product_rule).await? {
-                return Ok(first);
-            }
-            self.products
-                .handle(stream, ProductCommand::Discontinue, ctx)
-                .await
-                .map_err(|e| command_error(e, product_rule))
-        })
-        .await
+        self.product_command("discontinue", sku, ProductCommand::Discontinue, ctx)
+            .await
     }
 
     /// Adds stock of a registered product.

@@ -10,8 +10,7 @@ use axum::http::{Request, StatusCode};
 use axum::Router;
 use example_ecommerce::app::Shop;
 use example_ecommerce::domain::payment::PaymentGateway;
-use example_ecommerce::http::{command_router, query_router, Ops, QueryState, POSITION_HEADER};
-use example_ecommerce::identity::DemoIdentity;
+use example_ecommerce::http::{command_router, query_router, QueryState, POSITION_HEADER};
 use example_ecommerce::metrics::Metrics;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -20,19 +19,9 @@ use strata::{
 };
 use tower::ServiceExt;
 
-fn ops() -> Ops {
-    Ops {
-        metrics: Arc::new(Metrics::default()),
-        health: Arc::new(|| Box::pin(async { vec![("database", true)] })),
-        gauges: Arc::new(Vec::new),
-    }
-}
+mod support;
 
-/// The tests' token issuer (one per test binary).
-fn identity() -> &'static DemoIdentity {
-    static ISSUER: std::sync::OnceLock<DemoIdentity> = std::sync::OnceLock::new();
-    ISSUER.get_or_init(DemoIdentity::generate)
-}
+use support::{identity, ops};
 
 /// Requests without an `Authorization` header are sent as `ada`, who here
 /// holds every role: these tests are about input, positions and keys;
@@ -534,16 +523,17 @@ async fn confirmed_order<S: EventStore>(store: S) -> (Shop<S>, Router, uuid::Uui
         Arc::new(Metrics::default()),
     );
     let router = as_ada_by_default(command_router(shop.clone(), ops(), identity().auth()));
-    for (path, body) in [
-        (
-            "/products",
-            r#"{"sku":"MUG-01","name":"Mug","price_cents":1250}"#,
-        ),
-        ("/inventory/MUG-01/restock", r#"{"quantity":5}"#),
-    ] {
-        let (s, _, _) = call(&router, post(path, body)).await;
-        assert_eq!(s, StatusCode::CREATED);
-    }
+    created(
+        &router,
+        &[
+            (
+                "/products",
+                r#"{"sku":"MUG-01","name":"Mug","price_cents":1250}"#,
+            ),
+            ("/inventory/MUG-01/restock", r#"{"quantity":5}"#),
+        ],
+    )
+    .await;
     let (s, _, placed) = call(
         &router,
         post("/orders", r#"{"lines":[{"sku":"MUG-01","quantity":2}]}"#),
@@ -562,6 +552,14 @@ async fn confirmed_order<S: EventStore>(store: S) -> (Shop<S>, Router, uuid::Uui
         .await
         .unwrap();
     (shop, router, order_id)
+}
+
+/// POSTs each (path, body) in turn; each must answer 201.
+async fn created(router: &Router, requests: &[(&str, &str)]) {
+    for (path, body) in requests {
+        let (s, _, _) = call(router, post(path, body)).await;
+        assert_eq!(s, StatusCode::CREATED, "POST {path}");
+    }
 }
 
 fn pay(order_id: uuid::Uuid, key: Option<&str>) -> Request<Body> {
@@ -743,20 +741,21 @@ async fn a_client_key_cannot_spend_a_process_manager_command_id() {
         Arc::new(Metrics::default()),
     );
     let router = as_ada_by_default(command_router(shop.clone(), ops(), identity().auth()));
-    for (path, body) in [
-        (
-            "/products",
-            r#"{"sku":"MUG-01","name":"Mug","price_cents":1250}"#,
-        ),
-        (
-            "/products",
-            r#"{"sku":"HAT-01","name":"Hat","price_cents":900}"#,
-        ),
-        ("/inventory/MUG-01/restock", r#"{"quantity":5}"#),
-    ] {
-        let (s, _, _) = call(&router, post(path, body)).await;
-        assert_eq!(s, StatusCode::CREATED);
-    }
+    created(
+        &router,
+        &[
+            (
+                "/products",
+                r#"{"sku":"MUG-01","name":"Mug","price_cents":1250}"#,
+            ),
+            (
+                "/products",
+                r#"{"sku":"HAT-01","name":"Hat","price_cents":900}"#,
+            ),
+            ("/inventory/MUG-01/restock", r#"{"quantity":5}"#),
+        ],
+    )
+    .await;
     let (s, _, placed) = call(
         &router,
         Request::post("/orders")
