@@ -76,24 +76,26 @@ async fn assert_stored_is_fold<P: Projection>(
 }
 
 /// The shop as separate processes on a fresh database and stream, healthy.
-async fn start_shop(
-    db: &strata::testing::TestDatabase,
-    cfg: &strata::nats::StreamConfig,
-) -> ShopProcesses {
+async fn start_shop() -> (
+    strata::testing::TestDatabase,
+    strata::nats::StreamConfig,
+    ShopProcesses,
+) {
+    let db = test_database().await;
+    let cfg = unique_stream();
     let env = ShopEnv {
         db_url: db.url.clone(),
         stream: cfg.clone(),
         issuer_dir: identity().1.clone(),
         no_migrate: false,
     };
-    ShopProcesses::start(env, &client()).await
+    let shop = ShopProcesses::start(env, &client()).await;
+    (db, cfg, shop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn separate_processes_survive_kills_and_views_equal_a_fold() {
-    let db = test_database().await;
-    let cfg = unique_stream();
-    let mut shop = start_shop(&db, &cfg).await;
+    let (db, cfg, mut shop) = start_shop().await;
     let (cmd, query) = (shop.cmd.clone(), shop.query.clone());
     let http = client();
 
@@ -285,9 +287,7 @@ async fn rebuilding_every_view_while_the_shop_runs_fails_no_reader() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
 
-    let db = test_database().await;
-    let cfg = unique_stream();
-    let shop = start_shop(&db, &cfg).await;
+    let (db, cfg, shop) = start_shop().await;
     let (cmd, query) = (shop.cmd.clone(), shop.query.clone());
     let http = client();
 
@@ -541,9 +541,7 @@ async fn rebuilding_every_view_while_the_shop_runs_fails_no_reader() {
 /// did it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_decide_who_may_do_what_across_the_processes() {
-    let db = test_database().await;
-    let cfg = unique_stream();
-    let shop = start_shop(&db, &cfg).await;
+    let (db, _cfg, shop) = start_shop().await;
     let (cmd, query) = (shop.cmd.clone(), shop.query.clone());
     let staff = client();
     let (s, _) = post(

@@ -269,6 +269,20 @@ impl<S: EventStore> Shop<S> {
         .await
     }
 
+    /// The product `sku` as it stands; `NotFound` if it was never
+    /// registered.
+    async fn registered_product(&self, sku: &str) -> Result<Product, ShopError> {
+        let (product, version) = self
+            .products
+            .load(&product_stream(sku)?)
+            .await
+            .map_err(|e| command_error(e, product_rule))?;
+        if version == 0 {
+            return Err(ShopError::NotFound(format!("unknown sku {sku}")));
+        }
+        Ok(product)
+    }
+
     /// Registers a product.
     pub async fn register_product(
         &self,
@@ -322,15 +336,7 @@ impl<S: EventStore> Shop<S> {
             {
                 return Ok(first);
             }
-            let (product, version) = self
-                .products
-                .load(&product_stream(sku)?)
-                .await
-                .map_err(|e| command_error(e, product_rule))?;
-            if version == 0 {
-                return Err(ShopError::NotFound(format!("unknown sku {sku}")));
-            }
-            drop(product);
+            self.registered_product(sku).await?;
             self.inventory
                 .handle(
                     stream,
@@ -361,15 +367,7 @@ impl<S: EventStore> Shop<S> {
             }
             let mut priced = Vec::with_capacity(lines.len());
             for line in lines {
-                let stream = product_stream(&line.sku)?;
-                let (product, version) = self
-                    .products
-                    .load(&stream)
-                    .await
-                    .map_err(|e| command_error(e, product_rule))?;
-                if version == 0 {
-                    return Err(ShopError::NotFound(format!("unknown sku {}", line.sku)));
-                }
+                let product = self.registered_product(&line.sku).await?;
                 if product.status() == crate::domain::catalog::ProductStatus::Discontinued {
                     return Err(ShopError::Rule(format!("{} is discontinued", line.sku)));
                 }

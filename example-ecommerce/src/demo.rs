@@ -213,6 +213,16 @@ impl Client {
     }
 }
 
+/// The elements of a JSON array (none if it is not one).
+fn rows(v: &Value) -> Vec<Value> {
+    v.as_array().cloned().unwrap_or_default()
+}
+
+/// Cents as units with two decimals (`1250` → `12.50`).
+fn money(cents: &Value) -> String {
+    format!("{:.2}", cents.as_f64().unwrap_or(0.0) / 100.0)
+}
+
 fn position(v: &Value) -> u64 {
     v["position"].as_u64().unwrap_or(0)
 }
@@ -437,16 +447,12 @@ async fn summary<S: EventStore>(
         "  {:<8} {:<20} {:>8} {:>8} {:>9}",
         "sku", "name", "price", "on hand", "available"
     );
-    for p in get("/products").await?["data"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
+    for p in rows(&get("/products").await?["data"]) {
         println!(
             "  {:<8} {:<20} {:>8} {:>8} {:>9}",
             p["sku"].as_str().unwrap_or(""),
             p["name"].as_str().unwrap_or(""),
-            format!("{:.2}", p["price_cents"].as_f64().unwrap_or(0.0) / 100.0),
+            money(&p["price_cents"]),
             p["on_hand"].to_string(),
             p["available"].to_string()
         );
@@ -454,21 +460,17 @@ async fn summary<S: EventStore>(
     println!("\n== View: orders by customer (GET /customers/{{id}}/orders)");
     for who in ["ada", "bob", "cy", "dee"] {
         let v = get(&format!("/customers/{who}/orders")).await?;
-        for o in v["data"]["orders"].as_array().cloned().unwrap_or_default() {
+        for o in rows(&v["data"]["orders"]) {
             println!(
                 "  {who:<4} {} {:<10} {:>8}",
                 o["order_id"].as_str().unwrap_or("").get(..8).unwrap_or(""),
                 o["status"].as_str().unwrap_or(""),
-                format!("{:.2}", o["total_cents"].as_f64().unwrap_or(0.0) / 100.0)
+                money(&o["total_cents"])
             );
         }
     }
     println!("\n== View: low stock (GET /low-stock)");
-    for l in get("/low-stock").await?["data"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
+    for l in rows(&get("/low-stock").await?["data"]) {
         println!(
             "  {:<8} available {}",
             l["sku"].as_str().unwrap_or(""),
@@ -476,17 +478,13 @@ async fn summary<S: EventStore>(
         );
     }
     println!("\n== View: sales dashboard (GET /dashboard)");
-    for d in get("/dashboard").await?["data"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
+    for d in rows(&get("/dashboard").await?["data"]) {
         println!(
             "  {} {:<8} units {:>3}  revenue {:>8}",
             d["day"].as_str().unwrap_or(""),
             d["sku"].as_str().unwrap_or(""),
             d["units"].to_string(),
-            format!("{:.2}", d["revenue_cents"].as_f64().unwrap_or(0.0) / 100.0)
+            money(&d["revenue_cents"])
         );
     }
     Ok(())

@@ -45,13 +45,16 @@ fn as_ada_by_default(router: Router) -> Router {
     ))
 }
 
+/// The shop over `store`, charging through `gateway`, and its command
+/// API (as Ada by default).
+fn shop_api<S: EventStore>(store: S, gateway: PaymentGateway) -> (Shop<S>, Router) {
+    let shop = Shop::new(store, gateway, Arc::new(Metrics::default()));
+    let router = as_ada_by_default(command_router(shop.clone(), ops(), identity().auth()));
+    (shop, router)
+}
+
 fn commands(store: &InMemoryEventStore) -> Router {
-    let shop = Shop::new(
-        store.clone(),
-        PaymentGateway::always_accepting(),
-        Arc::new(Metrics::default()),
-    );
-    as_ada_by_default(command_router(shop, ops(), identity().auth()))
+    shop_api(store.clone(), PaymentGateway::always_accepting()).1
 }
 
 /// The query API over `reader`, with an in-process change feed.
@@ -517,12 +520,10 @@ fn urlencode(s: &str) -> String {
 /// is not running: the reservation is recorded directly.
 async fn confirmed_order<S: EventStore>(store: S) -> (Shop<S>, Router, uuid::Uuid) {
     use example_ecommerce::domain::order::OrderCommand;
-    let shop = Shop::new(
+    let (shop, router) = shop_api(
         store,
         PaymentGateway::new(0.0, Duration::from_millis(20), 1),
-        Arc::new(Metrics::default()),
     );
-    let router = as_ada_by_default(command_router(shop.clone(), ops(), identity().auth()));
     created(
         &router,
         &[
@@ -735,12 +736,7 @@ async fn a_client_key_cannot_spend_a_process_manager_command_id() {
     use example_ecommerce::domain::inventory::InventoryCommand;
     use strata::CommandSender;
     let store = InMemoryEventStore::new();
-    let shop = Shop::new(
-        store.clone(),
-        PaymentGateway::always_accepting(),
-        Arc::new(Metrics::default()),
-    );
-    let router = as_ada_by_default(command_router(shop.clone(), ops(), identity().auth()));
+    let (shop, router) = shop_api(store.clone(), PaymentGateway::always_accepting());
     created(
         &router,
         &[
