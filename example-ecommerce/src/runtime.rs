@@ -86,7 +86,7 @@ impl Statuses {
             .collect()
     }
 
-    /// [`Statuses::samples`] as a gauge source for [`Ops`].
+    /// [`Statuses::samples`] as a gauge source for [`Ops`](crate::http::Ops).
     pub fn gauges(&self) -> GaugeSource {
         let statuses = self.clone();
         Arc::new(move || statuses.samples())
