@@ -2,39 +2,25 @@
 //! into an empty database → verify, rebuilt views equal the originals.
 //! Output is pinned by insta snapshots.
 
-use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
-use example_ecommerce::app::{LineRequest, Shop};
-use example_ecommerce::domain::payment::PaymentGateway;
-use example_ecommerce::metrics::Metrics;
-use example_ecommerce::runtime::{spawn_fulfilment, spawn_projectors, Statuses};
+use example_ecommerce::app::LineRequest;
 use serde_json::Value;
-use strata::testing::{nats_url, test_database, unique_stream, wait_until};
+use strata::testing::{test_database, unique_stream, wait_until};
 use strata::{
-    CancellationToken, ChangeFeed, CommandContext, EventStore, InProcessBus, PgEventStore,
-    PgViewStore, Relay, ViewId, ViewStore,
+    ChangeFeed, CommandContext, EventStore, InProcessBus, PgEventStore, PgViewStore, Relay, ViewId,
+    ViewStore,
 };
 use uuid::Uuid;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ecommerce");
+#[path = "../example-ecommerce/tests/support/mod.rs"]
+mod support;
+
+use example_ecommerce::runtime::VIEWS;
+use support::InProcessShop;
 
 fn admin(db_url: &str, stream: &strata::nats::StreamConfig, args: &[&str]) -> (i32, String) {
-    let out = Command::new(BIN)
-        .arg("admin")
-        .args([
-            "--stream",
-            &stream.stream,
-            "--subject-prefix",
-            &stream.prefix,
-        ])
-        .args(args)
-        .env("DATABASE_URL", db_url)
-        .env("NATS_URL", nats_url())
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("run ecommerce admin");
+    let out = support::admin(db_url, stream, args);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         eprintln!(
@@ -44,14 +30,6 @@ fn admin(db_url: &str, stream: &strata::nats::StreamConfig, args: &[&str]) -> (i
     }
     (out.status.code().unwrap_or(-1), stdout)
 }
-
-const VIEWS: [&str; 5] = [
-    "catalog",
-    "order_details",
-    "customer_orders",
-    "low_stock",
-    "sales_dashboard",
-];
 
 async fn all_docs(views: &PgViewStore) -> Vec<(String, Vec<(String, Value)>)> {
     let mut out = Vec::new();
@@ -77,22 +55,12 @@ async fn admin_cli_export_import_verify_rebuild() {
     let store = PgEventStore::new(db.pool.clone());
     let views = PgViewStore::new(db.pool.clone());
     let bus = InProcessBus::new(store.clone());
-    let shop = Shop::new(
-        store.clone(),
-        PaymentGateway::always_accepting(),
-        Arc::new(Metrics::default()),
-    );
-    let shutdown = CancellationToken::new();
-    let statuses = Statuses::default();
-    let mut tasks = spawn_projectors(
-        &[],
-        &bus,
-        &views,
-        &ChangeFeed::in_process(),
-        &statuses,
-        &shutdown,
-    );
-    tasks.push(spawn_fulfilment(&shop, &bus, &views, &statuses, &shutdown));
+    let InProcessShop {
+        shop,
+        statuses,
+        shutdown,
+        mut tasks,
+    } = InProcessShop::start(&store, &bus, &views, &ChangeFeed::in_process(), &[]);
     let client = strata::testing::nats_client().await;
     tasks.push(tokio::spawn(
         Relay::new(store.clone(), views.clone(), client.clone(), cfg.clone()).run(shutdown.clone()),

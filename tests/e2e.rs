@@ -5,8 +5,7 @@
 //! equals a fresh fold of the store.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use example_ecommerce::identity::DemoIdentity;
@@ -20,100 +19,23 @@ use strata::{
     ViewId, ViewStore,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_ecommerce");
+#[path = "../example-ecommerce/tests/support/mod.rs"]
+mod support;
+
+use support::{admin, dev_issuer, staff_client, ShopEnv, ShopProcesses, BIN};
 
 /// The development issuer the shop's APIs trust in these tests: made
 /// once, kept in a folder the processes read (`STRATA_DEV_ISSUER`).
 fn identity() -> &'static (DemoIdentity, std::path::PathBuf) {
     static ISSUER: std::sync::OnceLock<(DemoIdentity, std::path::PathBuf)> =
         std::sync::OnceLock::new();
-    ISSUER.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("strata-e2e-issuer-{}", uuid::Uuid::new_v4()));
-        let identity = DemoIdentity::load_or_generate(&dir).expect("a development issuer");
-        (identity, dir)
-    })
+    ISSUER.get_or_init(|| dev_issuer("e2e"))
 }
 
 /// An HTTP client that acts as staff and operator unless a request says
 /// otherwise (orders are sent as their customer, see [`post`]).
 fn client() -> reqwest::Client {
-    let bearer = format!(
-        "Bearer {}",
-        identity().0.token("e2e-staff", &["staff", "operator"])
-    );
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(reqwest::header::AUTHORIZATION, bearer.parse().unwrap());
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process killed when dropped.
-struct Proc {
-    name: String,
-    child: Child,
-}
-
-impl Proc {
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-struct Env {
-    db_url: String,
-    stream: String,
-    prefix: String,
-}
-
-impl Env {
-    fn start(&self, name: &str, args: &[&str]) -> Proc {
-        let child = Command::new(BIN)
-            .args(args)
-            .args(["--stream", &self.stream, "--subject-prefix", &self.prefix])
-            .env("DATABASE_URL", &self.db_url)
-            .env("STRATA_DEV_ISSUER", &identity().1)
-            .env("NATS_URL", nats_url())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Proc {
-            name: name.to_owned(),
-            child,
-        }
-    }
-}
-
-async fn wait_healthy(http: &reqwest::Client, base: &str) {
-    wait_until(
-        Duration::from_secs(60),
-        &format!("{base}/health"),
-        || async {
-            http.get(format!("{base}/health"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        },
-    )
-    .await;
+    staff_client(&identity().0, "e2e-staff")
 }
 
 /// POSTs `body`; an order's `customer_id` is taken out of the body and
@@ -142,64 +64,38 @@ async fn stored(views: &PgViewStore, name: &str) -> BTreeMap<String, Value> {
         .collect()
 }
 
-fn folded<P: Projection>(p: P, events: &[strata::EventEnvelope]) -> BTreeMap<String, Value> {
-    ProjectionTest::new(p).given(events.to_vec()).json().clone()
+/// The view `name` as stored equals `p` folded over `events`.
+async fn assert_stored_is_fold<P: Projection>(
+    views: &PgViewStore,
+    name: &str,
+    p: P,
+    events: &[strata::EventEnvelope],
+) {
+    let folded = ProjectionTest::new(p).given(events.to_vec()).json().clone();
+    assert_eq!(stored(views, name).await, folded, "{name}");
 }
 
 /// The shop as separate processes on a fresh database and stream, healthy.
-struct RunningShop {
-    env: Env,
-    relay: Proc,
-    projector: Proc,
-    _others: Vec<Proc>,
-    /// The command API's base URL.
-    cmd: String,
-    /// The query API's base URL.
-    query: String,
-}
-
-async fn start_shop(
-    db: &strata::testing::TestDatabase,
-    cfg: &strata::nats::StreamConfig,
-) -> RunningShop {
-    let env = Env {
+async fn start_shop() -> (
+    strata::testing::TestDatabase,
+    strata::nats::StreamConfig,
+    ShopProcesses,
+) {
+    let db = test_database().await;
+    let cfg = unique_stream();
+    let env = ShopEnv {
         db_url: db.url.clone(),
-        stream: cfg.stream.clone(),
-        prefix: cfg.prefix.clone(),
+        stream: cfg.clone(),
+        issuer_dir: identity().1.clone(),
+        no_migrate: false,
     };
-    let (cmd_port, query_port) = (free_port(), free_port());
-    let relay = env.start("relay", &["relay"]);
-    let projector = env.start("projector", &["projector"]);
-    let others = vec![
-        env.start("process-manager", &["process-manager"]),
-        env.start(
-            "command-api",
-            &["command-api", "--listen", &format!("127.0.0.1:{cmd_port}")],
-        ),
-        env.start(
-            "query-api",
-            &["query-api", "--listen", &format!("127.0.0.1:{query_port}")],
-        ),
-    ];
-    let shop = RunningShop {
-        env,
-        relay,
-        projector,
-        _others: others,
-        cmd: format!("http://127.0.0.1:{cmd_port}"),
-        query: format!("http://127.0.0.1:{query_port}"),
-    };
-    let http = client();
-    wait_healthy(&http, &shop.cmd).await;
-    wait_healthy(&http, &shop.query).await;
-    shop
+    let shop = ShopProcesses::start(env, &client()).await;
+    (db, cfg, shop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn separate_processes_survive_kills_and_views_equal_a_fold() {
-    let db = test_database().await;
-    let cfg = unique_stream();
-    let mut shop = start_shop(&db, &cfg).await;
+    let (db, cfg, mut shop) = start_shop().await;
     let (cmd, query) = (shop.cmd.clone(), shop.query.clone());
     let http = client();
 
@@ -325,26 +221,11 @@ async fn separate_processes_survive_kills_and_views_equal_a_fold() {
         .read_all(Position::START, 1_000_000, &EventFilter::all())
         .await
         .unwrap();
-    assert_eq!(
-        stored(&views, "catalog").await,
-        folded(CatalogView, &events)
-    );
-    assert_eq!(
-        stored(&views, "order_details").await,
-        folded(OrderDetailsView, &events)
-    );
-    assert_eq!(
-        stored(&views, "customer_orders").await,
-        folded(CustomerOrdersView, &events)
-    );
-    assert_eq!(
-        stored(&views, "low_stock").await,
-        folded(LowStockView, &events)
-    );
-    assert_eq!(
-        stored(&views, "sales_dashboard").await,
-        folded(SalesDashboardView, &events)
-    );
+    assert_stored_is_fold(&views, "catalog", CatalogView, &events).await;
+    assert_stored_is_fold(&views, "order_details", OrderDetailsView, &events).await;
+    assert_stored_is_fold(&views, "customer_orders", CustomerOrdersView, &events).await;
+    assert_stored_is_fold(&views, "low_stock", LowStockView, &events).await;
+    assert_stored_is_fold(&views, "sales_dashboard", SalesDashboardView, &events).await;
 
     // Stock arithmetic in the views: never negative, never oversold.
     for (sku, doc) in stored(&views, "catalog").await {
@@ -355,7 +236,6 @@ async fn separate_processes_survive_kills_and_views_equal_a_fold() {
         );
         assert_eq!(on_hand, reserved + available, "{sku}");
     }
-    let _ = (&shop.relay.name, &shop.projector.name);
     let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
     let _ = js.delete_stream(&cfg.stream).await;
 }
@@ -407,9 +287,7 @@ async fn rebuilding_every_view_while_the_shop_runs_fails_no_reader() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
 
-    let db = test_database().await;
-    let cfg = unique_stream();
-    let shop = start_shop(&db, &cfg).await;
+    let (db, cfg, shop) = start_shop().await;
     let (cmd, query) = (shop.cmd.clone(), shop.query.clone());
     let http = client();
 
@@ -551,20 +429,7 @@ async fn rebuilding_every_view_while_the_shop_runs_fails_no_reader() {
         "low_stock",
         "sales_dashboard",
     ] {
-        let out = Command::new(BIN)
-            .args([
-                "admin",
-                "--stream",
-                &cfg.stream,
-                "--subject-prefix",
-                &cfg.prefix,
-            ])
-            .args(["projections", "rebuild", name])
-            .env("DATABASE_URL", &db.url)
-            .env("NATS_URL", nats_url())
-            .env("RUST_LOG", "error")
-            .output()
-            .unwrap();
+        let out = admin(&db.url, &cfg, &["projections", "rebuild", name]);
         assert!(
             out.status.success(),
             "rebuild {name}: {}",
@@ -676,9 +541,7 @@ async fn rebuilding_every_view_while_the_shop_runs_fails_no_reader() {
 /// did it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_decide_who_may_do_what_across_the_processes() {
-    let db = test_database().await;
-    let cfg = unique_stream();
-    let shop = start_shop(&db, &cfg).await;
+    let (db, _cfg, shop) = start_shop().await;
     let (cmd, query) = (shop.cmd.clone(), shop.query.clone());
     let staff = client();
     let (s, _) = post(

@@ -5,18 +5,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use example_ecommerce::app::{LineRequest, Shop};
+use example_ecommerce::app::LineRequest;
 use example_ecommerce::domain::order::OrderStatus;
-use example_ecommerce::domain::payment::PaymentGateway;
 use example_ecommerce::domain::{inventory_stream, order_stream};
-use example_ecommerce::metrics::Metrics;
-use example_ecommerce::runtime::{spawn_fulfilment, spawn_projectors, Statuses};
 use strata::testing::{test_database, wait_until};
 use strata::{
-    CancellationToken, ChangeFeed, CommandContext, EventStore, InProcessBus, PgEventStore,
-    PgViewStore, ViewId, ViewStore,
+    ChangeFeed, CommandContext, EventStore, InProcessBus, PgEventStore, PgViewStore, ViewId,
+    ViewStore,
 };
 use uuid::Uuid;
+
+#[path = "../example-ecommerce/tests/support/mod.rs"]
+mod support;
+
+use support::InProcessShop;
 
 const BUYERS: usize = 32;
 const ROUNDS: usize = 6;
@@ -28,22 +30,18 @@ async fn thirty_two_buyers_race_for_the_last_units() {
     let store = PgEventStore::new(db.pool.clone());
     let views = PgViewStore::new(db.pool.clone());
     let bus = InProcessBus::new(store.clone());
-    let shop = Shop::new(
-        store.clone(),
-        PaymentGateway::always_accepting(),
-        Arc::new(Metrics::default()),
-    );
-    let shutdown = CancellationToken::new();
-    let statuses = Statuses::default();
-    let mut tasks = spawn_projectors(
-        &["catalog".to_owned()],
+    let InProcessShop {
+        shop,
+        shutdown,
+        tasks,
+        ..
+    } = InProcessShop::start(
+        &store,
         &bus,
         &views,
         &ChangeFeed::in_process(),
-        &statuses,
-        &shutdown,
+        &["catalog".to_owned()],
     );
-    tasks.push(spawn_fulfilment(&shop, &bus, &views, &statuses, &shutdown));
 
     let sku = "HOT-1";
     shop.register_product(sku, "Hot item", 999, CommandContext::system("test"))

@@ -217,14 +217,7 @@ impl<S: EventStore> Shop<S> {
         if self.known_skus.contains_key(sku) {
             return Ok(());
         }
-        let (_, version) = self
-            .products
-            .load(&product_stream(sku)?)
-            .await
-            .map_err(|e| command_error(e, product_rule))?;
-        if version == 0 {
-            return Err(ShopError::NotFound(format!("unknown sku {sku}")));
-        }
+        self.registered_product(sku).await?;
         self.known_skus.insert(sku.to_owned(), ());
         Ok(())
     }
@@ -271,6 +264,41 @@ impl<S: EventStore> Shop<S> {
             .map_err(|e| command_error(e, rule))
     }
 
+    /// Runs a catalog command on `sku`'s product, timed as `kind`.
+    async fn product_command(
+        &self,
+        kind: &str,
+        sku: &str,
+        command: ProductCommand,
+        ctx: CommandContext,
+    ) -> Result<CommandOutcome, ShopError> {
+        self.timed(kind, async {
+            let stream = product_stream(sku)?;
+            if let Some(first) = Self::repeat(&self.products, &stream, &ctx, product_rule).await? {
+                return Ok(first);
+            }
+            self.products
+                .handle(stream, command, ctx)
+                .await
+                .map_err(|e| command_error(e, product_rule))
+        })
+        .await
+    }
+
+    /// The product `sku` as it stands; `NotFound` if it was never
+    /// registered.
+    async fn registered_product(&self, sku: &str) -> Result<Product, ShopError> {
+        let (product, version) = self
+            .products
+            .load(&product_stream(sku)?)
+            .await
+            .map_err(|e| command_error(e, product_rule))?;
+        if version == 0 {
+            return Err(ShopError::NotFound(format!("unknown sku {sku}")));
+        }
+        Ok(product)
+    }
+
     /// Registers a product.
     pub async fn register_product(
         &self,
@@ -279,22 +307,13 @@ impl<S: EventStore> Shop<S> {
         price_cents: i64,
         ctx: CommandContext,
     ) -> Result<CommandOutcome, ShopError> {
-        self.timed("register_product", async {
-            let stream = product_stream(sku)?;
-            if let Some(first) = Self::repeat(&self.products, &stream, &ctx, product_rule).await? {
-                return Ok(first);
-            }
-            let command = ProductCommand::Register {
-                sku: sku.to_owned(),
-                name: name.to_owned(),
-                price_cents,
-            };
-            self.products
-                .handle(stream, command, ctx)
-                .await
-                .map_err(|e| command_error(e, product_rule))
-        })
-        .await
+        let command = ProductCommand::Register {
+            sku: sku.to_owned(),
+            name: name.to_owned(),
+            price_cents,
+        };
+        self.product_command("register_product", sku, command, ctx)
+            .await
     }
 
     /// Changes a product's price.
@@ -304,17 +323,9 @@ impl<S: EventStore> Shop<S> {
         price_cents: i64,
         ctx: CommandContext,
     ) -> Result<CommandOutcome, ShopError> {
-        self.timed("change_price", async {
-            let stream = product_stream(sku)?;
-            if let Some(first) = Self::repeat(&self.products, &stream, &ctx, product_rule).await? {
-                return Ok(first);
-            }
-            self.products
-                .handle(stream, ProductCommand::ChangePrice { price_cents }, ctx)
-                .await
-                .map_err(|e| command_error(e, product_rule))
-        })
-        .await
+        let command = ProductCommand::ChangePrice { price_cents };
+        self.product_command("change_price", sku, command, ctx)
+            .await
     }
 
     /// Discontinues a product.
@@ -323,17 +334,8 @@ impl<S: EventStore> Shop<S> {
         sku: &str,
         ctx: CommandContext,
     ) -> Result<CommandOutcome, ShopError> {
-        self.timed("discontinue", async {
-            let stream = product_stream(sku)?;
-            if let Some(first) = Self::repeat(&self.products, &stream, &ctx, product_rule).await? {
-                return Ok(first);
-            }
-            self.products
-                .handle(stream, ProductCommand::Discontinue, ctx)
-                .await
-                .map_err(|e| command_error(e, product_rule))
-        })
-        .await
+        self.product_command("discontinue", sku, ProductCommand::Discontinue, ctx)
+            .await
     }
 
     /// Adds stock of a registered product.
@@ -381,15 +383,7 @@ impl<S: EventStore> Shop<S> {
             }
             let mut priced = Vec::with_capacity(lines.len());
             for line in lines {
-                let stream = product_stream(&line.sku)?;
-                let (product, version) = self
-                    .products
-                    .load(&stream)
-                    .await
-                    .map_err(|e| command_error(e, product_rule))?;
-                if version == 0 {
-                    return Err(ShopError::NotFound(format!("unknown sku {}", line.sku)));
-                }
+                let product = self.registered_product(&line.sku).await?;
                 if product.status() == crate::domain::catalog::ProductStatus::Discontinued {
                     return Err(ShopError::Rule(format!("{} is discontinued", line.sku)));
                 }

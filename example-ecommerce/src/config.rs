@@ -179,13 +179,10 @@ impl NatsArgs {
             }
         }
         let mut options = async_nats::ConnectOptions::new();
-        match (&self.nats_user, &self.nats_password) {
-            (Some(user), Some(password)) => {
-                options = options.user_and_password(user.clone(), password.clone());
-            }
-            (Some(_), None) => bail!("--nats-user needs --nats-password (NATS_PASSWORD)"),
-            (None, Some(_)) => bail!("--nats-password needs --nats-user (NATS_USER)"),
-            (None, None) => {}
+        let user = ("--nats-user", &self.nats_user, " (NATS_USER)");
+        let password = ("--nats-password", &self.nats_password, " (NATS_PASSWORD)");
+        if let Some((user, password)) = together(user, password)? {
+            options = options.user_and_password(user.clone(), password.clone());
         }
         if let Some(token) = &self.nats_token {
             options = options.token(token.clone());
@@ -207,18 +204,30 @@ impl NatsArgs {
         if let Some(ca) = &self.nats_tls_ca {
             options = options.add_root_certificates(ca.clone());
         }
-        match (&self.nats_tls_cert, &self.nats_tls_key) {
-            (Some(cert), Some(key)) => {
-                options = options.add_client_certificate(cert.clone(), key.clone());
-            }
-            (Some(_), None) => bail!("--nats-tls-cert needs --nats-tls-key"),
-            (None, Some(_)) => bail!("--nats-tls-key needs --nats-tls-cert"),
-            (None, None) => {}
+        let cert = ("--nats-tls-cert", &self.nats_tls_cert, "");
+        let key = ("--nats-tls-key", &self.nats_tls_key, "");
+        if let Some((cert, key)) = together(cert, key)? {
+            options = options.add_client_certificate(cert.clone(), key.clone());
         }
         if self.nats_require_tls {
             options = options.require_tls(true);
         }
         Ok(options)
+    }
+}
+
+/// Two settings that go together, each as (flag, value, where else it
+/// can come from): both or neither. One without the other is an error
+/// that names the missing one.
+fn together<'a, A, B>(
+    (a_flag, a, a_env): (&str, &'a Option<A>, &str),
+    (b_flag, b, b_env): (&str, &'a Option<B>, &str),
+) -> anyhow::Result<Option<(&'a A, &'a B)>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Ok(Some((a, b))),
+        (Some(_), None) => bail!("{a_flag} needs {b_flag}{b_env}"),
+        (None, Some(_)) => bail!("{b_flag} needs {a_flag}{a_env}"),
+        (None, None) => Ok(None),
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use serde_json::{json, Value};
 use strata::{
     CancellationToken, ChangeFeed, EventBus, EventFilter, EventStore, Position, ReaderConfig,
@@ -17,6 +17,7 @@ use crate::domain::payment::PaymentGateway;
 use crate::http::{command_router, query_router, serve, Ops, QueryState};
 use crate::identity::DemoIdentity;
 use crate::metrics::Metrics;
+use crate::processes::bind;
 use crate::runtime::{cache_samples, spawn_fulfilment, spawn_projectors, Statuses};
 
 /// Demo options.
@@ -58,25 +59,17 @@ pub async fn run<S: EventStore, B: EventBus, V: ViewStore>(
     let reader = ViewReader::new(views.clone(), ReaderConfig::default());
     reader.listen(&feed, shutdown.clone()).await?;
 
-    let gauges = {
-        let (statuses, reader) = (statuses.clone(), reader.clone());
-        Arc::new(move || {
-            let mut s = statuses.samples();
-            s.extend(cache_samples(&reader));
-            s
-        })
+    let ops = {
+        let reader = reader.clone();
+        Ops {
+            metrics,
+            health,
+            gauges: statuses.gauges(),
+        }
+        .with_gauges(move || cache_samples(&reader))
     };
-    let ops = Ops {
-        metrics,
-        health,
-        gauges,
-    };
-    let command_listener = tokio::net::TcpListener::bind(&options.command_addr)
-        .await
-        .with_context(|| format!("binding {}", options.command_addr))?;
-    let query_listener = tokio::net::TcpListener::bind(&options.query_addr)
-        .await
-        .with_context(|| format!("binding {}", options.query_addr))?;
+    let command_listener = bind(&options.command_addr).await?;
+    let query_listener = bind(&options.query_addr).await?;
     let command_url = format!("http://{}", command_listener.local_addr()?);
     let query_url = format!("http://{}", query_listener.local_addr()?);
     tasks.push(tokio::spawn({
@@ -173,6 +166,24 @@ impl Client {
         Ok(resp.json().await?)
     }
 
+    /// `who` places an order of `lines` (sku, quantity): the status, the
+    /// response and the order id (empty when refused).
+    async fn order(
+        &self,
+        who: &str,
+        lines: &[(&str, i64)],
+    ) -> anyhow::Result<(u16, Value, String)> {
+        let lines: Vec<Value> = lines
+            .iter()
+            .map(|(sku, quantity)| json!({ "sku": sku, "quantity": quantity }))
+            .collect();
+        let (status, r) = self
+            .command(who, "/orders", json!({ "lines": lines }))
+            .await?;
+        let order_id = r["order_id"].as_str().unwrap_or_default().to_owned();
+        Ok((status, r, order_id))
+    }
+
     /// Waits (bounded) until the order reaches one of `statuses`.
     async fn order_status(
         &self,
@@ -200,6 +211,16 @@ impl Client {
             min = doc["checkpoint"].as_u64().unwrap_or(min) + 1;
         }
     }
+}
+
+/// The elements of a JSON array (none if it is not one).
+fn rows(v: &Value) -> Vec<Value> {
+    v.as_array().cloned().unwrap_or_default()
+}
+
+/// Cents as units with two decimals (`1250` → `12.50`).
+fn money(cents: &Value) -> String {
+    format!("{:.2}", cents.as_f64().unwrap_or(0.0) / 100.0)
 }
 
 fn position(v: &Value) -> u64 {
@@ -243,10 +264,7 @@ async fn scenario(commands: &str, queries: &str, identity: &DemoIdentity) -> any
     }
 
     println!("\n== Ada orders 2 mugs and a tee; it is confirmed, paid and shipped");
-    let (s, r) = c
-        .command("ada", "/orders", json!({ "lines": [{ "sku": "MUG-01", "quantity": 2 }, { "sku": "TEE-01", "quantity": 1 }] }))
-        .await?;
-    let ada = r["order_id"].as_str().unwrap_or_default().to_owned();
+    let (s, r, ada) = c.order("ada", &[("MUG-01", 2), ("TEE-01", 1)]).await?;
     println!(
         "  POST /orders -> {s}, order {ada}, position {}",
         position(&r)
@@ -271,14 +289,7 @@ async fn scenario(commands: &str, queries: &str, identity: &DemoIdentity) -> any
     );
 
     println!("\n== Bob wants 5 caps, only 3 are in stock: refused");
-    let (s, r) = c
-        .command(
-            "bob",
-            "/orders",
-            json!({ "lines": [{ "sku": "CAP-01", "quantity": 5 }] }),
-        )
-        .await?;
-    let bob = r["order_id"].as_str().unwrap_or_default().to_owned();
+    let (s, r, bob) = c.order("bob", &[("CAP-01", 5)]).await?;
     println!("  POST /orders -> {s}");
     let doc = c
         .order_status("bob", &bob, position(&r), &["rejected"])
@@ -286,14 +297,7 @@ async fn scenario(commands: &str, queries: &str, identity: &DemoIdentity) -> any
     println!("  {}: {}", doc["data"]["status"], doc["data"]["reason"]);
 
     println!("\n== Cy buys the lamp; the card is declined (the gateway refuses > 100.00)");
-    let (_, r) = c
-        .command(
-            "cy",
-            "/orders",
-            json!({ "lines": [{ "sku": "LAMP-01", "quantity": 1 }] }),
-        )
-        .await?;
-    let cy = r["order_id"].as_str().unwrap_or_default().to_owned();
+    let (_, r, cy) = c.order("cy", &[("LAMP-01", 1)]).await?;
     c.order_status("cy", &cy, position(&r), &["confirmed"])
         .await?;
     let (s, r) = c
@@ -309,14 +313,7 @@ async fn scenario(commands: &str, queries: &str, identity: &DemoIdentity) -> any
     );
 
     println!("\n== Dee orders 3 caps, then cancels: the stock comes back");
-    let (_, r) = c
-        .command(
-            "dee",
-            "/orders",
-            json!({ "lines": [{ "sku": "CAP-01", "quantity": 3 }] }),
-        )
-        .await?;
-    let dee = r["order_id"].as_str().unwrap_or_default().to_owned();
+    let (_, r, dee) = c.order("dee", &[("CAP-01", 3)]).await?;
     c.order_status("dee", &dee, position(&r), &["confirmed"])
         .await?;
     let cap = c.query("dee", "/products/CAP-01", 0).await?;
@@ -349,21 +346,9 @@ async fn scenario(commands: &str, queries: &str, identity: &DemoIdentity) -> any
     }
 
     println!("\n== Bad input is refused and changes nothing");
-    let (s, r) = c
-        .command(
-            "eve",
-            "/orders",
-            json!({ "lines": [{ "sku": "NOPE-1", "quantity": 1 }] }),
-        )
-        .await?;
+    let (s, r, _) = c.order("eve", &[("NOPE-1", 1)]).await?;
     println!("  unknown sku      -> {s} {}", r["error"]["code"]);
-    let (s, r) = c
-        .command(
-            "eve",
-            "/orders",
-            json!({ "lines": [{ "sku": "MUG-01", "quantity": -2 }] }),
-        )
-        .await?;
+    let (s, r, _) = c.order("eve", &[("MUG-01", -2)]).await?;
     println!("  negative quantity-> {s} {}", r["error"]["code"]);
     let resp = c
         .http
@@ -462,16 +447,12 @@ async fn summary<S: EventStore>(
         "  {:<8} {:<20} {:>8} {:>8} {:>9}",
         "sku", "name", "price", "on hand", "available"
     );
-    for p in get("/products").await?["data"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
+    for p in rows(&get("/products").await?["data"]) {
         println!(
             "  {:<8} {:<20} {:>8} {:>8} {:>9}",
             p["sku"].as_str().unwrap_or(""),
             p["name"].as_str().unwrap_or(""),
-            format!("{:.2}", p["price_cents"].as_f64().unwrap_or(0.0) / 100.0),
+            money(&p["price_cents"]),
             p["on_hand"].to_string(),
             p["available"].to_string()
         );
@@ -479,21 +460,17 @@ async fn summary<S: EventStore>(
     println!("\n== View: orders by customer (GET /customers/{{id}}/orders)");
     for who in ["ada", "bob", "cy", "dee"] {
         let v = get(&format!("/customers/{who}/orders")).await?;
-        for o in v["data"]["orders"].as_array().cloned().unwrap_or_default() {
+        for o in rows(&v["data"]["orders"]) {
             println!(
                 "  {who:<4} {} {:<10} {:>8}",
                 o["order_id"].as_str().unwrap_or("").get(..8).unwrap_or(""),
                 o["status"].as_str().unwrap_or(""),
-                format!("{:.2}", o["total_cents"].as_f64().unwrap_or(0.0) / 100.0)
+                money(&o["total_cents"])
             );
         }
     }
     println!("\n== View: low stock (GET /low-stock)");
-    for l in get("/low-stock").await?["data"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
+    for l in rows(&get("/low-stock").await?["data"]) {
         println!(
             "  {:<8} available {}",
             l["sku"].as_str().unwrap_or(""),
@@ -501,17 +478,13 @@ async fn summary<S: EventStore>(
         );
     }
     println!("\n== View: sales dashboard (GET /dashboard)");
-    for d in get("/dashboard").await?["data"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
+    for d in rows(&get("/dashboard").await?["data"]) {
         println!(
             "  {} {:<8} units {:>3}  revenue {:>8}",
             d["day"].as_str().unwrap_or(""),
             d["sku"].as_str().unwrap_or(""),
             d["units"].to_string(),
-            format!("{:.2}", d["revenue_cents"].as_f64().unwrap_or(0.0) / 100.0)
+            money(&d["revenue_cents"])
         );
     }
     Ok(())

@@ -1,4 +1,6 @@
-//! The example shop as a library: its domain, services and scenario.
+//! The example shop as a library: its domain, services, processes and
+//! scenario. The `ecommerce` binary only parses its command line and runs
+//! one of [`processes`].
 
 pub mod app;
 pub mod config;
@@ -8,6 +10,7 @@ pub mod http;
 pub mod identity;
 pub mod live;
 pub mod metrics;
+pub mod processes;
 pub mod runtime;
 pub mod server;
 pub mod views;

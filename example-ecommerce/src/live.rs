@@ -45,7 +45,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use futures::StreamExt;
 use serde::Deserialize;
@@ -429,8 +429,8 @@ impl<V: ViewStore> Live<V> {
             .route("/live/{view}", get(live_view::<V>))
             .route("/live/{view}/{key}", get(live_key::<V>))
             .route("/api/orders", post(proxy_order::<V>))
-            .route("/api/orders/{id}/pay", post(proxy_pay::<V>))
-            .route("/api/orders/{id}/cancel", post(proxy_cancel::<V>))
+            .route("/api/orders/{id}/pay", proxy_order_action::<V>("pay"))
+            .route("/api/orders/{id}/cancel", proxy_order_action::<V>("cancel"))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .layer(axum::middleware::from_fn_with_state(
                 self.auth.clone(),
@@ -1050,26 +1050,14 @@ async fn proxy_order<V: ViewStore>(
     forward(&live, "/orders", &headers, body).await
 }
 
-async fn proxy_pay<V: ViewStore>(
-    State(live): State<Live<V>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let id = Uuid::parse_str(&id).map_err(|_| bad_request("an order id must be a UUID"))?;
-    forward(&live, &format!("/orders/{id}/pay"), &headers, Bytes::new()).await
-}
-
-async fn proxy_cancel<V: ViewStore>(
-    State(live): State<Live<V>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let id = Uuid::parse_str(&id).map_err(|_| bad_request("an order id must be a UUID"))?;
-    forward(
-        &live,
-        &format!("/orders/{id}/cancel"),
-        &headers,
-        Bytes::new(),
+/// `POST` forwarded to the command API's `/orders/{id}/<action>` (no
+/// body), the order id checked first.
+fn proxy_order_action<V: ViewStore>(action: &'static str) -> MethodRouter<Live<V>> {
+    post(
+        move |State(live): State<Live<V>>, Path(id): Path<String>, headers: HeaderMap| async move {
+            let id = Uuid::parse_str(&id).map_err(|_| bad_request("an order id must be a UUID"))?;
+            let path = format!("/orders/{id}/{action}");
+            forward(&live, &path, &headers, Bytes::new()).await
+        },
     )
-    .await
 }

@@ -10,26 +10,21 @@ use std::time::Duration;
 
 use strata::nats::StreamConfig;
 use strata::{
-    CancellationToken, ChangeFeed, EventBus, EventStore, Projection, Projector, RelayStatus,
-    SubscriberStatus, ViewReader, ViewStore,
+    CancellationToken, ChangeFeed, EventBus, EventStore, PgEventStore, Projection, Projector,
+    RelayStatus, SubscriberStatus, ViewReader, ViewStore,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::app::{Fulfilment, Shop};
+use crate::http::{GaugeSource, HealthCheck};
 use crate::metrics::Sample;
 use crate::views::{
     CatalogView, CustomerOrdersView, LowStockView, OrderDetailsView, SalesDashboardView,
 };
 
 /// Names of every projection, as `--view` takes them.
-pub const VIEWS: [&str; 5] = [
-    "catalog",
-    "order_details",
-    "customer_orders",
-    "low_stock",
-    "sales_dashboard",
-];
+pub const VIEWS: [&str; 5] = crate::views::VIEW_NAMES;
 
 /// Connection settings for the servers mode. Its `Debug` shows the URLs
 /// without their passwords.
@@ -91,6 +86,12 @@ impl Statuses {
             .collect()
     }
 
+    /// [`Statuses::samples`] as a gauge source for [`Ops`](crate::http::Ops).
+    pub fn gauges(&self) -> GaugeSource {
+        let statuses = self.clone();
+        Arc::new(move || statuses.samples())
+    }
+
     /// Gauges for `/metrics`.
     pub fn samples(&self) -> Vec<Sample> {
         let mut out: Vec<Sample> = Vec::new();
@@ -126,6 +127,47 @@ impl Statuses {
     }
 }
 
+/// Readiness: the store answers within 2 s, and NATS (when the process
+/// uses it) is connected.
+pub fn health<S: EventStore>(store: S, client: Option<async_nats::Client>) -> HealthCheck {
+    Arc::new(move || {
+        let (store, client) = (store.clone(), client.clone());
+        Box::pin(async move {
+            let mut checks = vec![(
+                "database",
+                tokio::time::timeout(Duration::from_secs(2), store.head())
+                    .await
+                    .is_ok_and(|r| r.is_ok()),
+            )];
+            if let Some(c) = client {
+                checks.push((
+                    "nats",
+                    c.connection_state() == async_nats::connection::State::Connected,
+                ));
+            }
+            checks
+        })
+    })
+}
+
+/// The store's write-path counters as gauges.
+pub fn store_samples(store: &PgEventStore) -> Vec<Sample> {
+    let st = store.stats();
+    let count = |name, n: u64| (name, vec![], n as f64);
+    vec![
+        count("strata_store_appends_total", st.appends),
+        count("strata_store_group_commits_total", st.batches),
+        count("strata_store_conflicts_total", st.conflicts),
+        count("strata_store_append_fallbacks_total", st.fallbacks),
+        count("strata_store_slow_lock_waits", st.slow_lock_waits),
+        (
+            "strata_store_max_lock_wait_seconds",
+            vec![],
+            st.max_lock_wait_us as f64 / 1e6,
+        ),
+    ]
+}
+
 /// Cache gauges of a reader.
 pub fn cache_samples<V: ViewStore>(reader: &ViewReader<V>) -> Vec<Sample> {
     let s = reader.stats();
@@ -143,18 +185,30 @@ pub fn cache_samples<V: ViewStore>(reader: &ViewReader<V>) -> Vec<Sample> {
     ]
 }
 
-fn spawn_one<P: Projection, B: EventBus, V: ViewStore>(
-    projection: P,
-    bus: &B,
-    views: &V,
-    feed: &ChangeFeed,
-    statuses: &Statuses,
-    shutdown: &CancellationToken,
-) -> JoinHandle<()> {
-    let projector =
-        Projector::new(projection, bus.clone(), views.clone()).with_change_feed(feed.clone());
-    statuses.add_subscriber(projector.status());
-    tokio::spawn(projector.run(shutdown.clone()))
+/// Starts projectors over one bus, view store and change feed.
+struct Projectors<'a, B, V> {
+    only: &'a [String],
+    bus: &'a B,
+    views: &'a V,
+    feed: &'a ChangeFeed,
+    statuses: &'a Statuses,
+    shutdown: &'a CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl<B: EventBus, V: ViewStore> Projectors<'_, B, V> {
+    /// Starts `projection` if it is wanted (`only` is empty or names it).
+    fn spawn<P: Projection>(&mut self, projection: P) {
+        let name = projection.name();
+        if !(self.only.is_empty() || self.only.iter().any(|o| o == name)) {
+            return;
+        }
+        let projector = Projector::new(projection, self.bus.clone(), self.views.clone())
+            .with_change_feed(self.feed.clone());
+        self.statuses.add_subscriber(projector.status());
+        self.tasks
+            .push(tokio::spawn(projector.run(self.shutdown.clone())));
+    }
 }
 
 /// Starts the projectors named in `only` (all when empty).
@@ -166,52 +220,21 @@ pub fn spawn_projectors<B: EventBus, V: ViewStore>(
     statuses: &Statuses,
     shutdown: &CancellationToken,
 ) -> Vec<JoinHandle<()>> {
-    let wanted = |n: &str| only.is_empty() || only.iter().any(|o| o == n);
-    let mut tasks = Vec::new();
-    if wanted("catalog") {
-        tasks.push(spawn_one(CatalogView, bus, views, feed, statuses, shutdown));
-    }
-    if wanted("order_details") {
-        tasks.push(spawn_one(
-            OrderDetailsView,
-            bus,
-            views,
-            feed,
-            statuses,
-            shutdown,
-        ));
-    }
-    if wanted("customer_orders") {
-        tasks.push(spawn_one(
-            CustomerOrdersView,
-            bus,
-            views,
-            feed,
-            statuses,
-            shutdown,
-        ));
-    }
-    if wanted("low_stock") {
-        tasks.push(spawn_one(
-            LowStockView,
-            bus,
-            views,
-            feed,
-            statuses,
-            shutdown,
-        ));
-    }
-    if wanted("sales_dashboard") {
-        tasks.push(spawn_one(
-            SalesDashboardView,
-            bus,
-            views,
-            feed,
-            statuses,
-            shutdown,
-        ));
-    }
-    tasks
+    let mut projectors = Projectors {
+        only,
+        bus,
+        views,
+        feed,
+        statuses,
+        shutdown,
+        tasks: Vec::new(),
+    };
+    projectors.spawn(CatalogView);
+    projectors.spawn(OrderDetailsView);
+    projectors.spawn(CustomerOrdersView);
+    projectors.spawn(LowStockView);
+    projectors.spawn(SalesDashboardView);
+    projectors.tasks
 }
 
 /// Starts the fulfilment process manager.

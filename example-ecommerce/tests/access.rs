@@ -8,36 +8,26 @@
 //! nothing; every response carries the security headers; no event is ever
 //! recorded without an actor.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
-use example_ecommerce::app::Shop;
-use example_ecommerce::domain::payment::PaymentGateway;
-use example_ecommerce::http::{command_router, query_router, serve, Ops, QueryState};
+use example_ecommerce::http::{command_router, query_router, serve, QueryState};
 use example_ecommerce::identity::DemoIdentity;
-use example_ecommerce::metrics::Metrics;
-use example_ecommerce::runtime::{spawn_fulfilment, spawn_projectors, Statuses};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use strata::{
-    CancellationToken, ChangeFeed, EventStore, InMemoryEventStore, InMemoryViewStore, InProcessBus,
-    Position, ReaderConfig, ViewReader,
+    CancellationToken, EventStore, InMemoryEventStore, Position, ReaderConfig, ViewReader,
 };
 use tower::ServiceExt;
 use uuid::Uuid;
 
-const WHO: [&str; 5] = ["anonymous", "ada", "bob", "sam", "olga"];
+mod support;
 
-fn ops() -> Ops {
-    Ops {
-        metrics: Arc::new(Metrics::default()),
-        health: Arc::new(|| Box::pin(async { vec![("database", true)] })),
-        gauges: Arc::new(Vec::new),
-    }
-}
+use support::{in_memory, ops, InProcessShop};
+
+const WHO: [&str; 5] = ["anonymous", "ada", "bob", "sam", "olga"];
 
 /// A running shop in memory: catalog seeded by staff, and an order of
 /// Ada's, confirmed by the process manager.
@@ -61,19 +51,8 @@ impl Drop for Shop1 {
 /// runs its cells one after another, does; the other tests of this file
 /// run beside it and must not move the setting under it.
 async fn shop(identity: &DemoIdentity, proxied: bool) -> Shop1 {
-    let store = InMemoryEventStore::new();
-    let bus = InProcessBus::new(store.clone());
-    let views = InMemoryViewStore::new();
-    let feed = ChangeFeed::in_process();
-    let statuses = Statuses::default();
-    let shutdown = CancellationToken::new();
-    let shop = Shop::new(
-        store.clone(),
-        PaymentGateway::always_accepting(),
-        Arc::new(Metrics::default()),
-    );
-    spawn_projectors(&[], &bus, &views, &feed, &statuses, &shutdown);
-    spawn_fulfilment(&shop, &bus, &views, &statuses, &shutdown);
+    let (InProcessShop { shop, shutdown, .. }, views, feed) = in_memory();
+    let store = shop.store.clone();
     let reader = ViewReader::new(views, ReaderConfig::default());
     reader.listen(&feed, shutdown.clone()).await.unwrap();
     let auth = identity.auth();

@@ -13,26 +13,20 @@
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{json, Value};
 
+mod support;
+
+use support::{free_port, Proc, BIN};
+
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// The W3C name of an element reference.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
-
-/// Kills a child process when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn ensure_chromium() {
     let present = || Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists();
@@ -56,14 +50,6 @@ fn ensure_chromium() {
          and installing them failed; install them with \
          `apt-get update && apt-get install -y chromium chromium-driver` (as root)"
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn workspace_target() -> PathBuf {
@@ -266,8 +252,9 @@ async fn a_customer_signs_in_orders_and_follows_only_their_orders_live() {
     let (command_port, query_port) = (free_port(), free_port());
     let command_url = format!("http://127.0.0.1:{command_port}");
     let query_url = format!("http://127.0.0.1:{query_port}");
-    let mut demo = Killed(
-        Command::new(env!("CARGO_BIN_EXE_ecommerce"))
+    let mut demo = Proc::spawn(
+        "the demo",
+        Command::new(BIN)
             .args(["demo", "--command-listen"])
             .arg(format!("127.0.0.1:{command_port}"))
             .arg("--query-listen")
@@ -276,12 +263,10 @@ async fn a_customer_signs_in_orders_and_follows_only_their_orders_live() {
             .env_remove("DATABASE_URL")
             .env_remove("NATS_URL")
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting the demo"),
+            .stdout(Stdio::piped()),
     );
     // Wait until the scripted scenario is over and the demo serves.
-    let stdout = demo.0.stdout.take().unwrap();
+    let stdout = demo.child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines() {
@@ -354,13 +339,12 @@ async fn a_customer_signs_in_orders_and_follows_only_their_orders_live() {
 
     // chromedriver and a headless Chromium session.
     let driver_port = free_port();
-    let _driver = Killed(
+    let _driver = Proc::spawn(
+        "chromedriver",
         Command::new(CHROMEDRIVER)
             .arg(format!("--port={driver_port}"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting chromedriver"),
+            .stderr(Stdio::null()),
     );
     let driver = format!("http://127.0.0.1:{driver_port}");
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -10,8 +10,7 @@ use axum::http::{Request, StatusCode};
 use axum::Router;
 use example_ecommerce::app::Shop;
 use example_ecommerce::domain::payment::PaymentGateway;
-use example_ecommerce::http::{command_router, query_router, Ops, QueryState, POSITION_HEADER};
-use example_ecommerce::identity::DemoIdentity;
+use example_ecommerce::http::{command_router, query_router, QueryState, POSITION_HEADER};
 use example_ecommerce::metrics::Metrics;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -20,19 +19,9 @@ use strata::{
 };
 use tower::ServiceExt;
 
-fn ops() -> Ops {
-    Ops {
-        metrics: Arc::new(Metrics::default()),
-        health: Arc::new(|| Box::pin(async { vec![("database", true)] })),
-        gauges: Arc::new(Vec::new),
-    }
-}
+mod support;
 
-/// The tests' token issuer (one per test binary).
-fn identity() -> &'static DemoIdentity {
-    static ISSUER: std::sync::OnceLock<DemoIdentity> = std::sync::OnceLock::new();
-    ISSUER.get_or_init(DemoIdentity::generate)
-}
+use support::{identity, ops};
 
 /// Requests without an `Authorization` header are sent as `ada`, who here
 /// holds every role: these tests are about input, positions and keys;
@@ -56,13 +45,16 @@ fn as_ada_by_default(router: Router) -> Router {
     ))
 }
 
+/// The shop over `store`, charging through `gateway`, and its command
+/// API (as Ada by default).
+fn shop_api<S: EventStore>(store: S, gateway: PaymentGateway) -> (Shop<S>, Router) {
+    let shop = Shop::new(store, gateway, Arc::new(Metrics::default()));
+    let router = as_ada_by_default(command_router(shop.clone(), ops(), identity().auth()));
+    (shop, router)
+}
+
 fn commands(store: &InMemoryEventStore) -> Router {
-    let shop = Shop::new(
-        store.clone(),
-        PaymentGateway::always_accepting(),
-        Arc::new(Metrics::default()),
-    );
-    as_ada_by_default(command_router(shop, ops(), identity().auth()))
+    shop_api(store.clone(), PaymentGateway::always_accepting()).1
 }
 
 /// The query API over `reader`, with an in-process change feed.
@@ -528,22 +520,21 @@ fn urlencode(s: &str) -> String {
 /// is not running: the reservation is recorded directly.
 async fn confirmed_order<S: EventStore>(store: S) -> (Shop<S>, Router, uuid::Uuid) {
     use example_ecommerce::domain::order::OrderCommand;
-    let shop = Shop::new(
+    let (shop, router) = shop_api(
         store,
         PaymentGateway::new(0.0, Duration::from_millis(20), 1),
-        Arc::new(Metrics::default()),
     );
-    let router = as_ada_by_default(command_router(shop.clone(), ops(), identity().auth()));
-    for (path, body) in [
-        (
-            "/products",
-            r#"{"sku":"MUG-01","name":"Mug","price_cents":1250}"#,
-        ),
-        ("/inventory/MUG-01/restock", r#"{"quantity":5}"#),
-    ] {
-        let (s, _, _) = call(&router, post(path, body)).await;
-        assert_eq!(s, StatusCode::CREATED);
-    }
+    created(
+        &router,
+        &[
+            (
+                "/products",
+                r#"{"sku":"MUG-01","name":"Mug","price_cents":1250}"#,
+            ),
+            ("/inventory/MUG-01/restock", r#"{"quantity":5}"#),
+        ],
+    )
+    .await;
     let (s, _, placed) = call(
         &router,
         post("/orders", r#"{"lines":[{"sku":"MUG-01","quantity":2}]}"#),
@@ -562,6 +553,14 @@ async fn confirmed_order<S: EventStore>(store: S) -> (Shop<S>, Router, uuid::Uui
         .await
         .unwrap();
     (shop, router, order_id)
+}
+
+/// POSTs each (path, body) in turn; each must answer 201.
+async fn created(router: &Router, requests: &[(&str, &str)]) {
+    for (path, body) in requests {
+        let (s, _, _) = call(router, post(path, body)).await;
+        assert_eq!(s, StatusCode::CREATED, "POST {path}");
+    }
 }
 
 fn pay(order_id: uuid::Uuid, key: Option<&str>) -> Request<Body> {
@@ -737,26 +736,22 @@ async fn a_client_key_cannot_spend_a_process_manager_command_id() {
     use example_ecommerce::domain::inventory::InventoryCommand;
     use strata::CommandSender;
     let store = InMemoryEventStore::new();
-    let shop = Shop::new(
-        store.clone(),
-        PaymentGateway::always_accepting(),
-        Arc::new(Metrics::default()),
-    );
-    let router = as_ada_by_default(command_router(shop.clone(), ops(), identity().auth()));
-    for (path, body) in [
-        (
-            "/products",
-            r#"{"sku":"MUG-01","name":"Mug","price_cents":1250}"#,
-        ),
-        (
-            "/products",
-            r#"{"sku":"HAT-01","name":"Hat","price_cents":900}"#,
-        ),
-        ("/inventory/MUG-01/restock", r#"{"quantity":5}"#),
-    ] {
-        let (s, _, _) = call(&router, post(path, body)).await;
-        assert_eq!(s, StatusCode::CREATED);
-    }
+    let (shop, router) = shop_api(store.clone(), PaymentGateway::always_accepting());
+    created(
+        &router,
+        &[
+            (
+                "/products",
+                r#"{"sku":"MUG-01","name":"Mug","price_cents":1250}"#,
+            ),
+            (
+                "/products",
+                r#"{"sku":"HAT-01","name":"Hat","price_cents":900}"#,
+            ),
+            ("/inventory/MUG-01/restock", r#"{"quantity":5}"#),
+        ],
+    )
+    .await;
     let (s, _, placed) = call(
         &router,
         Request::post("/orders")

@@ -4,24 +4,23 @@
 //! is dropped and no longer counts; bad input and too many subscribers are
 //! refused with JSON errors.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use example_ecommerce::app::{LineRequest, Shop};
-use example_ecommerce::domain::payment::PaymentGateway;
 use example_ecommerce::http::{serve, QueryState};
-use example_ecommerce::identity::DemoIdentity;
 use example_ecommerce::live::{Live, LiveConfig};
-use example_ecommerce::metrics::Metrics;
-use example_ecommerce::runtime::{spawn_fulfilment, spawn_projectors, Statuses};
 use futures::StreamExt;
 use serde_json::Value;
 use strata::{
-    CancellationToken, ChangeFeed, CommandContext, InMemoryEventStore, InMemoryViewStore,
-    InProcessBus, Position, ReaderConfig, ViewChange, ViewId, ViewReader, ViewStore,
+    CancellationToken, ChangeFeed, CommandContext, InMemoryEventStore, InMemoryViewStore, Position,
+    ReaderConfig, ViewChange, ViewId, ViewReader, ViewStore,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
+
+mod support;
+
+use support::{identity, in_memory, InProcessShop};
 
 struct Env {
     shop: Shop<InMemoryEventStore>,
@@ -46,19 +45,7 @@ async fn start(config: LiveConfig) -> Env {
 /// The shop in memory behind a live-updates server; `listen`: whether the
 /// reader is told to follow the feed before live updates start.
 async fn start_with(config: LiveConfig, listen: bool) -> Env {
-    let store = InMemoryEventStore::new();
-    let bus = InProcessBus::new(store.clone());
-    let views = InMemoryViewStore::new();
-    let feed = ChangeFeed::in_process();
-    let statuses = Statuses::default();
-    let shutdown = CancellationToken::new();
-    let shop = Shop::new(
-        store.clone(),
-        PaymentGateway::always_accepting(),
-        Arc::new(Metrics::default()),
-    );
-    spawn_projectors(&[], &bus, &views, &feed, &statuses, &shutdown);
-    spawn_fulfilment(&shop, &bus, &views, &statuses, &shutdown);
+    let (InProcessShop { shop, shutdown, .. }, views, feed) = in_memory();
     let reader = ViewReader::new(views.clone(), ReaderConfig::default());
     if listen {
         reader.listen(&feed, shutdown.clone()).await.unwrap();
@@ -90,12 +77,6 @@ async fn start_with(config: LiveConfig, listen: bool) -> Env {
         addr,
         shutdown,
     }
-}
-
-/// The tests' token issuer (one per test binary).
-fn identity() -> &'static DemoIdentity {
-    static ISSUER: std::sync::OnceLock<DemoIdentity> = std::sync::OnceLock::new();
-    ISSUER.get_or_init(DemoIdentity::generate)
 }
 
 /// One server-sent event.

@@ -4,24 +4,18 @@
 //! goes all the way to `confirmed`. The service role cannot create tables
 //! in public, nor drop, update or delete events.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 use strata::testing::{nats_url, test_database, unique_stream, wait_until};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ecommerce");
-const ROLES_SQL: &str = include_str!("../../migrations/roles.sql");
+mod support;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::{dev_issuer, staff_client, ShopEnv, ShopProcesses, BIN};
+
+const ROLES_SQL: &str = include_str!("../../migrations/roles.sql");
 
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -84,16 +78,6 @@ impl Drop for ServiceRole {
     }
 }
 
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Runs the binary to completion; (succeeded, stdout and stderr).
 fn run(args: &[&str], database_url: &str) -> (bool, String) {
     let out = Command::new(BIN)
@@ -130,20 +114,6 @@ async fn post(http: &reqwest::Client, url: String, body: Value) -> Value {
     let body: Value = resp.json().await.unwrap_or(Value::Null);
     assert!(status.is_success(), "POST {url}: {status} {body}");
     body
-}
-
-async fn wait_healthy(http: &reqwest::Client, base: &str) {
-    wait_until(
-        Duration::from_secs(60),
-        &format!("{base}/health"),
-        || async {
-            http.get(format!("{base}/health"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        },
-    )
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,55 +188,10 @@ async fn the_shop_runs_as_a_service_role_without_ddl_rights() {
 
     // Every process of the shop, as the service role.
     let cfg = unique_stream();
-    let (cmd_port, query_port) = (free_port(), free_port());
-    let (cmd_listen, query_listen) = (
-        format!("127.0.0.1:{cmd_port}"),
-        format!("127.0.0.1:{query_port}"),
-    );
     // The APIs trust a development issuer made for this test.
-    let issuer_dir =
-        std::env::temp_dir().join(format!("strata-roles-issuer-{}", uuid::Uuid::new_v4()));
-    let identity =
-        example_ecommerce::identity::DemoIdentity::load_or_generate(&issuer_dir).unwrap();
-    let start = |args: &[&str]| {
-        Proc(
-            Command::new(BIN)
-                .args(args)
-                .args(["--stream", &cfg.stream, "--subject-prefix", &cfg.prefix])
-                .env("DATABASE_URL", &service_url)
-                .env("STRATA_DEV_ISSUER", &issuer_dir)
-                .env("NATS_URL", nats_url())
-                .env("STRATA_NO_MIGRATE", "true")
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap(),
-        )
-    };
-    let procs = [
-        start(&["relay"]),
-        start(&["projector"]),
-        start(&["process-manager"]),
-        start(&["command-api", "--listen", &cmd_listen]),
-        start(&["query-api", "--listen", &query_listen]),
-    ];
-    let (cmd, query) = (
-        format!("http://{cmd_listen}"),
-        format!("http://{query_listen}"),
-    );
+    let (identity, issuer_dir) = dev_issuer("roles");
     // Staff and operator by default; the order is placed as its customer.
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {}", identity.token("sam", &["staff", "operator"]))
-            .parse()
-            .unwrap(),
-    );
-    let http = reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap();
+    let http = staff_client(&identity, "sam");
     let as_ada = reqwest::Client::builder()
         .default_headers(
             [(
@@ -278,8 +203,14 @@ async fn the_shop_runs_as_a_service_role_without_ddl_rights() {
         )
         .build()
         .unwrap();
-    wait_healthy(&http, &cmd).await;
-    wait_healthy(&http, &query).await;
+    let env = ShopEnv {
+        db_url: service_url.clone(),
+        stream: cfg.clone(),
+        issuer_dir,
+        no_migrate: true,
+    };
+    let procs = ShopProcesses::start(env, &http).await;
+    let (cmd, query) = (procs.cmd.clone(), procs.query.clone());
 
     post(
         &http,

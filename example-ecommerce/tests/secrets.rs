@@ -4,7 +4,6 @@
 //! and NATS takes a user and password, a token, an nkey or TLS, against a
 //! private `nats-server` started for each test.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -12,7 +11,10 @@ use std::time::Duration;
 use example_ecommerce::config::{self, NatsArgs, ServerArgs};
 use strata::testing::{nats_url, test_database, unique_stream, wait_until};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ecommerce");
+mod support;
+
+use support::{free_port, BIN};
+
 /// Every secret in these tests contains this; no output may.
 const SECRET: &str = "sup3rs3cret";
 const NATS_SERVER: &str = "/usr/sbin/nats-server";
@@ -32,14 +34,6 @@ const SETTINGS: [&str; 12] = [
     "NATS_REQUIRE_TLS",
     "STRATA_NO_MIGRATE",
 ];
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Runs the binary with `env` (and debug logging, so that anything a
 /// library logs is seen too); returns whether it succeeded and everything

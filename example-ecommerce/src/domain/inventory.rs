@@ -186,6 +186,17 @@ impl Inventory {
         self.reserved.get(&order_id).copied()
     }
 
+    /// The event `make` builds from `order_id`'s reserved units, if it
+    /// holds any; nothing otherwise (releasing or committing twice is a
+    /// no-op).
+    fn on_reservation(
+        &self,
+        order_id: Uuid,
+        make: impl FnOnce(u32) -> InventoryEvent,
+    ) -> Vec<InventoryEvent> {
+        self.reserved_for(order_id).map(make).into_iter().collect()
+    }
+
     /// Units that can still be reserved: on hand minus reserved.
     pub fn available(&self) -> u32 {
         self.on_hand.saturating_sub(self.reserved())
@@ -265,26 +276,24 @@ impl Aggregate for Inventory {
                     available_after: available - quantity,
                 }])
             }
-            InventoryCommand::Release { order_id, .. } => Ok(self
-                .reserved_for(order_id)
-                .map_or_else(Vec::new, |quantity| {
-                    vec![InventoryEvent::ReservationReleased {
-                        sku,
-                        order_id,
-                        quantity,
-                        available_after: self.available().saturating_add(quantity),
-                    }]
-                })),
-            InventoryCommand::Commit { order_id, .. } => Ok(self
-                .reserved_for(order_id)
-                .map_or_else(Vec::new, |quantity| {
-                    vec![InventoryEvent::StockCommitted {
-                        sku,
-                        order_id,
-                        quantity,
-                        on_hand: self.on_hand.saturating_sub(quantity),
-                    }]
-                })),
+            InventoryCommand::Release { order_id, .. } => Ok(self.on_reservation(
+                order_id,
+                |quantity| InventoryEvent::ReservationReleased {
+                    sku,
+                    order_id,
+                    quantity,
+                    available_after: self.available().saturating_add(quantity),
+                },
+            )),
+            InventoryCommand::Commit { order_id, .. } => Ok(self.on_reservation(
+                order_id,
+                |quantity| InventoryEvent::StockCommitted {
+                    sku,
+                    order_id,
+                    quantity,
+                    on_hand: self.on_hand.saturating_sub(quantity),
+                },
+            )),
         }
     }
 

@@ -808,7 +808,7 @@ mod tests {
                 order_id: id(),
                 reason: "out of stock".into(),
                 reserved_skus: vec![],
-                line_skus: vec!["MUG-01".into(), "TEE-01".into()],
+                line_skus: both_skus(),
             },
         ]
     }
@@ -820,7 +820,7 @@ mod tests {
                 order_id: id(),
                 reason: "changed my mind".into(),
                 reserved_skus: vec![],
-                line_skus: vec!["MUG-01".into(), "TEE-01".into()],
+                line_skus: both_skus(),
                 refund_cents: 0,
             },
         ]
@@ -837,6 +837,28 @@ mod tests {
 
     fn reserve(sku: &str) -> OrderCommand {
         OrderCommand::RecordReservation { sku: sku.into() }
+    }
+
+    fn reject(r: &str) -> OrderCommand {
+        OrderCommand::Reject { reason: reason(r) }
+    }
+
+    fn cancel(r: &str) -> OrderCommand {
+        OrderCommand::Cancel { reason: reason(r) }
+    }
+
+    /// The skus of [`lines`].
+    fn both_skus() -> Vec<String> {
+        vec!["MUG-01".into(), "TEE-01".into()]
+    }
+
+    /// `command` on a closed order (rejected or cancelled) records nothing.
+    fn records_nothing_when_closed(command: impl Fn() -> OrderCommand) {
+        for given in [rejected(), cancelled()] {
+            AggregateTest::<Order>::given(given)
+                .when(command())
+                .then_expect_events([]);
+        }
     }
 
     fn reason(r: &str) -> String {
@@ -1001,56 +1023,40 @@ mod tests {
     #[test]
     fn rejecting_lists_the_reserved_and_line_skus() {
         let order = AggregateTest::<Order>::given([placed(), line_reserved("TEE-01")])
-            .when(OrderCommand::Reject {
-                reason: reason("MUG-01 is out of stock"),
-            })
+            .when(reject("MUG-01 is out of stock"))
             .then_expect_events([OrderEvent::OrderRejected {
                 order_id: id(),
                 reason: reason("MUG-01 is out of stock"),
                 reserved_skus: vec!["TEE-01".into()],
-                line_skus: vec!["MUG-01".into(), "TEE-01".into()],
+                line_skus: both_skus(),
             }]);
         assert_eq!(order.status(), OrderStatus::Rejected);
         assert!(order.status().is_closed());
         AggregateTest::<Order>::given(confirmed())
-            .when(OrderCommand::Reject {
-                reason: reason("x"),
-            })
+            .when(reject("x"))
             .then_expect_events([OrderEvent::OrderRejected {
                 order_id: id(),
                 reason: reason("x"),
-                reserved_skus: vec!["MUG-01".into(), "TEE-01".into()],
-                line_skus: vec!["MUG-01".into(), "TEE-01".into()],
+                reserved_skus: both_skus(),
+                line_skus: both_skus(),
             }]);
     }
 
     #[test]
     fn rejecting_a_closed_order_records_nothing() {
-        for given in [rejected(), cancelled()] {
-            AggregateTest::<Order>::given(given)
-                .when(OrderCommand::Reject {
-                    reason: reason("x"),
-                })
-                .then_expect_events([]);
-        }
+        records_nothing_when_closed(|| reject("x"));
     }
 
     #[test]
     fn reject_refusals() {
         AggregateTest::<Order>::given_nothing()
-            .when(OrderCommand::Reject {
-                reason: reason("x"),
-            })
+            .when(reject("x"))
             .then_expect_error(is_invalid(OrderStatus::New, "reject"));
         AggregateTest::<Order>::given(paid())
-            .when(OrderCommand::Reject {
-                reason: reason("x"),
-            })
+            .when(reject("x"))
             .then_expect_error(is_invalid(OrderStatus::Paid, "reject"));
         AggregateTest::<Order>::given([placed()])
-            .when(OrderCommand::Reject {
-                reason: reason(" "),
-            })
+            .when(reject(" "))
             .then_expect_error(|e| *e == OrderError::MissingReason);
     }
 
@@ -1158,9 +1164,7 @@ mod tests {
             .when(OrderCommand::StartPayment { attempt_id: b })
             .then_expect_error(|e| *e == OrderError::PaymentInProgress { attempt_id: a });
         AggregateTest::<Order>::given(given.clone())
-            .when(OrderCommand::Cancel {
-                reason: reason("x"),
-            })
+            .when(cancel("x"))
             .then_expect_error(|e| *e == OrderError::PaymentInProgress { attempt_id: a });
         // A result ends the attempt.
         let mut failed = given.clone();
@@ -1211,14 +1215,12 @@ mod tests {
     #[test]
     fn cancelling_before_payment_refunds_nothing() {
         let order = AggregateTest::<Order>::given([placed(), line_reserved("MUG-01")])
-            .when(OrderCommand::Cancel {
-                reason: reason("changed my mind"),
-            })
+            .when(cancel("changed my mind"))
             .then_expect_events([OrderEvent::OrderCancelled {
                 order_id: id(),
                 reason: reason("changed my mind"),
                 reserved_skus: vec!["MUG-01".into()],
-                line_skus: vec!["MUG-01".into(), "TEE-01".into()],
+                line_skus: both_skus(),
                 refund_cents: 0,
             }]);
         assert_eq!(order.status(), OrderStatus::Cancelled);
@@ -1227,49 +1229,35 @@ mod tests {
     #[test]
     fn cancelling_a_paid_order_refunds_it() {
         let events = AggregateTest::<Order>::given(paid())
-            .when(OrderCommand::Cancel {
-                reason: reason("changed my mind"),
-            })
+            .when(cancel("changed my mind"))
             .then_encoded();
         insta::assert_json_snapshot!(events);
         AggregateTest::<Order>::given(paid())
-            .when(OrderCommand::Cancel {
-                reason: reason("x"),
-            })
+            .when(cancel("x"))
             .then_expect_events([OrderEvent::OrderCancelled {
                 order_id: id(),
                 reason: reason("x"),
-                reserved_skus: vec!["MUG-01".into(), "TEE-01".into()],
-                line_skus: vec!["MUG-01".into(), "TEE-01".into()],
+                reserved_skus: both_skus(),
+                line_skus: both_skus(),
                 refund_cents: 4900,
             }]);
     }
 
     #[test]
     fn cancelling_a_closed_order_records_nothing() {
-        for given in [cancelled(), rejected()] {
-            AggregateTest::<Order>::given(given)
-                .when(OrderCommand::Cancel {
-                    reason: reason("x"),
-                })
-                .then_expect_events([]);
-        }
+        records_nothing_when_closed(|| cancel("x"));
     }
 
     #[test]
     fn cancel_refusals() {
         AggregateTest::<Order>::given(shipped())
-            .when(OrderCommand::Cancel {
-                reason: reason("x"),
-            })
+            .when(cancel("x"))
             .then_expect_error(is_invalid(OrderStatus::Shipped, "cancel"));
         AggregateTest::<Order>::given_nothing()
-            .when(OrderCommand::Cancel {
-                reason: reason("x"),
-            })
+            .when(cancel("x"))
             .then_expect_error(is_invalid(OrderStatus::New, "cancel"));
         AggregateTest::<Order>::given(confirmed())
-            .when(OrderCommand::Cancel { reason: reason("") })
+            .when(cancel(""))
             .then_expect_error(|e| *e == OrderError::MissingReason);
     }
 

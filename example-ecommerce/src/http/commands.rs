@@ -120,14 +120,31 @@ pub(crate) fn parse_uuid(what: &str, s: &str) -> Result<Uuid, ApiError> {
     })
 }
 
-fn quantity(q: i64) -> Result<u32, ApiError> {
-    if (1..=1000).contains(&q) {
+/// A quantity of 1 to `max` units.
+fn quantity(q: i64, max: u32) -> Result<u32, ApiError> {
+    if (1..=i64::from(max)).contains(&q) {
         Ok(q as u32)
     } else {
         Err(ApiError::bad_request(format!(
-            "quantity must be 1 to 1000, got {q}"
+            "quantity must be 1 to {max}, got {q}"
         )))
     }
+}
+
+/// Most units of a line of an order.
+const MAX_LINE_QUANTITY: u32 = 1_000;
+/// Most units of one restock.
+const MAX_RESTOCK_QUANTITY: u32 = 1_000_000;
+
+/// The context of a catalog or stock command: `caller` must be staff
+/// (`doing` says what, for the refusal); see [`context`].
+fn staff_context(
+    caller: &Caller,
+    doing: &str,
+    headers: &HeaderMap,
+    request: &impl Serialize,
+) -> Result<CommandContext, ApiError> {
+    context(caller.role(roles::STAFF, doing)?, headers, request)
 }
 
 // ---- the command API ------------------------------------------------------
@@ -183,8 +200,7 @@ async fn register<S: EventStore>(
     headers: HeaderMap,
     ApiJson(b): ApiJson<RegisterBody>,
 ) -> Result<Response, ApiError> {
-    let who = caller.role(roles::STAFF, "register products")?;
-    let ctx = context(who, &headers, &("register", &b))?;
+    let ctx = staff_context(&caller, "register products", &headers, &("register", &b))?;
     Ok(accepted(
         shop.register_product(&b.sku, &b.name, b.price_cents, ctx)
             .await?,
@@ -199,8 +215,12 @@ async fn change_price<S: EventStore>(
     headers: HeaderMap,
     ApiJson(b): ApiJson<PriceBody>,
 ) -> Result<Response, ApiError> {
-    let who = caller.role(roles::STAFF, "change prices")?;
-    let ctx = context(who, &headers, &("change_price", &sku, &b))?;
+    let ctx = staff_context(
+        &caller,
+        "change prices",
+        &headers,
+        &("change_price", &sku, &b),
+    )?;
     Ok(accepted(
         shop.change_price(&sku, b.price_cents, ctx).await?,
         None,
@@ -213,8 +233,12 @@ async fn discontinue<S: EventStore>(
     Path(sku): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let who = caller.role(roles::STAFF, "discontinue products")?;
-    let ctx = context(who, &headers, &("discontinue", &sku))?;
+    let ctx = staff_context(
+        &caller,
+        "discontinue products",
+        &headers,
+        &("discontinue", &sku),
+    )?;
     Ok(accepted(shop.discontinue(&sku, ctx).await?, None))
 }
 
@@ -225,16 +249,8 @@ async fn restock<S: EventStore>(
     headers: HeaderMap,
     ApiJson(b): ApiJson<RestockBody>,
 ) -> Result<Response, ApiError> {
-    let who = caller.role(roles::STAFF, "restock")?;
-    let ctx = context(who, &headers, &("restock", &sku, &b))?;
-    let q = if b.quantity > 0 && b.quantity <= 1_000_000 {
-        b.quantity as u32
-    } else {
-        return Err(ApiError::bad_request(format!(
-            "quantity must be 1 to 1000000, got {}",
-            b.quantity
-        )));
-    };
+    let ctx = staff_context(&caller, "restock", &headers, &("restock", &sku, &b))?;
+    let q = quantity(b.quantity, MAX_RESTOCK_QUANTITY)?;
     Ok(accepted(shop.restock(&sku, q, ctx).await?, None))
 }
 
@@ -261,7 +277,7 @@ async fn place_order<S: EventStore>(
         .map(|l| {
             Ok(LineRequest {
                 sku: l.sku.clone(),
-                quantity: quantity(l.quantity)?,
+                quantity: quantity(l.quantity, MAX_LINE_QUANTITY)?,
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;

@@ -28,6 +28,21 @@ pub struct Ops {
     pub gauges: GaugeSource,
 }
 
+impl Ops {
+    /// These ops with `more` gauges after the ones they have.
+    pub fn with_gauges(self, more: impl Fn() -> Vec<Sample> + Send + Sync + 'static) -> Ops {
+        let gauges = self.gauges;
+        Ops {
+            gauges: Arc::new(move || {
+                let mut samples = gauges();
+                samples.extend(more());
+                samples
+            }),
+            ..self
+        }
+    }
+}
+
 async fn health(State(ops): State<Ops>) -> Response {
     let checks = (ops.health)().await;
     let ready = checks.iter().all(|(_, ok)| *ok);

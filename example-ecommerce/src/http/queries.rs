@@ -1,12 +1,10 @@
 //! The query API: views by name through the cached reader, with
 //! `min_position` waits and paged listings.
 
-use std::sync::Arc;
-
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, MethodRouter};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -142,42 +140,43 @@ async fn many<V: ViewStore>(
     Ok(Json(json!({ "data": data, "next": page.next })).into_response())
 }
 
-async fn get_products<V: ViewStore>(
-    State(s): State<QueryState<V>>,
-    caller: Caller,
-    Query(q): Query<ListQuery>,
-    h: HeaderMap,
-) -> Result<Response, ApiError> {
-    many(&s, &caller, "catalog", q, &h).await
-}
-
-async fn get_product<V: ViewStore>(
-    State(s): State<QueryState<V>>,
-    caller: Caller,
-    Path(sku): Path<String>,
-    Query(q): Query<MinPosition>,
-    h: HeaderMap,
-) -> Result<Response, ApiError> {
-    crate::domain::validate_sku(&sku).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    one(&s, &caller, "catalog", &sku, min_position(&q, &h)?).await
-}
-
-async fn get_order<V: ViewStore>(
-    State(s): State<QueryState<V>>,
-    caller: Caller,
-    Path(id): Path<String>,
-    Query(q): Query<MinPosition>,
-    h: HeaderMap,
-) -> Result<Response, ApiError> {
-    let id = parse_uuid("order id", &id)?;
-    one(
-        &s,
-        &caller,
-        "order_details",
-        &id.to_string(),
-        min_position(&q, &h)?,
+/// `GET` of a listing of `view_name` (see [`many`]).
+fn listing<V: ViewStore>(view_name: &'static str) -> MethodRouter<QueryState<V>> {
+    get(
+        move |State(s): State<QueryState<V>>,
+              caller: Caller,
+              Query(q): Query<ListQuery>,
+              h: HeaderMap| async move { many(&s, &caller, view_name, q, &h).await },
     )
-    .await
+}
+
+/// `GET` of one document of `view_name`, its key checked and made from
+/// the path by `key` (see [`one`]).
+fn single<V: ViewStore>(
+    view_name: &'static str,
+    key: fn(&str) -> Result<String, ApiError>,
+) -> MethodRouter<QueryState<V>> {
+    get(
+        move |State(s): State<QueryState<V>>,
+              caller: Caller,
+              Path(raw): Path<String>,
+              Query(q): Query<MinPosition>,
+              h: HeaderMap| async move {
+            let key = key(&raw)?;
+            one(&s, &caller, view_name, &key, min_position(&q, &h)?).await
+        },
+    )
+}
+
+/// A product's key: its sku, checked.
+fn sku_key(sku: &str) -> Result<String, ApiError> {
+    crate::domain::validate_sku(sku).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(sku.to_owned())
+}
+
+/// An order's key: its id, a UUID.
+fn order_key(id: &str) -> Result<String, ApiError> {
+    Ok(parse_uuid("order id", id)?.to_string())
 }
 
 async fn get_customer_orders<V: ViewStore>(
@@ -217,24 +216,6 @@ async fn get_customer_orders<V: ViewStore>(
     Ok(Json(json!({ "data": data, "checkpoint": read.checkpoint.0 })).into_response())
 }
 
-async fn get_low_stock<V: ViewStore>(
-    State(s): State<QueryState<V>>,
-    caller: Caller,
-    Query(q): Query<ListQuery>,
-    h: HeaderMap,
-) -> Result<Response, ApiError> {
-    many(&s, &caller, "low_stock", q, &h).await
-}
-
-async fn get_dashboard<V: ViewStore>(
-    State(s): State<QueryState<V>>,
-    caller: Caller,
-    Query(q): Query<ListQuery>,
-    h: HeaderMap,
-) -> Result<Response, ApiError> {
-    many(&s, &caller, "sales_dashboard", q, &h).await
-}
-
 /// The query API. Its live streams end when `shutdown` is cancelled.
 /// Reads obey the read rules of `auth` ([`crate::views::access`]);
 /// `/health` and `/metrics` are for operators.
@@ -249,23 +230,16 @@ pub fn query_router<V: ViewStore>(
         .with_auth(auth.clone());
     // `/metrics` also reports the live streams.
     let ops = {
-        let (gauges, live) = (Arc::clone(&ops.gauges), live.clone());
-        Ops {
-            gauges: Arc::new(move || {
-                let mut samples = gauges();
-                samples.extend(live.samples());
-                samples
-            }),
-            ..ops
-        }
+        let live = live.clone();
+        ops.with_gauges(move || live.samples())
     };
     let router = Router::new()
-        .route("/products", get(get_products::<V>))
-        .route("/products/{sku}", get(get_product::<V>))
-        .route("/orders/{id}", get(get_order::<V>))
+        .route("/products", listing::<V>("catalog"))
+        .route("/products/{sku}", single::<V>("catalog", sku_key))
+        .route("/orders/{id}", single::<V>("order_details", order_key))
         .route("/customers/{id}/orders", get(get_customer_orders::<V>))
-        .route("/low-stock", get(get_low_stock::<V>))
-        .route("/dashboard", get(get_dashboard::<V>))
+        .route("/low-stock", listing::<V>("low_stock"))
+        .route("/dashboard", listing::<V>("sales_dashboard"))
         .with_state(state)
         .merge(super::ops::operator_ops_router(ops))
         .layer(axum::middleware::from_fn_with_state(auth.clone(), identify))
