@@ -3,7 +3,8 @@
 //!
 //! Run with `just bench` (or `cargo bench -p strata --bench store`). Set
 //! `STRATA_BENCH_SECS` to change the time per measurement (default 5) and
-//! `STRATA_BENCH_WRITE=1` to write the table into docs/benchmarks.md.
+//! `STRATA_BENCH_WRITE=1` to write the table into docs/benchmarks.md;
+//! `STRATA_BENCH_ONLY_LOAD=1` times only the 10,000-event loads.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -163,6 +164,11 @@ async fn main() {
     let mut rows = Vec::new();
     let run_id = Uuid::new_v4().simple().to_string()[..8].to_owned();
 
+    if std::env::var("STRATA_BENCH_ONLY_LOAD").is_ok() {
+        let (plain, narrow, without, with) = commands::load_times(&store, 10_000).await;
+        println!("10k-event load: plain fetch {plain:.2} ms (load's columns only {narrow:.2} ms), without snapshot {without:.2} ms, with snapshot {with:.2} ms");
+        return;
+    }
     let only_batch = std::env::var("STRATA_BENCH_ONLY_BATCH").is_ok();
     let cases: &[(usize, u64)] = if only_batch {
         &[(8, 100)]

@@ -8,7 +8,7 @@ pub mod view_conformance;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 /// How to start Postgres on a machine of this project's kind.
@@ -53,8 +53,7 @@ pub struct TestDatabase {
 /// Postgres cannot be reached: a test never skips silently.
 pub async fn test_database() -> TestDatabase {
     let admin_url = database_url();
-    let admin_opts: PgConnectOptions = admin_url
-        .parse()
+    let admin_opts: PgConnectOptions = crate::store::postgres::connect_options(&admin_url)
         .unwrap_or_else(|e| panic!("DATABASE_URL {admin_url:?} is not a Postgres URL: {e}"));
     let mut admin = match tokio::time::timeout(
         Duration::from_secs(10),
@@ -90,7 +89,7 @@ pub async fn test_database() -> TestDatabase {
         .clone()
         .database(&name)
         .log_statements(tracing::log::LevelFilter::Trace);
-    let pool = PgPoolOptions::new()
+    let pool = crate::store::postgres::pool_options()
         .max_connections(12)
         .acquire_timeout(Duration::from_secs(30))
         .connect_with(opts)

@@ -73,14 +73,16 @@ pub const NOTIFY_CHANNEL: &str = "strata_events";
 /// trip before it is handed out; one in use more recently is not.
 const PING_IF_IDLE: Duration = Duration::from_secs(30);
 
-/// The store's pool on `url` (see [`connect_options`]).
+/// The pool settings Strata's Postgres stores use (16 connections, 10 s
+/// to wait for one): give them more connections or a longer wait as you
+/// need, and connect them with [`connect_options`].
 ///
 /// sqlx checks every connection with a round trip each time it leaves the
 /// pool by default, which doubles the round trips of short statements;
-/// here only a connection idle for [`PING_IF_IDLE`] is checked, and one
-/// that broke while in use fails its statement (a backend error the
-/// callers retry) and is dropped.
-async fn connect_pool(url: &str) -> Result<PgPool> {
+/// here only a connection idle for 30 s is checked, and one that broke
+/// while in use fails its statement (a backend error the callers retry)
+/// and is dropped.
+pub fn pool_options() -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(16)
         .acquire_timeout(Duration::from_secs(10))
@@ -93,6 +95,11 @@ async fn connect_pool(url: &str) -> Result<PgPool> {
                 Ok(true)
             })
         })
+}
+
+/// The store's pool on `url`.
+async fn connect_pool(url: &str) -> Result<PgPool> {
+    pool_options()
         .connect_with(connect_options(url)?)
         .await
         .map_err(StoreError::backend)
