@@ -11,6 +11,7 @@ use super::{AdminContext, AdminError, EXIT_FAILED, EXIT_OK};
 use crate::envelope::Position;
 use crate::propagation::nats::StreamConfig;
 use crate::store::follow::Follower;
+use crate::store::postgres::errors::is_undefined_table;
 use crate::store::{EventFilter, EventStore};
 use crate::views::store::ViewId;
 use crate::{PgEventStore, PgPool};
@@ -215,13 +216,7 @@ async fn view_snapshot(
     let rows = match rows {
         Ok(rows) => rows,
         // The version's table does not exist yet: no documents.
-        Err(e)
-            if e.as_database_error()
-                .and_then(|d| d.code())
-                .is_some_and(|c| c == "42P01") =>
-        {
-            Vec::new()
-        }
+        Err(e) if is_undefined_table(&e) => Vec::new(),
         Err(e) => return Err(e.into()),
     };
     let mut docs = BTreeMap::new();
