@@ -12,8 +12,8 @@ use uuid::Uuid;
 use crate::envelope::{EventEnvelope, Position, StreamId};
 use crate::error::Result;
 use crate::store::{
-    decide, validate, AppendOutcome, AppendRequest, Decision, EventFilter, EventStore, StoreLimits,
-    StoredId,
+    decide, validate, wait_past, written, AppendOutcome, AppendRequest, Decision, EventFilter,
+    EventStore, StoreLimits, StoredId,
 };
 
 /// An event store that lives in the process's memory.
@@ -135,14 +135,7 @@ impl EventStore for InMemoryEventStore {
                             recorded_at: e.recorded_at.unwrap_or(recorded_at),
                         });
                     }
-                    AppendOutcome {
-                        stream_id: request.stream_id,
-                        first_version: current + 1,
-                        stream_version: current + count,
-                        first_position,
-                        position: Position(first_position.0 + count - 1),
-                        duplicate: false,
-                    }
+                    written(request.stream_id, current, count, first_position)
                 }
             }
         };
@@ -190,12 +183,7 @@ impl EventStore for InMemoryEventStore {
     }
 
     async fn wait_for_head(&self, after: Position, max_wait: Duration) -> Result<Position> {
-        let mut rx = self.inner.head.subscribe();
-        let waited = tokio::time::timeout(max_wait, rx.wait_for(|head| *head > after)).await;
-        Ok(match waited {
-            Ok(Ok(head)) => *head,
-            _ => *self.inner.head.borrow(),
-        })
+        Ok(wait_past(&self.inner.head, after, max_wait).await)
     }
 
     async fn events_by_id(&self, ids: &[Uuid]) -> Result<Vec<EventEnvelope>> {

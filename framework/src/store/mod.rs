@@ -403,6 +403,41 @@ pub(crate) fn decide(
     Ok(Decision::Write { current })
 }
 
+/// The outcome of writing `count` events (at least one) to a stream at
+/// version `current`, the first at `first_position`: both stores answer a
+/// write with it.
+pub(crate) fn written(
+    stream_id: StreamId,
+    current: u64,
+    count: u64,
+    first_position: Position,
+) -> AppendOutcome {
+    AppendOutcome {
+        stream_id,
+        first_version: current + 1,
+        stream_version: current + count,
+        first_position,
+        position: Position(first_position.0 + count - 1),
+        duplicate: false,
+    }
+}
+
+/// Waits up to `max_wait` for `head` to move past `after`; returns the head
+/// then, or at the timeout. Both stores' [`EventStore::wait_for_head`] end
+/// here.
+pub(crate) async fn wait_past(
+    head: &tokio::sync::watch::Sender<Position>,
+    after: Position,
+    max_wait: Duration,
+) -> Position {
+    let mut rx = head.subscribe();
+    let waited = tokio::time::timeout(max_wait, rx.wait_for(|h| *h > after)).await;
+    match waited {
+        Ok(Ok(h)) => *h,
+        _ => *head.borrow(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -742,15 +742,10 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                             CommandError::Decode(d) => {
                                 self.fail_all(group, |_| CommandError::Decode(d.clone()))
                             }
-                            CommandError::Store(s) => {
-                                let shared = SharedStoreError::from(s);
-                                self.fail_all(group, |_| CommandError::Store(shared.get()))
-                            }
+                            CommandError::Store(s) => self.fail_backend(group, s),
+                            // load_state fails only with the two above.
                             other => {
-                                // load_state fails only with the two above.
-                                let shared =
-                                    SharedStoreError::from(StoreError::backend(other.to_string()));
-                                self.fail_all(group, |_| CommandError::Store(shared.get()))
+                                self.fail_backend(group, StoreError::backend(other.to_string()))
                             }
                         }
                         return Vec::new();
@@ -857,8 +852,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                 group = match self.answer_repeats(stream_id, group).await {
                     Ok(g) => g,
                     Err((g, e)) => {
-                        let shared = SharedStoreError::from(e);
-                        self.fail_all(g, |_| CommandError::Store(shared.get()));
+                        self.fail_backend(g, e);
                         return leftover;
                     }
                 };
@@ -871,51 +865,93 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                 }
             }
 
-            if events.is_empty() {
-                self.reply_group(
-                    stream_id,
-                    group,
-                    decisions,
-                    &seen_ids,
-                    &current,
-                    None,
-                    &HashSet::new(),
-                );
-                *loaded = Some(Loaded { state, ..current });
-                return leftover;
-            }
+            // The append, unless the group decided no events.
             let count = events.len() as u64;
-            let request = AppendRequest::new(
-                stream_id.clone(),
-                A::STREAM_TYPE,
-                ExpectedVersion::from_seen(current.version),
-                events,
+            let appended = if events.is_empty() {
+                None
+            } else {
+                let request = AppendRequest::new(
+                    stream_id.clone(),
+                    A::STREAM_TYPE,
+                    ExpectedVersion::from_seen(current.version),
+                    events,
+                );
+                match self.inner.store.append(request).await {
+                    Ok(outcome) => Some(outcome),
+                    Err(StoreError::Conflict { actual, .. }) => {
+                        self.count(|s| s.conflicts_retried += 1);
+                        if attempt >= self.inner.retry.max_attempts {
+                            let attempts = attempt;
+                            self.fail_all(group, |_| CommandError::Conflict {
+                                stream_id: stream_id.clone(),
+                                attempts,
+                                actual,
+                            });
+                            return leftover;
+                        }
+                        tokio::time::sleep(self.inner.retry.delay(attempt)).await;
+                        group.extend(leftover);
+                        continue;
+                    }
+                    Err(StoreError::EventIdReused { .. }) => {
+                        // A command of the group was handled before: answer it
+                        // from the store, decide the rest afresh.
+                        repeats_checked = true;
+                        group.extend(leftover);
+                        group = match self.answer_repeats(stream_id, group).await {
+                            Ok(g) => g,
+                            Err((g, e)) => {
+                                self.fail_backend(g, e);
+                                return Vec::new();
+                            }
+                        };
+                        if attempt >= self.inner.retry.max_attempts {
+                            self.fail_all(group, |_| CommandError::Conflict {
+                                stream_id: stream_id.clone(),
+                                attempts: attempt,
+                                actual: 0,
+                            });
+                            return Vec::new();
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(stream = %stream_id, error = %e, "append failed");
+                        match e {
+                            StoreError::Input(i) => {
+                                self.fail_all(group, |_| CommandError::Input(i.clone()))
+                            }
+                            other => self.fail_backend(group, other),
+                        }
+                        return leftover;
+                    }
+                }
+            };
+            // `duplicate`: another process appended exactly these events
+            // (the same command ids) first. Those sent with another
+            // fingerprint were other requests.
+            let mismatched = match &appended {
+                Some(outcome) if outcome.duplicate => self.mismatched_fingerprints(&group).await,
+                _ => HashSet::new(),
+            };
+            self.reply_group(
+                stream_id,
+                group,
+                decisions,
+                &seen_ids,
+                &current,
+                appended.as_ref(),
+                &mismatched,
             );
-            match self.inner.store.append(request).await {
-                Ok(outcome) => {
+            match appended {
+                None => *loaded = Some(Loaded { state, ..current }),
+                Some(outcome) => {
                     let next = Loaded {
                         state,
                         version: outcome.stream_version,
                         position: outcome.position,
                         verified: true,
                     };
-                    // `duplicate`: another process appended exactly these
-                    // events (the same command ids) first. Those sent with
-                    // another fingerprint were other requests.
-                    let mismatched = if outcome.duplicate {
-                        self.mismatched_fingerprints(&group).await
-                    } else {
-                        HashSet::new()
-                    };
-                    self.reply_group(
-                        stream_id,
-                        group,
-                        decisions,
-                        &seen_ids,
-                        &current,
-                        Some(&outcome),
-                        &mismatched,
-                    );
                     if outcome.duplicate || next.version != current.version + count {
                         // Someone else wrote these events: our state may
                         // have counted them twice. Reload next time.
@@ -924,58 +960,9 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                         self.maybe_snapshot(stream_id, current.version, &next);
                         *loaded = Some(next);
                     }
-                    return leftover;
-                }
-                Err(StoreError::Conflict { actual, .. }) => {
-                    self.count(|s| s.conflicts_retried += 1);
-                    if attempt >= self.inner.retry.max_attempts {
-                        let attempts = attempt;
-                        self.fail_all(group, |_| CommandError::Conflict {
-                            stream_id: stream_id.clone(),
-                            attempts,
-                            actual,
-                        });
-                        return leftover;
-                    }
-                    tokio::time::sleep(self.inner.retry.delay(attempt)).await;
-                    group.extend(leftover);
-                }
-                Err(StoreError::EventIdReused { .. }) => {
-                    // A command of the group was handled before: answer it
-                    // from the store, decide the rest afresh.
-                    repeats_checked = true;
-                    group.extend(leftover);
-                    group = match self.answer_repeats(stream_id, group).await {
-                        Ok(g) => g,
-                        Err((g, e)) => {
-                            let shared = SharedStoreError::from(e);
-                            self.fail_all(g, |_| CommandError::Store(shared.get()));
-                            return Vec::new();
-                        }
-                    };
-                    if attempt >= self.inner.retry.max_attempts {
-                        self.fail_all(group, |_| CommandError::Conflict {
-                            stream_id: stream_id.clone(),
-                            attempts: attempt,
-                            actual: 0,
-                        });
-                        return Vec::new();
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(stream = %stream_id, error = %e, "append failed");
-                    match e {
-                        StoreError::Input(i) => {
-                            self.fail_all(group, |_| CommandError::Input(i.clone()))
-                        }
-                        other => {
-                            let shared = SharedStoreError::from(other);
-                            self.fail_all(group, |_| CommandError::Store(shared.get()))
-                        }
-                    }
-                    return leftover;
                 }
             }
+            return leftover;
         }
     }
 
@@ -1115,6 +1102,14 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
             let e = error(&p);
             let _ = p.reply.send(Err(e));
         }
+    }
+
+    /// Fails every command of `group` with the backend error `e`.
+    /// Fails every command of `group` with the same store error, typed
+    /// (a backend cause is shared, not turned into text).
+    fn fail_backend(&self, group: Vec<Pending<A>>, e: StoreError) {
+        let shared = SharedStoreError::from(e);
+        self.fail_all(group, |_| CommandError::Store(shared.get()));
     }
 
     fn maybe_snapshot(&self, stream_id: &StreamId, before: u64, next: &Loaded<A>) {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 
-use super::{PgEventStore, Shared, NOTIFY_CHANNEL};
+use super::{reads, PgEventStore, Shared, NOTIFY_CHANNEL};
 use crate::envelope::Position;
 
 impl PgEventStore {
@@ -32,28 +32,9 @@ impl PgEventStore {
 }
 
 /// Follows `NOTIFY`s (and polls as a safety net) to keep the head watch
-/// current for [`EventStore::wait_for_head`](crate::store::EventStore::wait_for_head). Ends when the store is dropped.
+/// current for [`EventStore::wait_for_head`](crate::store::EventStore::wait_for_head).
+/// Ends when the store is dropped.
 async fn run_listener(shared: Weak<Shared>, pool: PgPool, poll_interval: Duration) {
-    let poll = |shared: &Shared, pool: PgPool| {
-        let head = shared.head.clone();
-        async move {
-            if let Ok(h) =
-                sqlx::query_scalar::<_, i64>("SELECT position FROM strata_head WHERE id = 1")
-                    .fetch_one(&pool)
-                    .await
-            {
-                head.send_if_modified(|cur| {
-                    let h = Position(h as u64);
-                    if h > *cur {
-                        *cur = h;
-                        true
-                    } else {
-                        false
-                    }
-                });
-            }
-        }
-    };
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(mut l) => match l.listen(NOTIFY_CHANNEL).await {
@@ -70,7 +51,9 @@ async fn run_listener(shared: Weak<Shared>, pool: PgPool, poll_interval: Duratio
         };
         loop {
             let Some(s) = shared.upgrade() else { return };
-            poll(&s, pool.clone()).await;
+            if let Ok(head) = reads::head(&pool).await {
+                s.advance_head(head);
+            }
             s.listening.store(listener.is_some(), Ordering::Release);
             drop(s);
             let Some(l) = listener.as_mut() else {

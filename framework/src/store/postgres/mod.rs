@@ -36,8 +36,11 @@
 //! - `listener.rs`: the `NOTIFY` listener that keeps the head current for
 //!   followers;
 //! - `schema.rs`: [`migrate`] and [`check_migrated`];
+//! - `errors.rs`: what a Postgres error means (data, unique violation,
+//!   missing table);
 //! - `snapshots.rs`: [`PgSnapshotStore`].
 
+pub(crate) mod errors;
 mod listener;
 mod plan;
 mod reads;
@@ -57,8 +60,8 @@ use uuid::Uuid;
 use crate::envelope::{EventEnvelope, Position, StreamId};
 use crate::error::{Result, StoreError};
 use crate::store::{
-    validate, AppendOutcome, AppendRequest, EventFilter, EventStore, StoreLimits, StreamEvent,
-    ValidAppend,
+    validate, wait_past, AppendOutcome, AppendRequest, EventFilter, EventStore, StoreLimits,
+    StreamEvent, ValidAppend,
 };
 
 pub use schema::{check_migrated, migrate};
@@ -414,9 +417,8 @@ impl EventStore for PgEventStore {
 
     async fn wait_for_head(&self, after: Position, max_wait: Duration) -> Result<Position> {
         self.ensure_listener();
-        let mut rx = self.inner.shared.head.subscribe();
         let current = self.inner.shared.listening.load(Ordering::Acquire);
-        if !current && *rx.borrow_and_update() <= after {
+        if !current && *self.inner.shared.head.borrow() <= after {
             // The watch may lag the database (the listener is starting or
             // reconnecting).
             let head = self.head().await?;
@@ -424,11 +426,7 @@ impl EventStore for PgEventStore {
                 return Ok(head);
             }
         }
-        let waited = tokio::time::timeout(max_wait, rx.wait_for(|h| *h > after)).await;
-        Ok(match waited {
-            Ok(Ok(head)) => *head,
-            _ => *self.inner.shared.head.borrow(),
-        })
+        Ok(wait_past(&self.inner.shared.head, after, max_wait).await)
     }
 
     async fn events_by_id(&self, ids: &[Uuid]) -> Result<Vec<EventEnvelope>> {

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{Job, Shared};
 use crate::envelope::Position;
 use crate::error::{Result, StoreError};
-use crate::store::{decide, AppendOutcome, Decision, StoredId};
+use crate::store::{decide, written, AppendOutcome, Decision, StoredId};
 
 /// What a group's decisions add up to, counted once the group commits.
 #[derive(Debug, Default)]
@@ -124,14 +124,12 @@ pub(super) fn plan<'a>(
                 );
                 tally.appends += 1;
                 tally.events += count;
-                Ok(AppendOutcome {
-                    stream_id: request.stream_id.clone(),
-                    first_version: current + 1,
-                    stream_version: current + count,
+                Ok(written(
+                    request.stream_id.clone(),
+                    current,
+                    count,
                     first_position,
-                    position: Position(next),
-                    duplicate: false,
-                })
+                ))
             }
         };
         results.push(result);

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use sqlx::PgPool;
 
+use super::errors::is_undefined_table;
 use crate::error::{Result, StoreError};
 
 /// The schema in `migrations/`, embedded at build time.
@@ -64,7 +65,7 @@ pub async fn check_migrated(pool: &PgPool) -> Result<()> {
             .await
         {
             Ok(rows) => rows,
-            Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("42P01") => {
+            Err(e) if is_undefined_table(&e) => {
                 return Err(not_ready("no migration has been applied".into()))
             }
             Err(e) => return Err(StoreError::backend(e)),

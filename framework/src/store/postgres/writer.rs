@@ -12,6 +12,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::errors::{is_data_error, is_unique_violation, violated};
 use super::plan::plan;
 use super::{Job, PgStoreConfig, Shared, NOTIFY_CHANNEL};
 use crate::envelope::{Position, StreamId};
@@ -271,62 +272,24 @@ impl Writer {
         self.write_locked(batch).await
     }
 
-    /// What is left of the group's one `lock_timeout`, as a `lock_timeout`
-    /// setting in milliseconds (at least 1: 0 would mean "wait forever").
-    fn lock_budget(&self) -> String {
+    /// The group's turn at the append lock, taken before the writer's
+    /// connection is borrowed for the statement.
+    fn lock_turn(&self) -> LockTurn {
+        // What is left of the group's one `lock_timeout`, as a
+        // `lock_timeout` setting in milliseconds (at least 1: 0 would mean
+        // "wait forever").
         let left = self.deadline.saturating_duration_since(Instant::now());
-        left.as_millis().max(1).to_string()
-    }
-
-    /// Runs `call`, a statement that takes the append lock, on the writer's
-    /// connection (`pid`). If it waits longer than the slow-lock threshold,
-    /// logs who holds the lock. If it is still running `CANCEL_GRACE` past
-    /// the group's deadline, cancels it from another connection.
-    ///
-    /// The statement's own `lock_timeout` is set to the group's budget, but
-    /// Postgres restarts that timer for each lock it waits for, and a writer
-    /// queued behind another waiter waits twice: for the tuple lock the
-    /// waiter ahead holds, then for the holder's transaction. The cancel
-    /// bounds the total. Returns the statement's result and whether the
-    /// cancel was sent (the caller then discards the connection: a cancel
-    /// that lands late must not hit a later statement).
-    async fn watch_lock<T>(
-        shared: &Shared,
-        pool: &PgPool,
-        pid: i32,
-        slow: Duration,
-        deadline: Instant,
-        call: impl std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
-    ) -> (std::result::Result<T, sqlx::Error>, bool) {
-        tokio::pin!(call);
-        let slow_timer = tokio::time::sleep(slow);
-        let cancel_timer = tokio::time::sleep_until((deadline + CANCEL_GRACE).into());
-        tokio::pin!(slow_timer, cancel_timer);
-        let (mut warned, mut cancelled) = (false, false);
-        loop {
-            tokio::select! {
-                r = &mut call => return (r, cancelled),
-                _ = &mut slow_timer, if !warned => {
-                    warned = true;
-                    shared.counters.slow_lock_waits.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(report_lock_holders(pool.clone(), pid));
-                }
-                _ = &mut cancel_timer, if !cancelled => {
-                    cancelled = true;
-                    if let Err(e) = sqlx::query("SELECT pg_cancel_backend($1)")
-                        .bind(pid)
-                        .execute(pool)
-                        .await
-                    {
-                        tracing::warn!(error = %e, "could not cancel an append past its lock_timeout");
-                    }
-                }
-            }
+        LockTurn {
+            shared: Arc::clone(&self.shared),
+            pool: self.pool.clone(),
+            slow: self.config.slow_lock_warning,
+            deadline: self.deadline,
+            budget: left.as_millis().max(1).to_string(),
         }
     }
 
     /// The error of a group whose wait for the append lock was cut short
-    /// by [`watch_lock`](Self::watch_lock)'s cancel.
+    /// by [`LockTurn::watch`]'s cancel.
     fn lock_timed_out(&self) -> sqlx::Error {
         sqlx::Error::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -359,11 +322,7 @@ impl Writer {
             assumed.iter().map(|(s, v)| (s.as_str(), *v as i64)).unzip();
         let plan = plan(batch, assumed.clone(), HashMap::new(), 0);
         let (s_ids, s_types, s_versions) = plan.stream_columns();
-        let slow = self.config.slow_lock_warning;
-        let pool = self.pool.clone();
-        let shared = Arc::clone(&self.shared);
-        let budget = self.lock_budget();
-        let deadline = self.deadline;
+        let turn = self.lock_turn();
         let (conn, pid) = self.connection().await?;
         let pid = *pid;
         let c = &plan.cols;
@@ -382,10 +341,10 @@ impl Writer {
             .bind(&s_types)
             .bind(&s_versions)
             .bind(NOTIFY_CHANNEL)
-            .bind(&budget)
+            .bind(&turn.budget)
             .fetch_one(&mut *conn);
         let started = Instant::now();
-        let (base, cancelled) = Self::watch_lock(&shared, &pool, pid, slow, deadline, call).await;
+        let (base, cancelled) = turn.watch(pid, call).await;
         if cancelled {
             // A cancel that lands late must not hit a later statement.
             self.conn = None;
@@ -394,10 +353,7 @@ impl Writer {
             }
         }
         let base = base?;
-        shared
-            .counters
-            .max_lock_wait_us
-            .fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        turn.waited(started);
         let Some(base) = base else { return Ok(None) };
         let base = base as u64;
         let results = plan
@@ -411,18 +367,14 @@ impl Writer {
                 })
             })
             .collect();
-        shared.committed(&plan.tally, base);
+        turn.shared.committed(&plan.tally, base);
         Ok(Some(results))
     }
 
     /// The locked transaction: lock, read the streams' versions and any
     /// stored ids, decide, write, commit (four round trips).
     async fn write_locked(&mut self, batch: &[Job]) -> BatchResult {
-        let slow = self.config.slow_lock_warning;
-        let pool = self.pool.clone();
-        let shared = Arc::clone(&self.shared);
-        let budget = self.lock_budget();
-        let deadline = self.deadline;
+        let turn = self.lock_turn();
         let (conn, pid) = self.connection().await?;
         let pid = *pid;
         // 1. `BEGIN`, then the append lock, waiting at most what is left of
@@ -434,9 +386,9 @@ impl Writer {
             "SELECT 1 FROM strata_head, (SELECT set_config('lock_timeout', $1, true)) AS budget \
               WHERE id = 1 FOR UPDATE OF strata_head",
         )
-        .bind(&budget)
+        .bind(&turn.budget)
         .execute(&mut *tx);
-        let (locked, cancelled) = Self::watch_lock(&shared, &pool, pid, slow, deadline, lock).await;
+        let (locked, cancelled) = turn.watch(pid, lock).await;
         if cancelled {
             // Past the deadline either way; a cancel that lands late would
             // hit the statements below. Dropping the connection rolls back.
@@ -445,10 +397,7 @@ impl Writer {
             return Err(self.lock_timed_out());
         }
         locked?;
-        shared
-            .counters
-            .max_lock_wait_us
-            .fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        turn.waited(started);
 
         let stream_ids: Vec<&str> = batch
             .iter()
@@ -543,35 +492,76 @@ impl Writer {
 
         // 5. Commit, which releases the lock.
         tx.commit().await?;
-        shared.committed(&plan.tally, 0);
+        turn.shared.committed(&plan.tally, 0);
         Ok(plan.results)
     }
 }
 
-/// True when a statement failed on the data it was given: a value or a
-/// constraint Postgres refuses (SQLSTATE classes 22 "data exception" and 23
-/// "integrity constraint violation"), a backend limit (54), or a trigger
-/// that raised (P0001). The statement wrote nothing and the connection is
-/// fine; the same data fails again. Connection errors, lock timeouts (55P03)
-/// and server trouble are not data errors.
-fn is_data_error(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .and_then(|d| d.code())
-        .is_some_and(|c| {
-            c.starts_with("22") || c.starts_with("23") || c.starts_with("54") || c == "P0001"
-        })
+/// A group's turn at the append lock: what a statement that takes the
+/// lock runs with, besides the writer's connection.
+struct LockTurn {
+    shared: Arc<Shared>,
+    pool: PgPool,
+    /// A wait longer than this logs who holds the lock.
+    slow: Duration,
+    /// The group's deadline (see [`Writer`]'s `deadline`).
+    deadline: Instant,
+    /// What is left of the group's `lock_timeout`, as the setting.
+    budget: String,
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .is_some_and(|d| d.is_unique_violation())
-}
+impl LockTurn {
+    /// Runs `call`, a statement that takes the append lock, on the writer's
+    /// connection (`pid`). If it waits longer than the slow-lock threshold,
+    /// logs who holds the lock. If it is still running `CANCEL_GRACE` past
+    /// the group's deadline, cancels it from another connection.
+    ///
+    /// The statement's own `lock_timeout` is set to the group's budget, but
+    /// Postgres restarts that timer for each lock it waits for, and a writer
+    /// queued behind another waiter waits twice: for the tuple lock the
+    /// waiter ahead holds, then for the holder's transaction. The cancel
+    /// bounds the total. Returns the statement's result and whether the
+    /// cancel was sent (the caller then discards the connection: a cancel
+    /// that lands late must not hit a later statement).
+    async fn watch<T>(
+        &self,
+        pid: i32,
+        call: impl std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
+    ) -> (std::result::Result<T, sqlx::Error>, bool) {
+        tokio::pin!(call);
+        let slow_timer = tokio::time::sleep(self.slow);
+        let cancel_timer = tokio::time::sleep_until((self.deadline + CANCEL_GRACE).into());
+        tokio::pin!(slow_timer, cancel_timer);
+        let (mut warned, mut cancelled) = (false, false);
+        loop {
+            tokio::select! {
+                r = &mut call => return (r, cancelled),
+                _ = &mut slow_timer, if !warned => {
+                    warned = true;
+                    self.shared.counters.slow_lock_waits.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(report_lock_holders(self.pool.clone(), pid));
+                }
+                _ = &mut cancel_timer, if !cancelled => {
+                    cancelled = true;
+                    if let Err(e) = sqlx::query("SELECT pg_cancel_backend($1)")
+                        .bind(pid)
+                        .execute(&self.pool)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "could not cancel an append past its lock_timeout");
+                    }
+                }
+            }
+        }
+    }
 
-/// The unique constraint an error violated, if any.
-fn violated(e: &sqlx::Error) -> Option<&str> {
-    e.as_database_error()
-        .filter(|d| d.is_unique_violation())
-        .and_then(|d| d.constraint())
+    /// Records a lock wait that started at `started` and has ended.
+    fn waited(&self, started: Instant) {
+        self.shared
+            .counters
+            .max_lock_wait_us
+            .fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
 }
 
 /// Logs the sessions that hold up the append lock: the failure mode of a
