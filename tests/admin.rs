@@ -13,8 +13,8 @@ use example_ecommerce::runtime::{spawn_fulfilment, spawn_projectors, Statuses};
 use serde_json::Value;
 use strata::testing::{nats_url, test_database, unique_stream, wait_until};
 use strata::{
-    CancellationToken, ChangeFeed, CommandContext, EventStore, InProcessBus, PgEventStore,
-    PgViewStore, Relay, ViewId, ViewStore,
+    AnyChangeFeed, CancellationToken, CommandContext, Documents, EventStore, InProcessBus,
+    PgEventStore, PgViewStore, Relay, Versions, ViewId,
 };
 use uuid::Uuid;
 
@@ -88,7 +88,7 @@ async fn admin_cli_export_import_verify_rebuild() {
         &[],
         &bus,
         &views,
-        &ChangeFeed::in_process(),
+        &AnyChangeFeed::in_process(),
         &statuses,
         &shutdown,
     );

@@ -13,8 +13,8 @@ use example_ecommerce::metrics::Metrics;
 use example_ecommerce::runtime::{spawn_fulfilment, spawn_projectors, Statuses};
 use strata::testing::{test_database, wait_until};
 use strata::{
-    CancellationToken, ChangeFeed, CommandContext, EventStore, InProcessBus, PgEventStore,
-    PgViewStore, ViewId, ViewStore,
+    AnyChangeFeed, CancellationToken, Checkpoints, CommandContext, Documents, EventStore,
+    InProcessBus, PgEventStore, PgViewStore, ViewId,
 };
 use uuid::Uuid;
 
@@ -39,7 +39,7 @@ async fn thirty_two_buyers_race_for_the_last_units() {
         &["catalog".to_owned()],
         &bus,
         &views,
-        &ChangeFeed::in_process(),
+        &AnyChangeFeed::in_process(),
         &statuses,
         &shutdown,
     );

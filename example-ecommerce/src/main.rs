@@ -14,8 +14,8 @@ use example_ecommerce::identity::{AuthArgs, DemoIdentity};
 use example_ecommerce::metrics::Metrics;
 use example_ecommerce::runtime::{self, Statuses};
 use strata::{
-    CancellationToken, ChangeFeed, EventStore, InMemoryEventStore, InMemoryViewStore, InProcessBus,
-    JetStreamBus, PgEventStore, PgViewStore, ReaderConfig, Relay, ViewReader,
+    AnyChangeFeed, CancellationToken, EventStore, InMemoryEventStore, InMemoryViewStore,
+    InProcessBus, JetStreamBus, PgEventStore, PgViewStore, ReaderConfig, Relay, ViewReader,
 };
 
 #[derive(Parser)]
@@ -314,7 +314,7 @@ async fn main() -> anyhow::Result<()> {
                     store.clone(),
                     JetStreamBus::new(client.clone(), s.stream.clone(), store.clone()),
                     views,
-                    ChangeFeed::nats(client.clone(), s.changes_prefix()),
+                    AnyChangeFeed::nats(client.clone(), s.changes_prefix()),
                     statuses,
                     health(store, Some(client)),
                     options,
@@ -331,7 +331,7 @@ async fn main() -> anyhow::Result<()> {
                     store.clone(),
                     InProcessBus::new(store.clone()),
                     InMemoryViewStore::new(),
-                    ChangeFeed::in_process(),
+                    AnyChangeFeed::in_process(),
                     statuses,
                     health(store, None),
                     options,
@@ -415,7 +415,7 @@ async fn main() -> anyhow::Result<()> {
                 PgViewStore::new(store.pool().clone()),
                 ReaderConfig::default(),
             );
-            let feed = ChangeFeed::nats(client.clone(), s.changes_prefix());
+            let feed = AnyChangeFeed::nats(client.clone(), s.changes_prefix());
             reader.listen(&feed, shutdown.clone()).await?;
             let gauges = {
                 let reader = reader.clone();
@@ -473,7 +473,7 @@ async fn main() -> anyhow::Result<()> {
             let client = nats(&servers).await?;
             let views = PgViewStore::new(store.pool().clone());
             let bus = JetStreamBus::new(client.clone(), s.stream.clone(), store.clone());
-            let feed = ChangeFeed::nats(client.clone(), s.changes_prefix());
+            let feed = AnyChangeFeed::nats(client.clone(), s.changes_prefix());
             let statuses = Statuses::default();
             let tasks = runtime::spawn_projectors(&only, &bus, &views, &feed, &statuses, &shutdown);
             serve_ops(ops_listen, &store, client, &statuses, &shutdown).await?;
@@ -500,7 +500,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             {
                 ctx = ctx
-                    .change_feed(ChangeFeed::nats(client.clone(), s.changes_prefix()))
+                    .change_feed(AnyChangeFeed::nats(client.clone(), s.changes_prefix()))
                     .nats(client, s.stream.clone());
             }
             std::process::exit(strata::admin::run(admin, ctx).await);

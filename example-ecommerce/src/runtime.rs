@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use strata::nats::StreamConfig;
 use strata::{
-    CancellationToken, ChangeFeed, EventBus, EventStore, Projection, Projector, RelayStatus,
+    AnyChangeFeed, CancellationToken, EventBus, EventStore, Projection, Projector, RelayStatus,
     SubscriberStatus, ViewReader, ViewStore,
 };
 use tokio::sync::watch;
@@ -147,7 +147,7 @@ fn spawn_one<P: Projection, B: EventBus, V: ViewStore>(
     projection: P,
     bus: &B,
     views: &V,
-    feed: &ChangeFeed,
+    feed: &AnyChangeFeed,
     statuses: &Statuses,
     shutdown: &CancellationToken,
 ) -> JoinHandle<()> {
@@ -162,7 +162,7 @@ pub fn spawn_projectors<B: EventBus, V: ViewStore>(
     only: &[String],
     bus: &B,
     views: &V,
-    feed: &ChangeFeed,
+    feed: &AnyChangeFeed,
     statuses: &Statuses,
     shutdown: &CancellationToken,
 ) -> Vec<JoinHandle<()>> {

@@ -23,8 +23,8 @@ use example_ecommerce::runtime::{spawn_fulfilment, spawn_projectors, Statuses};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use strata::{
-    CancellationToken, ChangeFeed, EventStore, InMemoryEventStore, InMemoryViewStore, InProcessBus,
-    Position, ReaderConfig, ViewReader,
+    AnyChangeFeed, CancellationToken, EventStore, InMemoryEventStore, InMemoryViewStore,
+    InProcessBus, Position, ReaderConfig, ViewReader,
 };
 use tower::ServiceExt;
 use uuid::Uuid;
@@ -64,7 +64,7 @@ async fn shop(identity: &DemoIdentity, proxied: bool) -> Shop1 {
     let store = InMemoryEventStore::new();
     let bus = InProcessBus::new(store.clone());
     let views = InMemoryViewStore::new();
-    let feed = ChangeFeed::in_process();
+    let feed = AnyChangeFeed::in_process();
     let statuses = Statuses::default();
     let shutdown = CancellationToken::new();
     let shop = Shop::new(

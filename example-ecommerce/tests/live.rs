@@ -17,8 +17,9 @@ use example_ecommerce::runtime::{spawn_fulfilment, spawn_projectors, Statuses};
 use futures::StreamExt;
 use serde_json::Value;
 use strata::{
-    CancellationToken, ChangeFeed, CommandContext, InMemoryEventStore, InMemoryViewStore,
-    InProcessBus, Position, ReaderConfig, ViewChange, ViewId, ViewReader, ViewStore,
+    AnyChangeFeed, CancellationToken, ChangeFeed, Checkpoints, CommandContext, Documents,
+    InMemoryEventStore, InMemoryViewStore, InProcessBus, Position, ReaderConfig, ViewChange,
+    ViewId, ViewReader,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
@@ -26,7 +27,7 @@ use uuid::Uuid;
 struct Env {
     shop: Shop<InMemoryEventStore>,
     views: InMemoryViewStore,
-    feed: ChangeFeed,
+    feed: AnyChangeFeed,
     live: Live<InMemoryViewStore>,
     url: String,
     addr: std::net::SocketAddr,
@@ -49,7 +50,7 @@ async fn start_with(config: LiveConfig, listen: bool) -> Env {
     let store = InMemoryEventStore::new();
     let bus = InProcessBus::new(store.clone());
     let views = InMemoryViewStore::new();
-    let feed = ChangeFeed::in_process();
+    let feed = AnyChangeFeed::in_process();
     let statuses = Statuses::default();
     let shutdown = CancellationToken::new();
     let shop = Shop::new(

@@ -33,12 +33,12 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::envelope::{EventEnvelope, NewEvent, Position, StreamId};
-use crate::propagation::changes::ChangeFeed;
+use crate::propagation::changes::{AnyChangeFeed, ChangeFeed};
 use crate::propagation::nats::StreamConfig;
 use crate::store::{AppendRequest, EventFilter, EventStore, ExpectedVersion};
 use crate::views::projection::{Projection, ProjectionTest};
 use crate::views::rebuild::{RebuildError, RebuildOptions, RebuildProgress, RebuildReport};
-use crate::views::store::{ViewId, ViewStore};
+use crate::views::store::{Checkpoints, Versions, ViewId};
 use crate::write::aggregate::BoxFuture;
 use crate::{PgEventStore, PgViewStore};
 
@@ -227,7 +227,7 @@ pub trait RegisteredProjection: Send + Sync {
         &self,
         store: PgEventStore,
         views: PgViewStore,
-        feed: Option<ChangeFeed>,
+        feed: Option<AnyChangeFeed>,
         progress: Box<dyn FnMut(RebuildProgress) + Send>,
         shutdown: CancellationToken,
     ) -> BoxFuture<'static, Result<RebuildReport, RebuildError>>;
@@ -255,7 +255,7 @@ where
         &self,
         store: PgEventStore,
         views: PgViewStore,
-        feed: Option<ChangeFeed>,
+        feed: Option<AnyChangeFeed>,
         progress: Box<dyn FnMut(RebuildProgress) + Send>,
         shutdown: CancellationToken,
     ) -> BoxFuture<'static, Result<RebuildReport, RebuildError>> {
@@ -289,7 +289,7 @@ pub struct AdminContext {
     projections: Vec<Arc<dyn RegisteredProjection>>,
     names: Vec<String>,
     nats: Option<(async_nats::Client, StreamConfig)>,
-    feed: Option<ChangeFeed>,
+    feed: Option<AnyChangeFeed>,
     subscribers: Vec<String>,
 }
 
@@ -331,8 +331,8 @@ impl AdminContext {
 
     /// Announces rebuilds' documents and switches on `feed`, so query
     /// services follow a switch the moment it commits.
-    pub fn change_feed(mut self, feed: ChangeFeed) -> Self {
-        self.feed = Some(feed);
+    pub fn change_feed(mut self, feed: impl ChangeFeed) -> Self {
+        self.feed = Some(feed.into_any());
         self
     }
 

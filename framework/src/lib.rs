@@ -36,11 +36,14 @@
 //! - [`propagation`]: the relay and the buses carry events out of the store:
 //!   `propagation::nats` (feature `nats`): the JetStream [`Relay`] (stream
 //!   sequence = store position) and [`JetStreamBus`]; [`EventBus`] with
-//!   [`InProcessBus`] and the gap check; [`ChangeFeed`], which announces
-//!   the documents a projector changed.
+//!   [`InProcessBus`] and the gap check; the [`ChangeFeed`] trait, which
+//!   announces the documents a projector changed ([`InProcessChangeFeed`],
+//!   `NatsChangeFeed`, any of them behind [`AnyChangeFeed`]).
 //! - [`views`]: [`Projection`] (pure) and the [`Projector`] runtime;
 //!   keyed-document views, checkpoints, dead letters, leases and versions
-//!   ([`ViewStore`], [`InMemoryViewStore`], `PgViewStore`); [`ViewReader`],
+//!   (one trait per concern: [`Leases`], [`Checkpoints`], [`Documents`],
+//!   [`Versions`]; [`ViewStore`], all four; [`InMemoryViewStore`],
+//!   `PgViewStore`); [`ViewReader`],
 //!   cached reads with read-your-writes; online rebuilds ([`rebuild()`]).
 //! - [`process`]: [`ProcessManager`] and its runner: events in, commands
 //!   out, back to the write side.
@@ -122,9 +125,12 @@ pub use process::{
     caused_command_id, process_test, CommandSender, ProcessManager, ProcessManagerRunner, SendError,
 };
 pub use propagation::bus::{BusError, Delivery, EventBus, InProcessBus, Subscription};
-pub use propagation::changes::{ChangeFeed, ChangeNotice, ViewChange};
+pub use propagation::changes::{
+    AnyChangeFeed, ChangeFeed, ChangeNotice, ChangeSource, ChangeSubscription, InProcessChangeFeed,
+    ViewChange,
+};
 #[cfg(feature = "nats")]
-pub use propagation::nats::{JetStreamBus, Relay, RelayStatus, StreamConfig};
+pub use propagation::nats::{JetStreamBus, NatsChangeFeed, Relay, RelayStatus, StreamConfig};
 pub use store::follow::Follower;
 pub use store::memory::InMemoryEventStore;
 #[cfg(feature = "postgres")]
@@ -143,8 +149,9 @@ pub use views::projection::{
 pub use views::query::{CacheStats, QueryError, ReaderConfig, ViewReader};
 pub use views::rebuild::{rebuild, RebuildError, RebuildOptions, RebuildProgress, RebuildReport};
 pub use views::store::{
-    ActiveView, Checkpoint, DeadLetter, DocChange, InMemoryViewStore, StoredDoc, SubscriberState,
-    ViewError, ViewId, ViewPage, ViewRead, ViewStore,
+    ActiveView, Checkpoint, Checkpoints, DeadLetter, DocChange, Documents, InMemoryViewStore,
+    Lease, LeaseHandle, Leases, StoredDoc, SubscriberState, Versions, ViewError, ViewId, ViewPage,
+    ViewRead, ViewStore,
 };
 pub use write::aggregate::{
     Aggregate, InMemorySnapshotStore, Snapshot, SnapshotPolicy, SnapshotStore,

@@ -22,7 +22,7 @@ use crate::store::EventFilter;
 use crate::views::projection::{
     FailurePolicy, ProjectionError, RunError, RunState, SubscriberStatus,
 };
-use crate::views::store::{validate_name, DeadLetter, SubscriberState, ViewStore};
+use crate::views::store::{validate_name, Checkpoints, DeadLetter, Leases, SubscriberState};
 use crate::write::command::{CommandContext, CommandError};
 
 /// A process manager: reacts to typed events with commands.
@@ -148,7 +148,7 @@ impl<M, B, V, C> ProcessManagerRunner<M, B, V, C>
 where
     M: ProcessManager,
     B: EventBus,
-    V: ViewStore,
+    V: Leases + Checkpoints,
     C: CommandSender<M::Command>,
 {
     /// A runner; `views` keeps its checkpoint and dead letters.
@@ -260,9 +260,7 @@ where
                                     Sent::Failed(reason) => failures.push(reason),
                                     Sent::Interrupted => {
                                         // Shutting down: commit what was done.
-                                        self.views
-                                            .commit(&name, None, vec![], position, to)
-                                            .await?;
+                                        self.views.advance(&name, position, to).await?;
                                         return Ok(());
                                     }
                                 }
@@ -270,7 +268,7 @@ where
                             if !failures.is_empty() {
                                 // Commit what came before, then park the event.
                                 if to > position {
-                                    self.views.commit(&name, None, vec![], position, to).await?;
+                                    self.views.advance(&name, position, to).await?;
                                     position = to;
                                 }
                                 let skip = self.manager.on_failure() == FailurePolicy::Skip;
@@ -307,7 +305,7 @@ where
                             }
                         }
                         Err(error) => {
-                            self.views.commit(&name, None, vec![], position, to).await?;
+                            self.views.advance(&name, position, to).await?;
                             position = to;
                             tracing::error!(manager = %name, position = %event.position, error = %error, "process manager failed on an event; dead-lettered and skipped");
                             self.views
@@ -325,7 +323,7 @@ where
                 to = event.position;
             }
             if to > position {
-                self.views.commit(&name, None, vec![], position, to).await?;
+                self.views.advance(&name, position, to).await?;
                 position = to;
             }
             crate::propagation::bus::ack_batch(batch).await;

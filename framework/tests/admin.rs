@@ -10,9 +10,9 @@ use common::{CounterEvent, Totals};
 use strata::admin::{execute, AdminArgs, AdminCommand, AdminContext, AdminError, EXIT_OK};
 use strata::testing::{nats_client, test_database, unique_stream, wait_until};
 use strata::{
-    AppendRequest, CancellationToken, EventEnvelope, EventFilter, EventStore, ExpectedVersion,
-    InProcessBus, NewEvent, PgEventStore, PgViewStore, Position, Projector, Relay, StreamId,
-    ViewStore,
+    AppendRequest, CancellationToken, Checkpoints, EventEnvelope, EventFilter, EventStore,
+    ExpectedVersion, InProcessBus, NewEvent, PgEventStore, PgViewStore, Position, Projector, Relay,
+    StreamId,
 };
 
 fn inc(stream: &str, by: u64) -> AppendRequest {

@@ -10,9 +10,9 @@ use std::time::Duration;
 use common::{CounterEvent, Totals};
 use strata::testing::{test_database, wait_until};
 use strata::{
-    AppendRequest, CancellationToken, EventFilter, EventStore, ExpectedVersion, InProcessBus,
-    NewEvent, PgEventStore, PgViewStore, Position, ProjectionTest, Projector, ReaderConfig,
-    RebuildError, RebuildOptions, StreamId, ViewId, ViewReader, ViewStore,
+    AppendRequest, CancellationToken, Checkpoints, Documents, EventFilter, EventStore,
+    ExpectedVersion, InProcessBus, NewEvent, PgEventStore, PgViewStore, Position, ProjectionTest,
+    Projector, ReaderConfig, RebuildError, RebuildOptions, StreamId, Versions, ViewId, ViewReader,
 };
 
 fn totals() -> Totals {
