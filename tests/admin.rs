@@ -8,8 +8,8 @@ use example_ecommerce::app::LineRequest;
 use serde_json::Value;
 use strata::testing::{test_database, unique_stream, wait_until};
 use strata::{
-    ChangeFeed, CommandContext, EventStore, InProcessBus, PgEventStore, PgViewStore, Relay, ViewId,
-    ViewStore,
+    AnyChangeFeed, CommandContext, Documents, EventStore, InProcessBus, PgEventStore, PgViewStore,
+    Relay, Versions, ViewId,
 };
 use uuid::Uuid;
 
@@ -60,7 +60,7 @@ async fn admin_cli_export_import_verify_rebuild() {
         statuses,
         shutdown,
         mut tasks,
-    } = InProcessShop::start(&store, &bus, &views, &ChangeFeed::in_process(), &[]);
+    } = InProcessShop::start(&store, &bus, &views, &AnyChangeFeed::in_process(), &[]);
     let client = strata::testing::nats_client().await;
     tasks.push(tokio::spawn(
         Relay::new(store.clone(), views.clone(), client.clone(), cfg.clone()).run(shutdown.clone()),

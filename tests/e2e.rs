@@ -15,8 +15,8 @@ use example_ecommerce::views::{
 use serde_json::{json, Value};
 use strata::testing::{nats_url, test_database, unique_stream, wait_until};
 use strata::{
-    EventFilter, EventStore, PgEventStore, PgViewStore, Position, Projection, ProjectionTest,
-    ViewId, ViewStore,
+    Checkpoints, Documents, EventFilter, EventStore, PgEventStore, PgViewStore, Position,
+    Projection, ProjectionTest, Versions, ViewId,
 };
 
 #[path = "../example-ecommerce/tests/support/mod.rs"]

@@ -10,8 +10,8 @@ use example_ecommerce::domain::order::OrderStatus;
 use example_ecommerce::domain::{inventory_stream, order_stream};
 use strata::testing::{test_database, wait_until};
 use strata::{
-    ChangeFeed, CommandContext, EventStore, InProcessBus, PgEventStore, PgViewStore, ViewId,
-    ViewStore,
+    AnyChangeFeed, Checkpoints, CommandContext, Documents, EventStore, InProcessBus, PgEventStore,
+    PgViewStore, ViewId,
 };
 use uuid::Uuid;
 
@@ -39,7 +39,7 @@ async fn thirty_two_buyers_race_for_the_last_units() {
         &store,
         &bus,
         &views,
-        &ChangeFeed::in_process(),
+        &AnyChangeFeed::in_process(),
         &["catalog".to_owned()],
     );
 

@@ -24,7 +24,7 @@ use example_ecommerce::metrics::Metrics;
 use example_ecommerce::runtime::{spawn_projectors, Statuses};
 use futures::StreamExt;
 use strata::{
-    CancellationToken, ChangeFeed, CommandContext, InMemoryEventStore, InMemoryViewStore,
+    AnyChangeFeed, CancellationToken, CommandContext, InMemoryEventStore, InMemoryViewStore,
     InProcessBus, ReaderConfig, ViewReader,
 };
 use tokio::sync::{mpsc, Semaphore};
@@ -137,7 +137,7 @@ async fn run() {
     let store = InMemoryEventStore::new();
     let bus = InProcessBus::new(store.clone());
     let views = InMemoryViewStore::new();
-    let feed = ChangeFeed::in_process();
+    let feed = AnyChangeFeed::in_process();
     let shutdown = CancellationToken::new();
     let shop = Shop::new(
         store.clone(),

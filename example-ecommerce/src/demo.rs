@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::bail;
 use serde_json::{json, Value};
 use strata::{
-    CancellationToken, ChangeFeed, EventBus, EventFilter, EventStore, Position, ReaderConfig,
+    AnyChangeFeed, CancellationToken, EventBus, EventFilter, EventStore, Position, ReaderConfig,
     ViewReader, ViewStore,
 };
 
@@ -42,7 +42,7 @@ pub async fn run<S: EventStore, B: EventBus, V: ViewStore>(
     store: S,
     bus: B,
     views: V,
-    feed: ChangeFeed,
+    feed: AnyChangeFeed,
     statuses: Statuses,
     health: crate::http::HealthCheck,
     options: DemoOptions,

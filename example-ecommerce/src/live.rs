@@ -343,7 +343,7 @@ fn close_event(reason: &str) -> Event {
 pub struct Live<V> {
     reader: ViewReader<V>,
     /// The feed the reader follows (started here if nobody listens yet).
-    feed: strata::ChangeFeed,
+    feed: strata::AnyChangeFeed,
     hub: Arc<Hub>,
     config: LiveConfig,
     http: reqwest::Client,

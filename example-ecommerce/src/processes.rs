@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use strata::{
-    CancellationToken, ChangeFeed, InMemoryEventStore, InMemoryViewStore, InProcessBus,
+    AnyChangeFeed, CancellationToken, InMemoryEventStore, InMemoryViewStore, InProcessBus,
     JetStreamBus, PgEventStore, PgViewStore, ReaderConfig, Relay, ViewReader,
 };
 
@@ -54,8 +54,8 @@ impl Connected {
         )
     }
 
-    fn feed(&self) -> ChangeFeed {
-        ChangeFeed::nats(self.client.clone(), self.servers.changes_prefix())
+    fn feed(&self) -> AnyChangeFeed {
+        AnyChangeFeed::nats(self.client.clone(), self.servers.changes_prefix())
     }
 
     fn relay(&self) -> Relay<PgEventStore, PgViewStore> {
@@ -179,7 +179,7 @@ impl DemoArgs {
                 store.clone(),
                 InProcessBus::new(store.clone()),
                 InMemoryViewStore::new(),
-                ChangeFeed::in_process(),
+                AnyChangeFeed::in_process(),
                 statuses,
                 health(store, None),
                 options,
@@ -493,7 +493,7 @@ impl ShopAdminArgs {
         .await
         {
             ctx = ctx
-                .change_feed(ChangeFeed::nats(client.clone(), s.changes_prefix()))
+                .change_feed(AnyChangeFeed::nats(client.clone(), s.changes_prefix()))
                 .nats(client, s.stream.clone());
         }
         Ok(strata::admin::run(self.admin, ctx).await)

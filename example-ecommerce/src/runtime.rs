@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use strata::nats::StreamConfig;
 use strata::{
-    CancellationToken, ChangeFeed, EventBus, EventStore, PgEventStore, Projection, Projector,
+    AnyChangeFeed, CancellationToken, EventBus, EventStore, PgEventStore, Projection, Projector,
     RelayStatus, SubscriberStatus, ViewReader, ViewStore,
 };
 use tokio::sync::watch;
@@ -190,7 +190,7 @@ struct Projectors<'a, B, V> {
     only: &'a [String],
     bus: &'a B,
     views: &'a V,
-    feed: &'a ChangeFeed,
+    feed: &'a AnyChangeFeed,
     statuses: &'a Statuses,
     shutdown: &'a CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -216,7 +216,7 @@ pub fn spawn_projectors<B: EventBus, V: ViewStore>(
     only: &[String],
     bus: &B,
     views: &V,
-    feed: &ChangeFeed,
+    feed: &AnyChangeFeed,
     statuses: &Statuses,
     shutdown: &CancellationToken,
 ) -> Vec<JoinHandle<()>> {

@@ -62,7 +62,7 @@ fn queries(reader: ViewReader<InMemoryViewStore>) -> Router {
     as_ada_by_default(query_router(
         QueryState {
             reader,
-            feed: strata::ChangeFeed::in_process(),
+            feed: strata::AnyChangeFeed::in_process(),
         },
         ops(),
         identity().auth(),
@@ -465,7 +465,7 @@ async fn customer_ids_are_counted_in_characters_when_read() {
 /// Listings come in pages: `limit`, `after`, and a `next` cursor.
 #[tokio::test]
 async fn listings_come_in_pages() {
-    use strata::{DocChange, StoredDoc, ViewId, ViewStore};
+    use strata::{DocChange, Documents, StoredDoc, Versions, ViewId};
     let views = InMemoryViewStore::new();
     let view = ViewId::new("catalog", 1).unwrap();
     views.prepare(&view).await.unwrap();

@@ -11,9 +11,10 @@ use example_ecommerce::http::{serve, QueryState};
 use example_ecommerce::live::{Live, LiveConfig};
 use futures::StreamExt;
 use serde_json::Value;
+use strata::prelude::*;
 use strata::{
-    CancellationToken, ChangeFeed, CommandContext, InMemoryEventStore, InMemoryViewStore, Position,
-    ReaderConfig, ViewChange, ViewId, ViewReader, ViewStore,
+    AnyChangeFeed, CancellationToken, CommandContext, InMemoryEventStore, InMemoryViewStore,
+    Position, ReaderConfig, ViewChange, ViewId, ViewReader,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
@@ -25,7 +26,7 @@ use support::{identity, in_memory, InProcessShop};
 struct Env {
     shop: Shop<InMemoryEventStore>,
     views: InMemoryViewStore,
-    feed: ChangeFeed,
+    feed: AnyChangeFeed,
     live: Live<InMemoryViewStore>,
     url: String,
     addr: std::net::SocketAddr,

@@ -24,7 +24,7 @@ use async_nats::jetstream;
 use strata::nats::StreamConfig;
 use strata::testing::{nats_client, test_database, unique_stream};
 use strata::{
-    AppendRequest, CancellationToken, ChangeFeed, CommandContext, CommandHandler, EventFilter,
+    AnyChangeFeed, AppendRequest, CancellationToken, CommandContext, CommandHandler, EventFilter,
     EventStore, ExpectedVersion, InProcessBus, JetStreamBus, NewEvent, PgEventStore, PgViewStore,
     Position, Projector, ReaderConfig, Relay, StreamId, SubscriberStatus, ViewReader,
 };
@@ -76,7 +76,7 @@ mod model {
     }
 
     pub fn new_event(by: u64) -> NewEvent {
-        let (ty, payload) = strata::codec::encode(&increment(by)).expect("encode");
+        let (ty, payload) = strata::encode(&increment(by)).expect("encode");
         NewEvent::new(ty, payload)
     }
 
@@ -497,7 +497,7 @@ async fn main() {
         JetStreamBus::new(client.clone(), cfg.clone(), store.clone()),
         views.clone(),
     )
-    .with_change_feed(ChangeFeed::nats(client.clone(), changes_prefix.clone()));
+    .with_change_feed(AnyChangeFeed::nats(client.clone(), changes_prefix.clone()));
     let view = projector.view().clone();
     let projector_status = projector.status();
     tokio::spawn(projector.run(stop.clone()));
@@ -506,7 +506,7 @@ async fn main() {
     let reader = ViewReader::new(PgViewStore::new(query_pool), ReaderConfig::default());
     reader
         .listen(
-            &ChangeFeed::nats(nats_client().await, changes_prefix),
+            &AnyChangeFeed::nats(nats_client().await, changes_prefix),
             stop.clone(),
         )
         .await

@@ -429,7 +429,7 @@ mod commands {
         while (version as usize) < n {
             let events: Vec<strata::NewEvent> = (0..100)
                 .map(|_| {
-                    let (ty, payload) = strata::codec::encode(&Ev::Incremented {
+                    let (ty, payload) = strata::encode(&Ev::Incremented {
                         by: 1,
                         note: "benchmark increment".into(),
                     })

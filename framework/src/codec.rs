@@ -33,7 +33,7 @@ use crate::store::StreamEvent;
 ///
 /// impl strata::DomainEvent for CounterEvent {}
 ///
-/// let (ty, payload) = strata::codec::encode(&CounterEvent::Incremented { by: 2 }).unwrap();
+/// let (ty, payload) = strata::encode(&CounterEvent::Incremented { by: 2 }).unwrap();
 /// assert_eq!(ty, "Incremented");
 /// assert_eq!(payload, serde_json::json!({ "by": 2 }));
 /// ```

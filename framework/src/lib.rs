@@ -16,46 +16,59 @@
 //!       └──────────── commands ◄── process ◄──────┘             (propagation/)
 //! ```
 //!
-//! - [`envelope`], [`codec`], [`error`] (at the top): the wire format every
+//! - `envelope`, `codec`, `error` (at the top): the wire format every
 //!   layer shares: [`EventEnvelope`], [`NewEvent`], [`Metadata`],
 //!   [`StreamId`], [`Position`]; typed events ([`DomainEvent`]) to and from
 //!   envelopes, with [`Upcasters`] for old schema versions; the errors;
 //!   [`EventSet`] and [`Recorded`] (`event_set`), the typed events the read
 //!   side follows, decoded once.
-//! - [`write`](mod@write): [`Aggregate`], the pure decider, and its snapshots;
+//! - `write/`: [`Aggregate`], the pure decider, and its snapshots;
 //!   [`CommandHandler`]: load → decide → append, with per-stream lanes,
 //!   conflict retries, idempotent command ids, snapshots; [`AggregateTest`],
 //!   given / when / then for aggregates.
-//! - [`store`]: the single source of truth. The [`EventStore`] trait with
+//! - `store/`: the single source of truth. The [`EventStore`] trait with
 //!   its request and outcome types and the append rules every
 //!   implementation shares; [`InMemoryEventStore`], the embedded default;
 //!   [`Follower`], the catch-up-then-wait loop over the global order that
-//!   the relay, rebuilds and readers share; `store::postgres` (feature
+//!   the relay, rebuilds and readers share; `store/postgres/` (feature
 //!   `postgres`, on by default): [`PgEventStore`], with gap-safe global
 //!   order and group commit.
-//! - [`propagation`]: the relay and the buses carry events out of the store:
-//!   `propagation::nats` (feature `nats`): the JetStream [`Relay`] (stream
+//! - `propagation/`: the relay and the buses carry events out of the store:
+//!   `propagation/nats` (feature `nats`): the JetStream [`Relay`] (stream
 //!   sequence = store position) and [`JetStreamBus`]; [`EventBus`] with
-//!   [`InProcessBus`] and the gap check; [`ChangeFeed`], which announces
-//!   the documents a projector changed.
-//! - [`views`]: [`Projection`] (pure) and the [`Projector`] runtime;
+//!   [`InProcessBus`] and the gap check; the [`ChangeFeed`] trait, which
+//!   announces the documents a projector changed ([`InProcessChangeFeed`],
+//!   `NatsChangeFeed`, any of them behind [`AnyChangeFeed`]).
+//! - `views/`: [`Projection`] (pure) and the [`Projector`] runtime;
 //!   keyed-document views, checkpoints, dead letters, leases and versions
-//!   ([`ViewStore`], [`InMemoryViewStore`], `PgViewStore`); [`ViewReader`],
+//!   (one trait per concern: [`Leases`], [`Checkpoints`], [`Documents`],
+//!   [`Versions`]; [`ViewStore`], all four; [`InMemoryViewStore`],
+//!   `PgViewStore`); [`ViewReader`],
 //!   cached reads with read-your-writes; online rebuilds ([`rebuild()`]).
-//! - [`process`]: [`ProcessManager`] and its runner: events in, commands
+//! - `process.rs`: [`ProcessManager`] and its runner: events in, commands
 //!   out, back to the write side.
 //! - `admin` (feature `admin`): the admin CLI building blocks.
 //! - `testing` (feature `testing`): fresh test databases and the
 //!   conformance suites of event stores, view stores and event buses.
 //!
 //! Postgres and NATS code sits in modules named after them
-//! (`store::postgres`, `views::postgres`, `propagation::nats`) behind the
+//! (`store/postgres/`, `views/postgres.rs`, `propagation/nats`) behind the
 //! features of the same names; the traits, the in-memory implementations
-//! and the pure pieces depend on no infrastructure crate. The flat module
-//! paths of earlier versions (`strata::aggregate`, `strata::view`,
-//! `strata::nats`, …) remain as re-exports of the modules above. CI builds
-//! the crate without the `postgres`, `nats` and `admin` features, and with
+//! and the pure pieces depend on no infrastructure crate. CI builds the
+//! crate without the `postgres`, `nats` and `admin` features, and with
 //! each alone (`just check-features`).
+//!
+//! # Using it
+//!
+//! The modules are private: everything is re-exported here, at the top,
+//! one flat set of names (`strata::CommandHandler`, `strata::PgViewStore`,
+//! ...), with ready aliases for the common stacks ([`PgCommandHandler`],
+//! [`PgProjector`], [`MemoryViewReader`], ...). The traits whose methods
+//! you call come together in [`prelude`]: `use strata::prelude::*;`.
+//! Four namespaces stay, for what belongs to one backend or one use:
+//! [`postgres`] and [`nats`] (connection helpers, migrations, message
+//! headers), `admin` (the admin CLI, feature `admin`), `auth` (tokens,
+//! feature `auth`) and `testing` (feature `testing`).
 //!
 //! # Quick start
 //!
@@ -77,36 +90,47 @@
 //! # });
 //! ```
 
-pub mod access;
+mod access;
 #[cfg(feature = "admin")]
 pub mod admin;
 #[cfg(feature = "auth")]
 pub mod auth;
-pub mod codec;
-pub mod envelope;
-pub mod error;
-#[doc(hidden)]
-pub mod event_set;
-pub mod process;
-pub mod propagation;
-pub mod store;
+mod codec;
+mod envelope;
+mod error;
+mod event_set;
+mod process;
+mod propagation;
+mod store;
 mod supervise;
 #[cfg(feature = "testing")]
 pub mod testing;
-pub mod views;
-pub mod write;
+mod views;
+mod write;
 
-// The flat module paths of earlier versions, so code written against them
-// keeps building.
+/// NATS: connecting (with retries), the JetStream stream's settings, the
+/// message headers the relay writes.
 #[cfg(feature = "nats")]
-pub use propagation::nats;
-pub use propagation::{bus, changes};
+pub mod nats {
+    pub use crate::propagation::nats::*;
+}
+
+/// PostgreSQL: migrations, connection settings, the store's pieces.
 #[cfg(feature = "postgres")]
-pub use store::postgres;
-pub use store::{follow, memory};
-pub use views::store as view;
-pub use views::{projection, query, rebuild};
-pub use write::{aggregate, command, harness};
+pub mod postgres {
+    pub use crate::store::postgres::*;
+    pub use crate::views::postgres::{view_table, PgViewStore};
+}
+
+/// The traits whose methods you call on Strata's types, in one import:
+/// `use strata::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        Aggregate, Authenticator, ChangeFeed, Checkpoints, CommandSender, Documents, DomainEvent,
+        EventBus, EventSet, EventStore, Leases, ProcessManager, Projection, SnapshotStore,
+        Subscription, Versions, ViewStore,
+    };
+}
 
 pub use access::{
     Authenticator, Forbidden, OwnerField, Principal, PrincipalKind, ReadRule, Unauthenticated,
@@ -114,17 +138,28 @@ pub use access::{
 };
 #[cfg(feature = "auth")]
 pub use auth::{AuthSetupError, DevIssuer, JwtConfig, JwtVerifier, KeySource};
-pub use codec::{DecodeError, DecodeErrorKind, DomainEvent, Upcasters};
-pub use envelope::{EventEnvelope, Metadata, NewEvent, Position, StreamId, MAX_JSON_DEPTH};
+pub use codec::{
+    decode, decode_json, encode, DecodeError, DecodeErrorKind, DomainEvent, Upcasters,
+};
+pub use envelope::{
+    validate_type_name, EventEnvelope, Metadata, NewEvent, Position, StreamId, MAX_JSON_DEPTH,
+    MAX_STREAM_ID_LEN, MAX_TYPE_NAME_LEN,
+};
 pub use error::{BoxError, InputError, StoreError};
 pub use event_set::{decode_event, EventSet, Recorded};
 pub use process::{
-    caused_command_id, process_test, CommandSender, ProcessManager, ProcessManagerRunner, SendError,
+    caused_command_id, process_test, CommandSender, ProcessManager, ProcessManagerRunner,
+    SendCause, SendError,
 };
-pub use propagation::bus::{BusError, Delivery, EventBus, InProcessBus, Subscription};
-pub use propagation::changes::{ChangeFeed, ChangeNotice, ViewChange};
+pub use propagation::bus::{
+    Ack, BusError, Delivery, EventBus, InProcessBus, InProcessSubscription, Subscription,
+};
+pub use propagation::changes::{
+    AnyChangeFeed, ChangeFeed, ChangeNotice, ChangeSource, ChangeSubscription, InProcessChangeFeed,
+    ViewChange, MAX_ANNOUNCED_DOCS_BYTES,
+};
 #[cfg(feature = "nats")]
-pub use propagation::nats::{JetStreamBus, Relay, RelayStatus, StreamConfig};
+pub use propagation::nats::{JetStreamBus, NatsChangeFeed, Relay, RelayStatus, StreamConfig};
 pub use store::follow::Follower;
 pub use store::memory::InMemoryEventStore;
 #[cfg(feature = "postgres")]
@@ -140,14 +175,16 @@ pub use views::projection::{
     FailurePolicy, Projection, ProjectionError, ProjectionTest, Projector, ProjectorConfig,
     RunState, SubscriberStatus,
 };
-pub use views::query::{CacheStats, QueryError, ReaderConfig, ViewReader};
+pub use views::query::{CacheStats, QueryError, ReaderConfig, ViewReader, VERSION_TTL};
 pub use views::rebuild::{rebuild, RebuildError, RebuildOptions, RebuildProgress, RebuildReport};
 pub use views::store::{
-    ActiveView, Checkpoint, DeadLetter, DocChange, InMemoryViewStore, StoredDoc, SubscriberState,
-    ViewError, ViewId, ViewPage, ViewRead, ViewStore,
+    ActiveView, Checkpoint, Checkpoints, DeadLetter, DocChange, Documents, InMemoryViewStore,
+    Lease, LeaseHandle, Leases, StoredDoc, SubscriberState, Versions, ViewError, ViewId, ViewPage,
+    ViewRead, ViewResult, ViewStore,
 };
 pub use write::aggregate::{
-    Aggregate, InMemorySnapshotStore, Snapshot, SnapshotPolicy, SnapshotStore,
+    Aggregate, BoxFuture, InMemorySnapshotStore, Snapshot, SnapshotAndEvents, SnapshotPolicy,
+    SnapshotStore,
 };
 pub use write::command::{
     client_command_id, derived_event_id, CommandContext, CommandError, CommandHandler,

@@ -23,7 +23,7 @@ use crate::store::EventFilter;
 use crate::views::projection::{
     FailurePolicy, ProjectionError, RunError, RunState, SubscriberStatus,
 };
-use crate::views::store::{validate_name, DeadLetter, SubscriberState, ViewStore};
+use crate::views::store::{validate_name, Checkpoints, DeadLetter, Leases, SubscriberState};
 use crate::write::command::{CommandContext, CommandError};
 
 /// A process manager: reacts to typed events with commands.
@@ -195,7 +195,7 @@ impl<M, B, V, C> ProcessManagerRunner<M, B, V, C>
 where
     M: ProcessManager,
     B: EventBus,
-    V: ViewStore,
+    V: Leases + Checkpoints,
     C: CommandSender<M::Command>,
 {
     /// A runner; `views` keeps its checkpoint and dead letters.
@@ -322,14 +322,14 @@ where
                         // Shutting down (or a lane stopped before this
                         // event): commit what came before it.
                         if to > position {
-                            self.views.commit(&name, None, vec![], position, to).await?;
+                            self.views.advance(&name, position, to).await?;
                         }
                         return Ok(());
                     }
                     Outcome::Failed(failures) => {
                         // Commit what came before, then park the event.
                         if to > position {
-                            self.views.commit(&name, None, vec![], position, to).await?;
+                            self.views.advance(&name, position, to).await?;
                             position = to;
                         }
                         let skip = self.manager.on_failure() == FailurePolicy::Skip;
@@ -367,7 +367,7 @@ where
                 }
                 if let Reaction::Broken(error) = &item.reaction {
                     if to > position {
-                        self.views.commit(&name, None, vec![], position, to).await?;
+                        self.views.advance(&name, position, to).await?;
                         position = to;
                     }
                     tracing::error!(manager = %name, position = %event.position, error = %error, "process manager failed on an event; dead-lettered and skipped");
@@ -384,7 +384,7 @@ where
                 to = event.position;
             }
             if to > position {
-                self.views.commit(&name, None, vec![], position, to).await?;
+                self.views.advance(&name, position, to).await?;
                 position = to;
             }
             crate::propagation::bus::ack_batch(batch).await;

@@ -10,13 +10,13 @@ use common::{CounterEvent, Totals};
 use strata::admin::{execute, AdminArgs, AdminCommand, AdminContext, AdminError, EXIT_OK};
 use strata::testing::{nats_client, test_database, unique_stream, wait_until};
 use strata::{
-    AppendRequest, CancellationToken, EventEnvelope, EventFilter, EventStore, ExpectedVersion,
-    InProcessBus, NewEvent, PgEventStore, PgViewStore, Position, Projector, Relay, StreamId,
-    ViewStore,
+    AppendRequest, CancellationToken, Checkpoints, EventEnvelope, EventFilter, EventStore,
+    ExpectedVersion, InProcessBus, NewEvent, PgEventStore, PgViewStore, Position, Projector, Relay,
+    StreamId,
 };
 
 fn inc(stream: &str, by: u64) -> AppendRequest {
-    let (ty, payload) = strata::codec::encode(&CounterEvent::Incremented { by }).unwrap();
+    let (ty, payload) = strata::encode(&CounterEvent::Incremented { by }).unwrap();
     AppendRequest::new(
         StreamId::new(stream).unwrap(),
         "counter",

@@ -102,7 +102,9 @@ async fn known_expectations_take_one_round_trip_and_surprises_fall_back() {
 /// checkpoint (a fenced-off instance) changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fenced_view_commit_writes_nothing() {
-    use strata::{DocChange, PgViewStore, StoredDoc, ViewError, ViewId, ViewStore};
+    use strata::{
+        Checkpoints, DocChange, Documents, PgViewStore, StoredDoc, Versions, ViewError, ViewId,
+    };
     let db = test_database().await;
     let views = PgViewStore::new(db.pool.clone());
     let view = ViewId::new("fence", 1).unwrap();

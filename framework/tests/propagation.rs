@@ -13,11 +13,12 @@ use serde_json::json;
 use strata::nats::{headers, StreamConfig};
 use strata::testing::{nats_client, test_database, unique_stream, wait_until};
 use strata::{
-    AppendRequest, CancellationToken, ChangeFeed, CommandContext, CommandError, CommandHandler,
-    DocChange, EventBus, EventEnvelope, EventFilter, EventStore, ExpectedVersion, FailurePolicy,
-    InMemoryEventStore, InMemoryViewStore, InProcessBus, JetStreamBus, NewEvent, PgEventStore,
-    PgViewStore, Position, ProjectionError, ProjectionTest, Projector, ReaderConfig, Relay,
-    RunState, StoredDoc, StreamId, SubscriberState, ViewChange, ViewId, ViewReader, ViewStore,
+    AppendRequest, CancellationToken, ChangeFeed, Checkpoints, CommandContext, CommandError,
+    CommandHandler, DocChange, Documents, EventBus, EventEnvelope, EventFilter, EventStore,
+    ExpectedVersion, FailurePolicy, InMemoryEventStore, InMemoryViewStore, InProcessBus,
+    InProcessChangeFeed, JetStreamBus, NatsChangeFeed, NewEvent, PgEventStore, PgViewStore,
+    Position, ProjectionError, ProjectionTest, Projector, ReaderConfig, Relay, RunState, StoredDoc,
+    StreamId, SubscriberState, Versions, ViewChange, ViewId, ViewReader, ViewStore,
 };
 
 // ---- a projection: totals per counter -----------------------------------------
@@ -51,7 +52,7 @@ async fn view_docs<V: ViewStore>(views: &V, view: &ViewId) -> BTreeMap<String, T
 }
 
 fn inc(stream: &str, by: u64) -> AppendRequest {
-    let (ty, payload) = strata::codec::encode(&CounterEvent::Incremented { by }).unwrap();
+    let (ty, payload) = strata::encode(&CounterEvent::Incremented { by }).unwrap();
     AppendRequest::new(
         StreamId::new(stream).unwrap(),
         "counter",
@@ -115,7 +116,7 @@ fn projection_given_events_then_documents() {
 async fn in_process_projector_builds_the_view() {
     let store = InMemoryEventStore::new();
     let views = InMemoryViewStore::new();
-    let feed = ChangeFeed::in_process();
+    let feed = InProcessChangeFeed::new();
     let projector = Projector::new(totals(), InProcessBus::new(store.clone()), views.clone())
         .with_change_feed(feed.clone());
     let view = projector.view().clone();
@@ -637,7 +638,7 @@ async fn announced_documents_fill_the_cache_in_position_order() {
     let views = InMemoryViewStore::new();
     let view = ViewId::new("notes", 1).unwrap();
     views.prepare(&view).await.unwrap();
-    let feed = ChangeFeed::in_process();
+    let feed = InProcessChangeFeed::new();
     let reader = ViewReader::new(views.clone(), ReaderConfig::default());
     let stop = CancellationToken::new();
     reader.listen(&feed, stop.clone()).await.unwrap();
@@ -729,7 +730,7 @@ async fn read_your_writes_across_processes() {
         JetStreamBus::new(client.clone(), cfg.clone(), store.clone()),
         views.clone(),
     )
-    .with_change_feed(ChangeFeed::nats(client.clone(), changes_prefix.clone()));
+    .with_change_feed(NatsChangeFeed::new(client.clone(), changes_prefix.clone()));
     let view = projector.view().clone();
     tokio::spawn(projector.run(stop.clone()));
 
@@ -739,7 +740,7 @@ async fn read_your_writes_across_processes() {
     let query_client = nats_client().await;
     reader
         .listen(
-            &ChangeFeed::nats(query_client, changes_prefix),
+            &NatsChangeFeed::new(query_client, changes_prefix),
             stop.clone(),
         )
         .await
@@ -980,7 +981,7 @@ async fn a_reader_follows_an_announced_switch_by_name() {
     assert_eq!(views.active_version("notes", 1).await.unwrap(), 1);
     views.prepare(&v1).await.unwrap();
     put(&views, &v1, note("k", 1, 4), 0).await;
-    let feed = ChangeFeed::in_process();
+    let feed = InProcessChangeFeed::new();
     let reader = ViewReader::new(views.clone(), ReaderConfig::default());
     let stop = CancellationToken::new();
     reader.listen(&feed, stop.clone()).await.unwrap();
@@ -1046,7 +1047,7 @@ async fn a_gap_in_announcements_resynchronises_the_reader() {
     let view = ViewId::new("notes", 1).unwrap();
     views.active_version("notes", 1).await.unwrap();
     views.prepare(&view).await.unwrap();
-    let feed = ChangeFeed::in_process();
+    let feed = InProcessChangeFeed::new();
     let reader = ViewReader::new(views.clone(), ReaderConfig::default());
     let stop = CancellationToken::new();
     reader.listen(&feed, stop.clone()).await.unwrap();
@@ -1088,7 +1089,7 @@ async fn a_nats_reconnect_resynchronises_the_reader() {
     views.prepare(&view).await.unwrap();
     put(&views, &view, note("k", 1, 1), 0).await;
     let client = nats_client().await;
-    let feed = ChangeFeed::nats(
+    let feed = NatsChangeFeed::new(
         client.clone(),
         format!("{}_changes", unique_stream().prefix),
     );
@@ -1149,7 +1150,7 @@ async fn far_waits_hold_no_connection() {
     );
     let stop = CancellationToken::new();
     reader
-        .listen(&ChangeFeed::in_process(), stop.clone())
+        .listen(&InProcessChangeFeed::new(), stop.clone())
         .await
         .unwrap();
     let waits: Vec<_> = (0..100)
@@ -1525,7 +1526,7 @@ async fn a_fresh_reader_answers_a_position_already_applied_at_once() {
     let reader = ViewReader::new(views, ReaderConfig::default());
     let stop = CancellationToken::new();
     reader
-        .listen(&ChangeFeed::in_process(), stop.clone())
+        .listen(&InProcessChangeFeed::new(), stop.clone())
         .await
         .unwrap();
     let started = tokio::time::Instant::now();
@@ -1661,7 +1662,13 @@ impl strata::Projection for TwoKeysFlaky {
         let CounterEvent::Incremented { by } = *e.event else {
             return Ok(doc);
         };
-        if key == "both-b" && by == 2 && self.failed.lock().unwrap().insert(e.position().0) {
+        if key == "both-b"
+            && by == 2
+            && self
+                .failed
+                .lock()
+                .is_ok_and(|mut f| f.insert(e.position().0))
+        {
             return Err(ProjectionError::new("first attempt fails"));
         }
         let mut t = doc.unwrap_or_default();

@@ -10,9 +10,9 @@ use std::time::Duration;
 use common::{CounterEvent, Totals};
 use strata::testing::{test_database, wait_until};
 use strata::{
-    AppendRequest, CancellationToken, EventFilter, EventStore, ExpectedVersion, InProcessBus,
-    NewEvent, PgEventStore, PgViewStore, Position, ProjectionTest, Projector, ReaderConfig,
-    RebuildError, RebuildOptions, StreamId, ViewId, ViewReader, ViewStore,
+    AppendRequest, CancellationToken, Checkpoints, Documents, EventFilter, EventStore,
+    ExpectedVersion, InProcessBus, NewEvent, PgEventStore, PgViewStore, Position, ProjectionTest,
+    Projector, ReaderConfig, RebuildError, RebuildOptions, StreamId, Versions, ViewId, ViewReader,
 };
 
 fn totals() -> Totals {
@@ -20,7 +20,7 @@ fn totals() -> Totals {
 }
 
 fn inc(stream: &str, by: u64) -> AppendRequest {
-    let (ty, payload) = strata::codec::encode(&CounterEvent::Incremented { by }).unwrap();
+    let (ty, payload) = strata::encode(&CounterEvent::Incremented { by }).unwrap();
     AppendRequest::new(
         StreamId::new(stream).unwrap(),
         "counter",
@@ -176,7 +176,7 @@ async fn an_interrupted_rebuild_resumes() {
         let events = (0..100)
             .map(|k| {
                 let (ty, payload) =
-                    strata::codec::encode(&CounterEvent::Incremented { by: 1 + k % 3 }).unwrap();
+                    strata::encode(&CounterEvent::Incremented { by: 1 + k % 3 }).unwrap();
                 NewEvent::new(ty, payload)
             })
             .collect();

@@ -13,7 +13,7 @@ use crate::metrics::{Metrics, Sample};
 
 /// Liveness and readiness.
 pub type HealthCheck =
-    Arc<dyn Fn() -> strata::aggregate::BoxFuture<'static, Vec<(&'static str, bool)>> + Send + Sync>;
+    Arc<dyn Fn() -> strata::BoxFuture<'static, Vec<(&'static str, bool)>> + Send + Sync>;
 /// Extra gauges for `/metrics`.
 pub type GaugeSource = Arc<dyn Fn() -> Vec<Sample> + Send + Sync>;
 

@@ -22,7 +22,7 @@ pub struct QueryState<V> {
     pub reader: ViewReader<V>,
     /// Change announcements: the reader should follow them
     /// ([`ViewReader::listen`]); live updates start that if nobody did.
-    pub feed: strata::ChangeFeed,
+    pub feed: strata::AnyChangeFeed,
 }
 
 impl<V> Clone for QueryState<V> {

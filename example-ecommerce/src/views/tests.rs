@@ -64,7 +64,7 @@ impl Events {
         stream_type: &str,
         event: &E,
     ) -> &mut Self {
-        let (event_type, payload) = strata::codec::encode(event).unwrap();
+        let (event_type, payload) = strata::encode(event).unwrap();
         let version = self.versions.entry(stream_id.to_string()).or_default();
         *version += 1;
         let position = self.events.len() as u64 + 1;

@@ -22,7 +22,7 @@ use example_ecommerce::runtime::{spawn_fulfilment, spawn_projectors, Statuses};
 use strata::nats::StreamConfig;
 use strata::testing::{nats_url, wait_until};
 use strata::{
-    CancellationToken, ChangeFeed, EventBus, EventStore, InMemoryEventStore, InMemoryViewStore,
+    AnyChangeFeed, CancellationToken, EventBus, EventStore, InMemoryEventStore, InMemoryViewStore,
     InProcessBus, ViewStore,
 };
 use tokio::task::JoinHandle;
@@ -249,7 +249,7 @@ impl<S: EventStore> InProcessShop<S> {
         store: &S,
         bus: &B,
         views: &V,
-        feed: &ChangeFeed,
+        feed: &AnyChangeFeed,
         only: &[String],
     ) -> InProcessShop<S> {
         let shop = Shop::new(
@@ -275,12 +275,12 @@ impl<S: EventStore> InProcessShop<S> {
 pub fn in_memory() -> (
     InProcessShop<InMemoryEventStore>,
     InMemoryViewStore,
-    ChangeFeed,
+    AnyChangeFeed,
 ) {
     let store = InMemoryEventStore::new();
     let bus = InProcessBus::new(store.clone());
     let views = InMemoryViewStore::new();
-    let feed = ChangeFeed::in_process();
+    let feed = AnyChangeFeed::in_process();
     let shop = InProcessShop::start(&store, &bus, &views, &feed, &[]);
     (shop, views, feed)
 }

@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::output::{Out, DEAD_LETTERS};
 use super::{AdminContext, AdminError, EXIT_OK};
-use crate::views::store::ViewStore;
+use crate::views::store::Checkpoints;
 
 /// `dead-letters list`: newest first, of one subscriber or all.
 pub(super) async fn list(

@@ -8,7 +8,7 @@ use super::{AdminContext, AdminError, EXIT_OK};
 use crate::envelope::Position;
 use crate::store::EventStore;
 use crate::views::rebuild::RebuildProgress;
-use crate::views::store::{ViewId, ViewStore};
+use crate::views::store::{Checkpoints, ViewId};
 
 /// `projections rebuild` (and `replay projection`): rebuilds `name` online
 /// into a new version and switches to it.

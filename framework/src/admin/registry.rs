@@ -9,11 +9,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::AdminError;
 use crate::envelope::EventEnvelope;
-use crate::propagation::changes::ChangeFeed;
+use crate::propagation::changes::{AnyChangeFeed, ChangeFeed};
 use crate::propagation::nats::StreamConfig;
 use crate::views::projection::{Projection, ProjectionTest};
 use crate::views::rebuild::{RebuildError, RebuildOptions, RebuildProgress, RebuildReport};
-use crate::views::store::ViewStore;
+use crate::views::store::Versions;
 use crate::write::aggregate::BoxFuture;
 use crate::{PgEventStore, PgViewStore};
 
@@ -28,7 +28,7 @@ pub trait RegisteredProjection: Send + Sync {
         &self,
         store: PgEventStore,
         views: PgViewStore,
-        feed: Option<ChangeFeed>,
+        feed: Option<AnyChangeFeed>,
         progress: Box<dyn FnMut(RebuildProgress) + Send>,
         shutdown: CancellationToken,
     ) -> BoxFuture<'static, Result<RebuildReport, RebuildError>>;
@@ -56,7 +56,7 @@ where
         &self,
         store: PgEventStore,
         views: PgViewStore,
-        feed: Option<ChangeFeed>,
+        feed: Option<AnyChangeFeed>,
         progress: Box<dyn FnMut(RebuildProgress) + Send>,
         shutdown: CancellationToken,
     ) -> BoxFuture<'static, Result<RebuildReport, RebuildError>> {
@@ -91,7 +91,7 @@ pub struct AdminContext {
     /// The projections' names, in registration order.
     pub(super) names: Vec<String>,
     pub(super) nats: Option<(async_nats::Client, StreamConfig)>,
-    pub(super) feed: Option<ChangeFeed>,
+    pub(super) feed: Option<AnyChangeFeed>,
     /// Process managers' checkpoint names.
     pub(super) subscribers: Vec<String>,
 }
@@ -134,8 +134,8 @@ impl AdminContext {
 
     /// Announces rebuilds' documents and switches on `feed`, so query
     /// services follow a switch the moment it commits.
-    pub fn change_feed(mut self, feed: ChangeFeed) -> Self {
-        self.feed = Some(feed);
+    pub fn change_feed(mut self, feed: impl ChangeFeed) -> Self {
+        self.feed = Some(feed.into_any());
         self
     }
 

@@ -18,14 +18,16 @@
 //! the new version the moment it commits.
 
 use std::collections::HashMap;
-#[cfg(feature = "nats")]
-use std::sync::atomic::Ordering;
+use std::future::Future;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::envelope::Position;
+use crate::propagation::bus::BusError;
 use crate::views::store::StoredDoc;
+use crate::write::aggregate::BoxFuture;
 
 /// Announcements larger than this (encoded) go out without their documents,
 /// as keys only; readers then load the documents when asked.
@@ -87,106 +89,153 @@ pub enum ChangeNotice {
     Reset,
 }
 
-/// Where change announcements go. Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct ChangeFeed {
-    local: broadcast::Sender<ViewChange>,
-    #[cfg(feature = "nats")]
-    nats: Option<(async_nats::Client, String)>,
+/// Where change announcements go: projectors [`publish`](Self::publish),
+/// readers and live subscribers [`subscribe`](Self::subscribe).
+///
+/// [`InProcessChangeFeed`] is a broadcast channel inside one process;
+/// `NatsChangeFeed` (feature `nats`) uses NATS subjects across processes.
+/// [`AnyChangeFeed`] holds either (or any other implementation) behind one
+/// type, which is what projectors, rebuilds and applications keep.
+pub trait ChangeFeed: Clone + Send + Sync + 'static {
+    /// Announces a change; best effort (a failure is logged).
+    fn publish(&self, change: ViewChange) -> impl Future<Output = ()> + Send;
+
+    /// Subscribes to every view's announcements.
+    fn subscribe(&self) -> impl Future<Output = Result<ChangeSubscription, BusError>> + Send;
+
+    /// This feed behind the one type [`AnyChangeFeed`] (itself, if it
+    /// already is one).
+    fn into_any(self) -> AnyChangeFeed {
+        AnyChangeFeed {
+            inner: Arc::new(self),
+        }
+    }
 }
 
-impl Default for ChangeFeed {
+/// A change feed inside this process: a broadcast channel. A subscriber
+/// that falls more than 4,096 announcements behind receives
+/// [`ChangeNotice::Reset`]. Cheap to clone; clones share the channel.
+#[derive(Clone, Debug)]
+pub struct InProcessChangeFeed {
+    tx: broadcast::Sender<ViewChange>,
+}
+
+impl Default for InProcessChangeFeed {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InProcessChangeFeed {
+    /// A new feed, with no subscribers yet.
+    pub fn new() -> Self {
+        InProcessChangeFeed {
+            tx: broadcast::channel(4_096).0,
+        }
+    }
+}
+
+impl ChangeFeed for InProcessChangeFeed {
+    async fn publish(&self, change: ViewChange) {
+        // No subscriber is not a failure.
+        let _ = self.tx.send(change);
+    }
+
+    async fn subscribe(&self) -> Result<ChangeSubscription, BusError> {
+        Ok(ChangeSubscription::with_inner(SubInner::Local(
+            self.tx.subscribe(),
+        )))
+    }
+}
+
+/// Object-safe form of [`ChangeFeed`], behind [`AnyChangeFeed`].
+trait DynChangeFeed: Send + Sync {
+    fn publish(&self, change: ViewChange) -> BoxFuture<'_, ()>;
+    fn subscribe(&self) -> BoxFuture<'_, Result<ChangeSubscription, BusError>>;
+}
+
+impl<F: ChangeFeed> DynChangeFeed for F {
+    fn publish(&self, change: ViewChange) -> BoxFuture<'_, ()> {
+        Box::pin(ChangeFeed::publish(self, change))
+    }
+
+    fn subscribe(&self) -> BoxFuture<'_, Result<ChangeSubscription, BusError>> {
+        Box::pin(ChangeFeed::subscribe(self))
+    }
+}
+
+/// Any change feed, behind one type: what a [`Projector`](crate::Projector),
+/// a [`rebuild`](crate::rebuild()) and applications hold, so they need no
+/// type parameter for it. Cheap to clone; clones share the feed.
+///
+/// ```
+/// use strata::{AnyChangeFeed, ChangeFeed, InProcessChangeFeed};
+///
+/// let feed: AnyChangeFeed = AnyChangeFeed::in_process();
+/// let same = InProcessChangeFeed::new().into_any();
+/// # let _ = (feed, same);
+/// ```
+#[derive(Clone)]
+pub struct AnyChangeFeed {
+    inner: Arc<dyn DynChangeFeed>,
+}
+
+impl AnyChangeFeed {
+    /// Wraps `feed` (the same as [`ChangeFeed::into_any`]).
+    pub fn new(feed: impl ChangeFeed) -> Self {
+        feed.into_any()
+    }
+
+    /// A new [`InProcessChangeFeed`].
+    pub fn in_process() -> Self {
+        InProcessChangeFeed::new().into_any()
+    }
+}
+
+impl Default for AnyChangeFeed {
+    /// A feed inside this process.
     fn default() -> Self {
         Self::in_process()
     }
 }
 
-impl ChangeFeed {
-    /// A feed inside this process.
-    pub fn in_process() -> Self {
-        ChangeFeed {
-            local: broadcast::channel(4_096).0,
-            #[cfg(feature = "nats")]
-            nats: None,
-        }
+impl std::fmt::Debug for AnyChangeFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AnyChangeFeed")
+    }
+}
+
+impl ChangeFeed for AnyChangeFeed {
+    fn publish(&self, change: ViewChange) -> impl Future<Output = ()> + Send {
+        self.inner.publish(change)
     }
 
-    /// A feed on NATS subjects `<prefix>.<view>`; subscribers in this
-    /// process receive it through NATS too.
-    #[cfg(feature = "nats")]
-    pub fn nats(client: async_nats::Client, prefix: impl Into<String>) -> Self {
-        ChangeFeed {
-            local: broadcast::channel(4_096).0,
-            nats: Some((client, prefix.into())),
-        }
+    fn subscribe(&self) -> impl Future<Output = Result<ChangeSubscription, BusError>> + Send {
+        self.inner.subscribe()
     }
 
-    /// Announces a change; best effort (a failure is logged).
-    pub async fn publish(&self, change: ViewChange) {
-        #[cfg(feature = "nats")]
-        if let Some((client, prefix)) = &self.nats {
-            let encoded = serde_json::to_vec(&change).and_then(|body| {
-                if body.len() > MAX_ANNOUNCED_DOCS_BYTES && change.docs.is_some() {
-                    serde_json::to_vec(&ViewChange {
-                        docs: None,
-                        ..change.clone()
-                    })
-                } else {
-                    Ok(body)
-                }
-            });
-            match encoded {
-                Ok(body) => {
-                    let subject = format!("{prefix}.{}", change.view);
-                    if let Err(e) = client.publish(subject, body.into()).await {
-                        tracing::warn!(error = %e, view = %change.view, "could not announce a view change");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "could not encode a view change"),
-            }
-            return;
-        }
-        let _ = self.local.send(change);
+    fn into_any(self) -> AnyChangeFeed {
+        self
     }
+}
 
-    /// Subscribes to every view's announcements.
-    pub async fn subscribe(&self) -> Result<ChangeSubscription, crate::propagation::bus::BusError> {
-        #[cfg(feature = "nats")]
-        if let Some((client, prefix)) = &self.nats {
-            let sub = client
-                .subscribe(format!("{prefix}.>"))
-                .await
-                .map_err(crate::propagation::bus::BusError::unavailable)?;
-            let connects = client.statistics().connects.load(Ordering::Relaxed);
-            return Ok(ChangeSubscription {
-                inner: SubInner::Nats {
-                    sub,
-                    client: client.clone(),
-                    connects,
-                },
-                chains: HashMap::new(),
-                pending: None,
-            });
-        }
-        Ok(ChangeSubscription {
-            inner: SubInner::Local(self.local.subscribe()),
-            chains: HashMap::new(),
-            pending: None,
-        })
-    }
+/// Where a [`ChangeSubscription`] gets its notices from, for feeds other
+/// than the in-process one (NATS, or your own): the announcements as they
+/// arrive, before the subscription checks their chains.
+pub trait ChangeSource: Send + 'static {
+    /// The next announcement, or [`ChangeNotice::Reset`] when the source
+    /// itself knows announcements may have been lost (e.g. it
+    /// reconnected); `None` when the feed is gone. Must be cancel-safe: a
+    /// subscriber may drop the future and call again.
+    fn next(&mut self) -> BoxFuture<'_, Option<ChangeNotice>>;
 }
 
 enum SubInner {
     Local(broadcast::Receiver<ViewChange>),
     /// What a [`ViewReader`](crate::ViewReader) passes on.
     Notices(broadcast::Receiver<ChangeNotice>),
-    #[cfg(feature = "nats")]
-    Nats {
-        sub: async_nats::Subscriber,
-        client: async_nats::Client,
-        /// The client's connection count when last looked at.
-        connects: u64,
-    },
+    /// Another feed's source (NATS).
+    Source(Box<dyn ChangeSource>),
 }
 
 /// A subscription to a [`ChangeFeed`].
@@ -205,10 +254,20 @@ impl std::fmt::Debug for ChangeSubscription {
 }
 
 impl ChangeSubscription {
+    /// A subscription to the notices of `source`, with the chain check
+    /// every subscription does.
+    pub fn new(source: impl ChangeSource) -> Self {
+        Self::with_inner(SubInner::Source(Box::new(source)))
+    }
+
     /// A subscription to notices passed on in-process.
     pub(crate) fn notices(rx: broadcast::Receiver<ChangeNotice>) -> Self {
+        Self::with_inner(SubInner::Notices(rx))
+    }
+
+    fn with_inner(inner: SubInner) -> Self {
         ChangeSubscription {
-            inner: SubInner::Notices(rx),
+            inner,
             chains: HashMap::new(),
             pending: None,
         }
@@ -273,35 +332,7 @@ impl ChangeSubscription {
                 Err(broadcast::error::RecvError::Lagged(_)) => Some(ChangeNotice::Reset),
                 Err(broadcast::error::RecvError::Closed) => None,
             },
-            #[cfg(feature = "nats")]
-            SubInner::Nats {
-                sub,
-                client,
-                connects,
-            } => {
-                use futures::StreamExt;
-                // Look at the connection count now and then too, so a
-                // reconnect is noticed even when nothing follows it.
-                loop {
-                    let now = client.statistics().connects.load(Ordering::Relaxed);
-                    if now != *connects {
-                        *connects = now;
-                        return Some(ChangeNotice::Reset);
-                    }
-                    let msg = match tokio::time::timeout(RECONNECT_CHECK, sub.next()).await {
-                        Err(_) => continue,
-                        Ok(m) => m?,
-                    };
-                    match serde_json::from_slice::<ViewChange>(&msg.payload) {
-                        Ok(c) => return Some(ChangeNotice::Change(c)),
-                        Err(e) => tracing::warn!(error = %e, "ignoring a malformed view change"),
-                    }
-                }
-            }
+            SubInner::Source(source) => source.next().await,
         }
     }
 }
-
-/// How often a NATS subscription checks for a reconnect while idle.
-#[cfg(feature = "nats")]
-const RECONNECT_CHECK: std::time::Duration = std::time::Duration::from_secs(1);

@@ -7,9 +7,11 @@
 //! - [`bus`]: the [`EventBus`](crate::EventBus) trait every subscriber reads
 //!   from, [`InProcessBus`](crate::InProcessBus) (follows the store
 //!   directly, for the embedded mode) and the gap check both buses share.
-//! - [`changes`]: the [`ChangeFeed`](crate::ChangeFeed): after a projector
-//!   commits, it announces the changed documents and the view's new
-//!   checkpoint to readers (in process, or over NATS with `nats`).
+//! - [`changes`]: the [`ChangeFeed`](crate::ChangeFeed) trait: after a
+//!   projector commits, it announces the changed documents and the view's
+//!   new checkpoint to readers, in process
+//!   ([`InProcessChangeFeed`](crate::InProcessChangeFeed)) or over NATS
+//!   (`nats::NatsChangeFeed`, feature `nats`).
 
 pub mod bus;
 pub mod changes;

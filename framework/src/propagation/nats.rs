@@ -11,6 +11,8 @@
 //! whatever the relay instances do, and publishes can be pipelined (a failed
 //! one makes every later one fail too). The resume point is the stream's
 //! last sequence: there is no second checkpoint to drift.
+//!
+//! [`changes`]: the change feed over NATS ([`NatsChangeFeed`]).
 
 use std::time::{Duration, Instant};
 
@@ -23,8 +25,12 @@ use crate::envelope::{EventEnvelope, Position};
 use crate::propagation::bus::{Ack, BusError, Delivery, EventBus, Subscription};
 use crate::store::follow::Follower;
 use crate::store::{EventFilter, EventStore};
-use crate::views::store::ViewStore;
+use crate::views::store::Leases;
 use crate::write::aggregate::BoxFuture;
+
+pub mod changes;
+
+pub use changes::NatsChangeFeed;
 
 /// Where events go in JetStream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,7 +172,7 @@ pub struct Relay<S, V> {
     status: watch::Sender<RelayStatus>,
 }
 
-impl<S: EventStore, V: ViewStore> Relay<S, V> {
+impl<S: EventStore, V: Leases> Relay<S, V> {
     /// A relay from `store` into JetStream; `leases` provides the lock that
     /// keeps one relay active (a Postgres advisory lock for `PgViewStore`).
     pub fn new(store: S, leases: V, client: async_nats::Client, config: StreamConfig) -> Self {

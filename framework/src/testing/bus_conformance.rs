@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::bus::{ack_batch, in_order, Delivery};
+use crate::propagation::bus::{ack_batch, in_order, Delivery};
 use crate::{
     AppendRequest, BusError, EventBus, EventEnvelope, EventFilter, EventStore, ExpectedVersion,
     NewEvent, Position, StreamId, Subscription,

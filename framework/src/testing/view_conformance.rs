@@ -1,4 +1,8 @@
-//! The conformance suite every [`ViewStore`] implementation must pass.
+//! The conformance suite every [`ViewStore`] implementation must pass:
+//! each of its parts ([`Leases`](crate::Leases),
+//! [`Checkpoints`](crate::Checkpoints), [`Documents`](crate::Documents),
+//! [`Versions`](crate::Versions)) and how they agree on one subscriber's
+//! checkpoint.
 //!
 //! Each function takes a fresh, empty view store and panics on a broken
 //! rule. [`view_store_conformance_tests!`](crate::view_store_conformance_tests)
@@ -10,7 +14,7 @@ use std::time::Duration;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::view::{ActiveView, DeadLetter, DocChange, StoredDoc, SubscriberState};
+use crate::views::store::{ActiveView, DeadLetter, DocChange, StoredDoc, SubscriberState};
 use crate::{Position, ViewError, ViewId, ViewStore};
 
 fn vid(name: &str, version: u32) -> ViewId {
@@ -226,6 +230,81 @@ pub async fn commit_is_atomic_and_fenced<V: ViewStore>(views: V) {
     );
     // Another subscriber's commits leave this view's checkpoint alone.
     assert_eq!(position(&views, &sub).await, Position(7));
+}
+
+/// `advance` moves a checkpoint without documents, with the same fence as a
+/// commit: never prepared, moved elsewhere, halted or retired subscribers
+/// are fenced and nothing moves; a view's documents stay as they are.
+pub async fn advance_moves_only_the_checkpoint<V: ViewStore>(views: V) {
+    // Never created: fenced, nothing recorded.
+    assert_fenced(
+        views.advance("a_process", Position(0), Position(1)).await,
+        "a_process",
+        0,
+    );
+    views.checkpoint("a_process").await.unwrap();
+    views
+        .advance("a_process", Position(0), Position(4))
+        .await
+        .unwrap();
+    assert_eq!(position(&views, "a_process").await, Position(4));
+    for from in [0, 3, 5] {
+        assert_fenced(
+            views
+                .advance("a_process", Position(from), Position(9))
+                .await,
+            "a_process",
+            from,
+        );
+    }
+    assert_eq!(position(&views, "a_process").await, Position(4));
+
+    // A commit without a view and an advance are the same move.
+    views
+        .commit("a_process", None, vec![], Position(4), Position(6))
+        .await
+        .unwrap();
+    views
+        .advance("a_process", Position(6), Position(7))
+        .await
+        .unwrap();
+    assert_eq!(position(&views, "a_process").await, Position(7));
+
+    // Halted: fenced until resumed.
+    views
+        .park(letter("a_process", 8, "boom"), Position(7), false)
+        .await
+        .unwrap();
+    assert_fenced(
+        views.advance("a_process", Position(7), Position(8)).await,
+        "a_process",
+        7,
+    );
+    views.resume("a_process").await.unwrap();
+    views
+        .advance("a_process", Position(7), Position(8))
+        .await
+        .unwrap();
+    assert_eq!(position(&views, "a_process").await, Position(8));
+
+    // On a view's subscriber: the checkpoint moves, the documents stay.
+    let view = vid("things", 1);
+    let sub = view.subscriber();
+    views.prepare(&view).await.unwrap();
+    views
+        .commit(
+            &sub,
+            Some(&view),
+            vec![put("a", 1, 2)],
+            Position(0),
+            Position(2),
+        )
+        .await
+        .unwrap();
+    views.advance(&sub, Position(2), Position(5)).await.unwrap();
+    let read = views.get(&view, "a").await.unwrap();
+    assert_eq!(read.doc, Some(doc("a", 1, 2)));
+    assert_eq!(read.checkpoint, Position(5));
 }
 
 /// `get` returns the document and the view's checkpoint as of one read.
@@ -904,6 +983,7 @@ macro_rules! view_store_conformance_tests {
             prepare_starts_at_zero,
             unprepared_view_reads_empty,
             commit_is_atomic_and_fenced,
+            advance_moves_only_the_checkpoint,
             get_reads_doc_and_checkpoint,
             list_in_key_order,
             load_several_keys,

@@ -4,7 +4,10 @@
 //!   [`Projector`](crate::Projector) that feeds it from a bus and commits
 //!   documents and checkpoint together.
 //! - [`store`]: keyed-document views, checkpoints, dead letters, leases and
-//!   versions: the [`ViewStore`](crate::ViewStore) trait and
+//!   versions: one trait per concern ([`Leases`](crate::Leases),
+//!   [`Checkpoints`](crate::Checkpoints), [`Documents`](crate::Documents),
+//!   [`Versions`](crate::Versions)), the [`ViewStore`](crate::ViewStore)
+//!   umbrella over all four, and
 //!   [`InMemoryViewStore`](crate::InMemoryViewStore); `postgres` (feature
 //!   `postgres`): `PgViewStore`.
 //! - [`query`]: [`ViewReader`](crate::ViewReader), cached reads with

@@ -18,8 +18,9 @@ use sqlx::{Connection, PgConnection, PgPool, Row};
 
 use crate::envelope::Position;
 use crate::views::store::{
-    parse_state, state_str, validate_name, ActiveView, Checkpoint, DeadLetter, DocChange, Lease,
-    LeaseHandle, StoredDoc, ViewError, ViewId, ViewRead, ViewResult, ViewStore,
+    parse_state, state_str, validate_name, ActiveView, Checkpoint, Checkpoints, DeadLetter,
+    DocChange, Documents, Lease, LeaseHandle, Leases, StoredDoc, Versions, ViewError, ViewId,
+    ViewRead, ViewResult,
 };
 
 /// Views in PostgreSQL. Cheap to clone.
@@ -100,26 +101,31 @@ fn is_missing_table(e: &sqlx::Error) -> bool {
         .is_some_and(|c| c == "42P01")
 }
 
-impl ViewStore for PgViewStore {
-    async fn prepare(&self, view: &ViewId) -> ViewResult<Checkpoint> {
-        let table = view_table(view);
-        let mut tx = self.pool.begin().await.map_err(be)?;
-        // Serialise concurrent creators: CREATE TABLE IF NOT EXISTS can race.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-            .bind(&table)
-            .execute(&mut *tx)
-            .await
-            .map_err(be)?;
-        let ddl = format!(
-            "CREATE TABLE IF NOT EXISTS {table} (\
-               key TEXT COLLATE \"C\" PRIMARY KEY, doc JSONB NOT NULL, \
-               position BIGINT NOT NULL)"
-        );
-        sqlx::query(&ddl).execute(&mut *tx).await.map_err(be)?;
-        tx.commit().await.map_err(be)?;
-        self.checkpoint(&view.subscriber()).await
+impl Leases for PgViewStore {
+    async fn acquire(&self, subscriber: &str) -> ViewResult<Lease> {
+        validate_name(subscriber)?;
+        // A session-level advisory lock on a connection of its own: it is
+        // released when this process dies and its connection closes.
+        let options = (*self.pool.connect_options())
+            .clone()
+            .application_name(&format!("strata-lease-{subscriber}"));
+        let mut conn = PgConnection::connect_with(&options).await.map_err(be)?;
+        let key = format!("strata-subscriber:{subscriber}");
+        loop {
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+                .bind(&key)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(be)?;
+            if got {
+                return Ok(Lease::new(Box::new(PgLease { conn })));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
+}
 
+impl Checkpoints for PgViewStore {
     async fn checkpoint(&self, subscriber: &str) -> ViewResult<Checkpoint> {
         validate_name(subscriber)?;
         // A concurrent first insert can hide the row from this statement's
@@ -139,6 +145,139 @@ impl ViewStore for PgViewStore {
         })
     }
 
+    async fn advance(&self, subscriber: &str, from: Position, to: Position) -> ViewResult<()> {
+        Documents::commit(self, subscriber, None, Vec::new(), from, to).await
+    }
+
+    async fn park(&self, letter: DeadLetter, from: Position, skip: bool) -> ViewResult<()> {
+        let mut tx = self.pool.begin().await.map_err(be)?;
+        let moved = sqlx::query(
+            "UPDATE strata_checkpoints SET \
+               position = CASE WHEN $3 THEN $4 ELSE position END, \
+               state = CASE WHEN $3 THEN state ELSE 'halted' END, \
+               error = CASE WHEN $3 THEN error ELSE $5 END, updated_at = now() \
+             WHERE subscriber = $1 AND position = $2",
+        )
+        .bind(&letter.subscriber)
+        .bind(from.0 as i64)
+        .bind(skip)
+        .bind(letter.position.0 as i64)
+        .bind(&letter.error)
+        .execute(&mut *tx)
+        .await
+        .map_err(be)?;
+        if moved.rows_affected() != 1 {
+            return Err(ViewError::Fenced {
+                subscriber: letter.subscriber,
+                expected: from,
+            });
+        }
+        sqlx::query(
+            "INSERT INTO strata_dead_letters \
+               (subscriber, position, event_id, stream_id, event_type, error, attempts, status) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&letter.subscriber)
+        .bind(letter.position.0 as i64)
+        .bind(letter.event_id)
+        .bind(&letter.stream_id)
+        .bind(&letter.event_type)
+        .bind(&letter.error)
+        .bind(letter.attempts as i32)
+        .bind(if skip { "skipped" } else { "parked" })
+        .execute(&mut *tx)
+        .await
+        .map_err(be)?;
+        tx.commit().await.map_err(be)
+    }
+
+    async fn dead_letters(&self, subscriber: Option<&str>) -> ViewResult<Vec<DeadLetter>> {
+        let rows = sqlx::query(
+            "SELECT id, subscriber, position, event_id, stream_id, event_type, error, attempts, \
+                    status, created_at \
+               FROM strata_dead_letters WHERE $1::text IS NULL OR subscriber = $1 ORDER BY id DESC",
+        )
+        .bind(subscriber)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(be)?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeadLetter {
+                    id: r.try_get("id").map_err(be)?,
+                    subscriber: r.try_get("subscriber").map_err(be)?,
+                    position: Position(r.try_get::<i64, _>("position").map_err(be)? as u64),
+                    event_id: r.try_get("event_id").map_err(be)?,
+                    stream_id: r.try_get("stream_id").map_err(be)?,
+                    event_type: r.try_get("event_type").map_err(be)?,
+                    error: r.try_get("error").map_err(be)?,
+                    attempts: r.try_get::<i32, _>("attempts").map_err(be)? as u32,
+                    status: r.try_get("status").map_err(be)?,
+                    created_at: r.try_get("created_at").map_err(be)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn resume(&self, subscriber: &str) -> ViewResult<()> {
+        sqlx::query(
+            "UPDATE strata_checkpoints SET state = $2, error = NULL, updated_at = now() \
+             WHERE subscriber = $1",
+        )
+        .bind(subscriber)
+        .bind(state_str(crate::views::store::SubscriberState::Running))
+        .execute(&self.pool)
+        .await
+        .map_err(be)?;
+        Ok(())
+    }
+
+    async fn reset(&self, subscriber: &str, position: Position) -> ViewResult<()> {
+        validate_name(subscriber)?;
+        self.checkpoint(subscriber).await?;
+        sqlx::query(
+            "UPDATE strata_checkpoints SET position = $2, state = 'running', error = NULL, \
+               updated_at = now() WHERE subscriber = $1",
+        )
+        .bind(subscriber)
+        .bind(position.0 as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(be)?;
+        Ok(())
+    }
+
+    async fn resolve_dead_letter(&self, id: i64, skip: bool) -> ViewResult<bool> {
+        let mut tx = self.pool.begin().await.map_err(be)?;
+        let row = sqlx::query(
+            "UPDATE strata_dead_letters SET status = $2, resolved_at = now() \
+             WHERE id = $1 AND status = 'parked' RETURNING subscriber, position",
+        )
+        .bind(id)
+        .bind(if skip { "skipped" } else { "retried" })
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(be)?;
+        let Some(row) = row else { return Ok(false) };
+        let subscriber: String = row.try_get(0).map_err(be)?;
+        let position: i64 = row.try_get(1).map_err(be)?;
+        sqlx::query(
+            "UPDATE strata_checkpoints SET state = 'running', error = NULL, updated_at = now(), \
+               position = CASE WHEN $2 AND position < $3 THEN $3 ELSE position END \
+             WHERE subscriber = $1",
+        )
+        .bind(&subscriber)
+        .bind(skip)
+        .bind(position)
+        .execute(&mut *tx)
+        .await
+        .map_err(be)?;
+        tx.commit().await.map_err(be)?;
+        Ok(true)
+    }
+}
+
+impl Documents for PgViewStore {
     async fn load(&self, view: &ViewId, keys: &[String]) -> ViewResult<HashMap<String, StoredDoc>> {
         if keys.is_empty() {
             return Ok(HashMap::new());
@@ -314,88 +453,26 @@ impl ViewStore for PgViewStore {
             Err(e) => Err(be(e)),
         }
     }
+}
 
-    async fn park(&self, letter: DeadLetter, from: Position, skip: bool) -> ViewResult<()> {
+impl Versions for PgViewStore {
+    async fn prepare(&self, view: &ViewId) -> ViewResult<Checkpoint> {
+        let table = view_table(view);
         let mut tx = self.pool.begin().await.map_err(be)?;
-        let moved = sqlx::query(
-            "UPDATE strata_checkpoints SET \
-               position = CASE WHEN $3 THEN $4 ELSE position END, \
-               state = CASE WHEN $3 THEN state ELSE 'halted' END, \
-               error = CASE WHEN $3 THEN error ELSE $5 END, updated_at = now() \
-             WHERE subscriber = $1 AND position = $2",
-        )
-        .bind(&letter.subscriber)
-        .bind(from.0 as i64)
-        .bind(skip)
-        .bind(letter.position.0 as i64)
-        .bind(&letter.error)
-        .execute(&mut *tx)
-        .await
-        .map_err(be)?;
-        if moved.rows_affected() != 1 {
-            return Err(ViewError::Fenced {
-                subscriber: letter.subscriber,
-                expected: from,
-            });
-        }
-        sqlx::query(
-            "INSERT INTO strata_dead_letters \
-               (subscriber, position, event_id, stream_id, event_type, error, attempts, status) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&letter.subscriber)
-        .bind(letter.position.0 as i64)
-        .bind(letter.event_id)
-        .bind(&letter.stream_id)
-        .bind(&letter.event_type)
-        .bind(&letter.error)
-        .bind(letter.attempts as i32)
-        .bind(if skip { "skipped" } else { "parked" })
-        .execute(&mut *tx)
-        .await
-        .map_err(be)?;
-        tx.commit().await.map_err(be)
-    }
-
-    async fn dead_letters(&self, subscriber: Option<&str>) -> ViewResult<Vec<DeadLetter>> {
-        let rows = sqlx::query(
-            "SELECT id, subscriber, position, event_id, stream_id, event_type, error, attempts, \
-                    status, created_at \
-               FROM strata_dead_letters WHERE $1::text IS NULL OR subscriber = $1 ORDER BY id DESC",
-        )
-        .bind(subscriber)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(be)?;
-        rows.iter()
-            .map(|r| {
-                Ok(DeadLetter {
-                    id: r.try_get("id").map_err(be)?,
-                    subscriber: r.try_get("subscriber").map_err(be)?,
-                    position: Position(r.try_get::<i64, _>("position").map_err(be)? as u64),
-                    event_id: r.try_get("event_id").map_err(be)?,
-                    stream_id: r.try_get("stream_id").map_err(be)?,
-                    event_type: r.try_get("event_type").map_err(be)?,
-                    error: r.try_get("error").map_err(be)?,
-                    attempts: r.try_get::<i32, _>("attempts").map_err(be)? as u32,
-                    status: r.try_get("status").map_err(be)?,
-                    created_at: r.try_get("created_at").map_err(be)?,
-                })
-            })
-            .collect()
-    }
-
-    async fn resume(&self, subscriber: &str) -> ViewResult<()> {
-        sqlx::query(
-            "UPDATE strata_checkpoints SET state = $2, error = NULL, updated_at = now() \
-             WHERE subscriber = $1",
-        )
-        .bind(subscriber)
-        .bind(state_str(crate::views::store::SubscriberState::Running))
-        .execute(&self.pool)
-        .await
-        .map_err(be)?;
-        Ok(())
+        // Serialise concurrent creators: CREATE TABLE IF NOT EXISTS can race.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(&table)
+            .execute(&mut *tx)
+            .await
+            .map_err(be)?;
+        let ddl = format!(
+            "CREATE TABLE IF NOT EXISTS {table} (\
+               key TEXT COLLATE \"C\" PRIMARY KEY, doc JSONB NOT NULL, \
+               position BIGINT NOT NULL)"
+        );
+        sqlx::query(&ddl).execute(&mut *tx).await.map_err(be)?;
+        tx.commit().await.map_err(be)?;
+        self.checkpoint(&view.subscriber()).await
     }
 
     async fn active_version(&self, name: &str, default: u32) -> ViewResult<u32> {
@@ -528,71 +605,5 @@ impl ViewStore for PgViewStore {
             .await
             .map_err(be)?;
         tx.commit().await.map_err(be)
-    }
-
-    async fn reset(&self, subscriber: &str, position: Position) -> ViewResult<()> {
-        validate_name(subscriber)?;
-        self.checkpoint(subscriber).await?;
-        sqlx::query(
-            "UPDATE strata_checkpoints SET position = $2, state = 'running', error = NULL, \
-               updated_at = now() WHERE subscriber = $1",
-        )
-        .bind(subscriber)
-        .bind(position.0 as i64)
-        .execute(&self.pool)
-        .await
-        .map_err(be)?;
-        Ok(())
-    }
-
-    async fn resolve_dead_letter(&self, id: i64, skip: bool) -> ViewResult<bool> {
-        let mut tx = self.pool.begin().await.map_err(be)?;
-        let row = sqlx::query(
-            "UPDATE strata_dead_letters SET status = $2, resolved_at = now() \
-             WHERE id = $1 AND status = 'parked' RETURNING subscriber, position",
-        )
-        .bind(id)
-        .bind(if skip { "skipped" } else { "retried" })
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(be)?;
-        let Some(row) = row else { return Ok(false) };
-        let subscriber: String = row.try_get(0).map_err(be)?;
-        let position: i64 = row.try_get(1).map_err(be)?;
-        sqlx::query(
-            "UPDATE strata_checkpoints SET state = 'running', error = NULL, updated_at = now(), \
-               position = CASE WHEN $2 AND position < $3 THEN $3 ELSE position END \
-             WHERE subscriber = $1",
-        )
-        .bind(&subscriber)
-        .bind(skip)
-        .bind(position)
-        .execute(&mut *tx)
-        .await
-        .map_err(be)?;
-        tx.commit().await.map_err(be)?;
-        Ok(true)
-    }
-
-    async fn acquire(&self, subscriber: &str) -> ViewResult<Lease> {
-        validate_name(subscriber)?;
-        // A session-level advisory lock on a connection of its own: it is
-        // released when this process dies and its connection closes.
-        let options = (*self.pool.connect_options())
-            .clone()
-            .application_name(&format!("strata-lease-{subscriber}"));
-        let mut conn = PgConnection::connect_with(&options).await.map_err(be)?;
-        let key = format!("strata-subscriber:{subscriber}");
-        loop {
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
-                .bind(&key)
-                .fetch_one(&mut conn)
-                .await
-                .map_err(be)?;
-            if got {
-                return Ok(Lease::new(Box::new(PgLease { conn })));
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
     }
 }

@@ -24,7 +24,7 @@ use crate::codec::{DecodeError, Upcasters};
 use crate::envelope::{EventEnvelope, Position};
 use crate::event_set::{EventSet, Recorded};
 use crate::propagation::bus::{BusError, Delivery, EventBus, Subscription};
-use crate::propagation::changes::{ChangeFeed, ViewChange};
+use crate::propagation::changes::{AnyChangeFeed, ChangeFeed, ViewChange};
 use crate::store::EventFilter;
 use crate::views::store::{
     DeadLetter, DocChange, StoredDoc, SubscriberState, ViewError, ViewId, ViewStore,
@@ -216,7 +216,7 @@ pub struct Projector<P: Projection, B, V> {
     fixed_version: Option<u32>,
     bus: B,
     views: V,
-    feed: Option<ChangeFeed>,
+    feed: Option<AnyChangeFeed>,
     upcasters: Upcasters,
     config: ProjectorConfig,
     status: watch::Sender<SubscriberStatus>,
@@ -254,8 +254,8 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
     }
 
     /// Announces changed documents on `feed`.
-    pub fn with_change_feed(mut self, feed: ChangeFeed) -> Self {
-        self.feed = Some(feed);
+    pub fn with_change_feed(mut self, feed: impl ChangeFeed) -> Self {
+        self.feed = Some(feed.into_any());
         self
     }
 

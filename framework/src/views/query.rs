@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::envelope::Position;
 use crate::propagation::changes::{ChangeFeed, ChangeNotice};
 use crate::views::store::{
-    ActiveView, StoredDoc, ViewError, ViewId, ViewPage, ViewRead, ViewStore,
+    ActiveView, Documents, StoredDoc, Versions, ViewError, ViewId, ViewPage, ViewRead,
 };
 
 /// Errors of queries.
@@ -168,7 +168,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl<V: ViewStore> ViewReader<V> {
+impl<V: Documents + Versions> ViewReader<V> {
     /// A reader over `views`. Call [`listen`](Self::listen) to follow a
     /// change feed; without it, entries live until their TTL.
     pub fn new(views: V, config: ReaderConfig) -> Self {
@@ -367,7 +367,7 @@ impl<V: ViewStore> ViewReader<V> {
     /// announcement they wait for was lost. Spawns a task.
     pub async fn listen(
         &self,
-        feed: &ChangeFeed,
+        feed: &impl ChangeFeed,
         shutdown: CancellationToken,
     ) -> Result<(), crate::propagation::bus::BusError> {
         let mut sub = feed.subscribe().await?;

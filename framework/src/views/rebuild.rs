@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::envelope::Position;
 use crate::propagation::bus::InProcessBus;
-use crate::propagation::changes::{ChangeFeed, ViewChange};
+use crate::propagation::changes::{AnyChangeFeed, ChangeFeed, ViewChange};
 use crate::store::EventStore;
 use crate::views::projection::{Projection, Projector, ProjectorConfig};
 use crate::views::store::{ViewError, ViewId, ViewStore};
@@ -106,7 +106,7 @@ pub async fn rebuild<P, S, V>(
     projection: P,
     store: S,
     views: V,
-    feed: Option<ChangeFeed>,
+    feed: Option<AnyChangeFeed>,
     options: RebuildOptions,
     mut progress: impl FnMut(RebuildProgress) + Send,
     shutdown: CancellationToken,

@@ -5,6 +5,13 @@
 //! documents of each view version, the checkpoints of every subscriber
 //! (projections and process managers), and the dead letters, and commits a
 //! batch of document changes together with the checkpoint, atomically.
+//!
+//! It is four traits, one per concern, so each consumer asks only for what
+//! it uses: [`Leases`] (which instance is active), [`Checkpoints`]
+//! (progress and dead letters), [`Documents`] (the documents, written with
+//! the checkpoint) and [`Versions`] (active versions, rebuilds, switches).
+//! [`ViewStore`] is all four, implemented for every type that implements
+//! them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -285,45 +292,31 @@ impl std::fmt::Debug for Lease {
     }
 }
 
-/// Where views, checkpoints and dead letters live.
-pub trait ViewStore: Clone + Send + Sync + 'static {
-    /// Creates the view's storage if needed and returns its subscriber's
-    /// checkpoint (position 0 for a new one).
-    fn prepare(&self, view: &ViewId) -> impl Future<Output = ViewResult<Checkpoint>> + Send;
+/// Leases: which instance is the active one for a subscriber (a relay, a
+/// projector, a process manager). All a JetStream [`Relay`](crate::Relay)
+/// needs of a view store.
+pub trait Leases: Clone + Send + Sync + 'static {
+    /// Waits until this instance is the only active one for `subscriber`.
+    fn acquire(&self, subscriber: &str) -> impl Future<Output = ViewResult<Lease>> + Send;
+}
 
+/// Subscribers' progress: checkpoints, moving them without documents, and
+/// dead letters. What a process manager's runner needs.
+pub trait Checkpoints: Clone + Send + Sync + 'static {
     /// A subscriber's checkpoint, creating it at 0 if missing.
     fn checkpoint(&self, subscriber: &str) -> impl Future<Output = ViewResult<Checkpoint>> + Send;
 
-    /// The documents with these keys (missing keys are left out).
-    fn load(
-        &self,
-        view: &ViewId,
-        keys: &[String],
-    ) -> impl Future<Output = ViewResult<HashMap<String, StoredDoc>>> + Send;
-
-    /// Writes document changes and moves the subscriber's checkpoint from
-    /// `from` to `to`, atomically. Fails with [`ViewError::Fenced`] (and
-    /// writes nothing) when the checkpoint is not at `from`. `view` is
-    /// `None` for subscribers without documents (process managers).
-    fn commit(
+    /// Moves a subscriber's checkpoint from `from` to `to`, with no
+    /// documents (process managers). Fails with [`ViewError::Fenced`] (and
+    /// moves nothing) when the checkpoint is not at `from` or the
+    /// subscriber is not running. The same as [`Documents::commit`] with
+    /// no view.
+    fn advance(
         &self,
         subscriber: &str,
-        view: Option<&ViewId>,
-        changes: Vec<DocChange>,
         from: Position,
         to: Position,
     ) -> impl Future<Output = ViewResult<()>> + Send;
-
-    /// One document and the view's checkpoint, read together.
-    fn get(&self, view: &ViewId, key: &str) -> impl Future<Output = ViewResult<ViewRead>> + Send;
-
-    /// Documents in key order after `after_key`, at most `limit`.
-    fn list(
-        &self,
-        view: &ViewId,
-        after_key: Option<&str>,
-        limit: usize,
-    ) -> impl Future<Output = ViewResult<Vec<StoredDoc>>> + Send;
 
     /// Records a dead letter; with `skip`, also moves the checkpoint from
     /// `from` past the event, else marks the subscriber halted. Atomic.
@@ -343,8 +336,68 @@ pub trait ViewStore: Clone + Send + Sync + 'static {
     /// Marks a subscriber running again (after a halt was dealt with).
     fn resume(&self, subscriber: &str) -> impl Future<Output = ViewResult<()>> + Send;
 
-    /// Waits until this instance is the only active one for `subscriber`.
-    fn acquire(&self, subscriber: &str) -> impl Future<Output = ViewResult<Lease>> + Send;
+    /// Moves a subscriber's checkpoint to `position` (replay from there) and
+    /// marks it running. For views, documents are kept: reset a view to 0
+    /// only with a rebuild.
+    fn reset(
+        &self,
+        subscriber: &str,
+        position: crate::Position,
+    ) -> impl Future<Output = ViewResult<()>> + Send;
+
+    /// Retries (`skip = false`) or skips a parked dead letter: a retry marks
+    /// the subscriber running so it tries the event again; a skip moves the
+    /// checkpoint past it. Returns false when the letter is not parked.
+    fn resolve_dead_letter(
+        &self,
+        id: i64,
+        skip: bool,
+    ) -> impl Future<Output = ViewResult<bool>> + Send;
+}
+
+/// The documents of view versions: read them, and write them together with
+/// their projector's checkpoint. What a [`ViewReader`](crate::ViewReader)
+/// reads (with [`Versions::active`]).
+pub trait Documents: Clone + Send + Sync + 'static {
+    /// The documents with these keys (missing keys are left out).
+    fn load(
+        &self,
+        view: &ViewId,
+        keys: &[String],
+    ) -> impl Future<Output = ViewResult<HashMap<String, StoredDoc>>> + Send;
+
+    /// Writes document changes and moves the subscriber's checkpoint from
+    /// `from` to `to`, atomically. Fails with [`ViewError::Fenced`] (and
+    /// writes nothing) when the checkpoint is not at `from`. `view` is
+    /// `None` for subscribers without documents, as
+    /// [`Checkpoints::advance`].
+    fn commit(
+        &self,
+        subscriber: &str,
+        view: Option<&ViewId>,
+        changes: Vec<DocChange>,
+        from: Position,
+        to: Position,
+    ) -> impl Future<Output = ViewResult<()>> + Send;
+
+    /// One document and the view's checkpoint, read together.
+    fn get(&self, view: &ViewId, key: &str) -> impl Future<Output = ViewResult<ViewRead>> + Send;
+
+    /// Documents in key order after `after_key`, at most `limit`.
+    fn list(
+        &self,
+        view: &ViewId,
+        after_key: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = ViewResult<Vec<StoredDoc>>> + Send;
+}
+
+/// View versions: which one is active, rebuilds into a new one and the
+/// fenced switch.
+pub trait Versions: Clone + Send + Sync + 'static {
+    /// Creates the view's storage if needed and returns its subscriber's
+    /// checkpoint (position 0 for a new one).
+    fn prepare(&self, view: &ViewId) -> impl Future<Output = ViewResult<Checkpoint>> + Send;
 
     /// The version of view `name` that queries read and projectors write
     /// (recorded as `default` the first time it is asked).
@@ -382,25 +435,20 @@ pub trait ViewStore: Clone + Send + Sync + 'static {
 
     /// Drops a retired version's documents and checkpoint.
     fn drop_version(&self, view: &ViewId) -> impl Future<Output = ViewResult<()>> + Send;
-
-    /// Moves a subscriber's checkpoint to `position` (replay from there) and
-    /// marks it running. For views, documents are kept: reset a view to 0
-    /// only with a rebuild.
-    fn reset(
-        &self,
-        subscriber: &str,
-        position: crate::Position,
-    ) -> impl Future<Output = ViewResult<()>> + Send;
-
-    /// Retries (`skip = false`) or skips a parked dead letter: a retry marks
-    /// the subscriber running so it tries the event again; a skip moves the
-    /// checkpoint past it. Returns false when the letter is not parked.
-    fn resolve_dead_letter(
-        &self,
-        id: i64,
-        skip: bool,
-    ) -> impl Future<Output = ViewResult<bool>> + Send;
 }
+
+/// Where views, checkpoints, dead letters, leases and versions live: every
+/// part at once. A projector and a rebuild need all of it; the other
+/// consumers ask for their parts only ([`Leases`] for the relay,
+/// [`Leases`] and [`Checkpoints`] for process managers, [`Documents`] and
+/// [`Versions`] for readers).
+///
+/// Implemented for every type that implements the four parts; implement
+/// those. Bring the part traits into scope (`use strata::{Checkpoints,
+/// Documents, …}`) to call their methods on a concrete store.
+pub trait ViewStore: Leases + Checkpoints + Documents + Versions {}
+
+impl<T: Leases + Checkpoints + Documents + Versions> ViewStore for T {}
 
 /// Views in memory: the embedded mode and tests.
 #[derive(Clone, Default)]
@@ -445,16 +493,20 @@ impl LeaseHandle for MemLease {
     }
 }
 
-impl ViewStore for InMemoryViewStore {
-    async fn prepare(&self, view: &ViewId) -> ViewResult<Checkpoint> {
-        let mut m = self.lock();
-        m.docs.entry(view.clone()).or_default();
-        Ok(m.checkpoints
-            .entry(view.subscriber())
-            .or_insert_with(new_checkpoint)
-            .clone())
+impl Leases for InMemoryViewStore {
+    async fn acquire(&self, subscriber: &str) -> ViewResult<Lease> {
+        let lock = Arc::clone(
+            self.leases
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(subscriber.to_owned())
+                .or_default(),
+        );
+        Ok(Lease::new(Box::new(MemLease(lock.lock_owned().await))))
     }
+}
 
+impl Checkpoints for InMemoryViewStore {
     async fn checkpoint(&self, subscriber: &str) -> ViewResult<Checkpoint> {
         validate_name(subscriber)?;
         Ok(self
@@ -465,6 +517,94 @@ impl ViewStore for InMemoryViewStore {
             .clone())
     }
 
+    async fn advance(&self, subscriber: &str, from: Position, to: Position) -> ViewResult<()> {
+        Documents::commit(self, subscriber, None, Vec::new(), from, to).await
+    }
+
+    async fn park(&self, mut letter: DeadLetter, from: Position, skip: bool) -> ViewResult<()> {
+        let mut m = self.lock();
+        let Some(cp) = m.checkpoints.get_mut(&letter.subscriber) else {
+            return Err(ViewError::Fenced {
+                subscriber: letter.subscriber,
+                expected: from,
+            });
+        };
+        if cp.position != from {
+            return Err(ViewError::Fenced {
+                subscriber: letter.subscriber,
+                expected: from,
+            });
+        }
+        if skip {
+            cp.position = letter.position;
+            letter.status = "skipped".into();
+        } else {
+            cp.state = SubscriberState::Halted;
+            cp.error = Some(letter.error.clone());
+            letter.status = "parked".into();
+        }
+        letter.id = m.dead.len() as i64 + 1;
+        m.dead.push(letter);
+        Ok(())
+    }
+
+    async fn dead_letters(&self, subscriber: Option<&str>) -> ViewResult<Vec<DeadLetter>> {
+        let m = self.lock();
+        Ok(m.dead
+            .iter()
+            .rev()
+            .filter(|d| subscriber.is_none_or(|s| d.subscriber == s))
+            .cloned()
+            .collect())
+    }
+
+    async fn resume(&self, subscriber: &str) -> ViewResult<()> {
+        let mut m = self.lock();
+        if let Some(cp) = m.checkpoints.get_mut(subscriber) {
+            cp.state = SubscriberState::Running;
+            cp.error = None;
+        }
+        Ok(())
+    }
+
+    async fn reset(&self, subscriber: &str, position: Position) -> ViewResult<()> {
+        validate_name(subscriber)?;
+        let mut m = self.lock();
+        let cp = m
+            .checkpoints
+            .entry(subscriber.to_owned())
+            .or_insert_with(new_checkpoint);
+        cp.position = position;
+        cp.state = SubscriberState::Running;
+        cp.error = None;
+        Ok(())
+    }
+
+    async fn resolve_dead_letter(&self, id: i64, skip: bool) -> ViewResult<bool> {
+        let mut m = self.lock();
+        let Some(idx) = m
+            .dead
+            .iter()
+            .position(|d| d.id == id && d.status == "parked")
+        else {
+            return Ok(false);
+        };
+        let (subscriber, position) = (m.dead[idx].subscriber.clone(), m.dead[idx].position);
+        m.dead[idx].status = if skip { "skipped" } else { "retried" }.into();
+        let cp = m
+            .checkpoints
+            .entry(subscriber)
+            .or_insert_with(new_checkpoint);
+        if skip && cp.position < position {
+            cp.position = position;
+        }
+        cp.state = SubscriberState::Running;
+        cp.error = None;
+        Ok(true)
+    }
+}
+
+impl Documents for InMemoryViewStore {
     async fn load(&self, view: &ViewId, keys: &[String]) -> ViewResult<HashMap<String, StoredDoc>> {
         let m = self.lock();
         let Some(docs) = m.docs.get(view) else {
@@ -541,51 +681,16 @@ impl ViewStore for InMemoryViewStore {
             .map(|(_, d)| d.clone())
             .collect())
     }
+}
 
-    async fn park(&self, mut letter: DeadLetter, from: Position, skip: bool) -> ViewResult<()> {
+impl Versions for InMemoryViewStore {
+    async fn prepare(&self, view: &ViewId) -> ViewResult<Checkpoint> {
         let mut m = self.lock();
-        let Some(cp) = m.checkpoints.get_mut(&letter.subscriber) else {
-            return Err(ViewError::Fenced {
-                subscriber: letter.subscriber,
-                expected: from,
-            });
-        };
-        if cp.position != from {
-            return Err(ViewError::Fenced {
-                subscriber: letter.subscriber,
-                expected: from,
-            });
-        }
-        if skip {
-            cp.position = letter.position;
-            letter.status = "skipped".into();
-        } else {
-            cp.state = SubscriberState::Halted;
-            cp.error = Some(letter.error.clone());
-            letter.status = "parked".into();
-        }
-        letter.id = m.dead.len() as i64 + 1;
-        m.dead.push(letter);
-        Ok(())
-    }
-
-    async fn dead_letters(&self, subscriber: Option<&str>) -> ViewResult<Vec<DeadLetter>> {
-        let m = self.lock();
-        Ok(m.dead
-            .iter()
-            .rev()
-            .filter(|d| subscriber.is_none_or(|s| d.subscriber == s))
-            .cloned()
-            .collect())
-    }
-
-    async fn resume(&self, subscriber: &str) -> ViewResult<()> {
-        let mut m = self.lock();
-        if let Some(cp) = m.checkpoints.get_mut(subscriber) {
-            cp.state = SubscriberState::Running;
-            cp.error = None;
-        }
-        Ok(())
+        m.docs.entry(view.clone()).or_default();
+        Ok(m.checkpoints
+            .entry(view.subscriber())
+            .or_insert_with(new_checkpoint)
+            .clone())
     }
 
     async fn active_version(&self, name: &str, default: u32) -> ViewResult<u32> {
@@ -658,53 +763,6 @@ impl ViewStore for InMemoryViewStore {
         m.docs.remove(view);
         m.checkpoints.remove(&view.subscriber());
         Ok(())
-    }
-
-    async fn reset(&self, subscriber: &str, position: Position) -> ViewResult<()> {
-        validate_name(subscriber)?;
-        let mut m = self.lock();
-        let cp = m
-            .checkpoints
-            .entry(subscriber.to_owned())
-            .or_insert_with(new_checkpoint);
-        cp.position = position;
-        cp.state = SubscriberState::Running;
-        cp.error = None;
-        Ok(())
-    }
-
-    async fn resolve_dead_letter(&self, id: i64, skip: bool) -> ViewResult<bool> {
-        let mut m = self.lock();
-        let Some(idx) = m
-            .dead
-            .iter()
-            .position(|d| d.id == id && d.status == "parked")
-        else {
-            return Ok(false);
-        };
-        let (subscriber, position) = (m.dead[idx].subscriber.clone(), m.dead[idx].position);
-        m.dead[idx].status = if skip { "skipped" } else { "retried" }.into();
-        let cp = m
-            .checkpoints
-            .entry(subscriber)
-            .or_insert_with(new_checkpoint);
-        if skip && cp.position < position {
-            cp.position = position;
-        }
-        cp.state = SubscriberState::Running;
-        cp.error = None;
-        Ok(true)
-    }
-
-    async fn acquire(&self, subscriber: &str) -> ViewResult<Lease> {
-        let lock = Arc::clone(
-            self.leases
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(subscriber.to_owned())
-                .or_default(),
-        );
-        Ok(Lease::new(Box::new(MemLease(lock.lock_owned().await))))
     }
 }
 

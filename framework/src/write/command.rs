@@ -740,12 +740,12 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                         tracing::error!(stream = %stream_id, error = %e, "loading the aggregate failed");
                         match e {
                             CommandError::Decode(d) => {
-                                self.fail_all(group, |_| CommandError::Decode(d.clone()))
+                                self.fail_all(group, |_| CommandError::Decode(d.clone()));
                             }
                             CommandError::Store(s) => self.fail_backend(group, s),
                             // load_state fails only with the two above.
                             other => {
-                                self.fail_backend(group, StoreError::backend(other.to_string()))
+                                self.fail_backend(group, StoreError::backend(other.to_string()));
                             }
                         }
                         return Vec::new();
@@ -919,7 +919,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                         tracing::error!(stream = %stream_id, error = %e, "append failed");
                         match e {
                             StoreError::Input(i) => {
-                                self.fail_all(group, |_| CommandError::Input(i.clone()))
+                                self.fail_all(group, |_| CommandError::Input(i.clone()));
                             }
                             other => self.fail_backend(group, other),
                         }
