@@ -65,7 +65,7 @@
 //! ...), with ready aliases for the common stacks ([`PgCommandHandler`],
 //! [`PgProjector`], [`MemoryViewReader`], ...). The traits whose methods
 //! you call come together in [`prelude`]: `use strata::prelude::*;`.
-//! Four namespaces stay, for what belongs to one backend or one use:
+//! Five namespaces stay, for what belongs to one backend or one use:
 //! [`postgres`] and [`nats`] (connection helpers, migrations, message
 //! headers), `admin` (the admin CLI, feature `admin`), `auth` (tokens,
 //! feature `auth`) and `testing` (feature `testing`).

@@ -458,8 +458,12 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
             let result = match &decoded.event {
                 Ok(None) => Ok(HashMap::new()),
                 Ok(Some(e)) => {
-                    self.apply_event(e, decoded, &changes, &loaded, &mut typed)
-                        .await
+                    let mut docs = BatchDocs {
+                        changes: &changes,
+                        loaded: &loaded,
+                        typed: &mut typed,
+                    };
+                    self.apply_event(e, decoded, &mut docs).await
                 }
                 Err(e) => Err((e.clone(), 1)),
             };
@@ -531,14 +535,12 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
         &self,
         event: &P::Event,
         decoded: &Decoded<P::Event>,
-        changes: &HashMap<String, Option<StoredDoc>>,
-        loaded: &HashMap<String, StoredDoc>,
-        typed: &mut HashMap<String, Option<P::Doc>>,
+        docs: &mut BatchDocs<'_, P::Doc>,
     ) -> Result<HashMap<String, Option<StoredDoc>>, (ProjectionError, u32)> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_apply(event, decoded, changes, loaded, typed) {
+            match self.try_apply(event, decoded, docs) {
                 Ok(docs) => return Ok(docs),
                 Err(e) if attempt >= self.config.attempts => return Err((e, attempt)),
                 Err(_) => {
@@ -558,9 +560,7 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
         &self,
         event: &P::Event,
         decoded: &Decoded<P::Event>,
-        changes: &HashMap<String, Option<StoredDoc>>,
-        loaded: &HashMap<String, StoredDoc>,
-        typed: &mut HashMap<String, Option<P::Doc>>,
+        docs: &mut BatchDocs<'_, P::Doc>,
     ) -> Result<HashMap<String, Option<StoredDoc>>, ProjectionError> {
         let mut out = HashMap::new();
         let mut new_typed = Vec::with_capacity(decoded.keys.len());
@@ -569,12 +569,12 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
             envelope: &decoded.envelope,
         };
         for key in decoded.keys.iter().cloned() {
-            let doc: Option<P::Doc> = match typed.remove(&key) {
+            let doc: Option<P::Doc> = match docs.typed.remove(&key) {
                 Some(doc) => doc,
                 None => {
-                    let current: Option<&StoredDoc> = match changes.get(&key) {
+                    let current: Option<&StoredDoc> = match docs.changes.get(&key) {
                         Some(c) => c.as_ref(),
-                        None => loaded.get(&key),
+                        None => docs.loaded.get(&key),
                     };
                     match current {
                         Some(d) => Some(
@@ -600,7 +600,7 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
         }
         // Only once every key took the event: a failed attempt must not
         // leave half of it in the cache.
-        typed.extend(new_typed);
+        docs.typed.extend(new_typed);
         Ok(out)
     }
 
@@ -676,6 +676,15 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
         }
         Ok(())
     }
+}
+
+/// The documents a batch reads: the JSON of what it changed so far, what
+/// it loaded, and its changes as the projection's type (a cache of
+/// `changes`).
+struct BatchDocs<'a, D> {
+    changes: &'a HashMap<String, Option<StoredDoc>>,
+    loaded: &'a HashMap<String, StoredDoc>,
+    typed: &'a mut HashMap<String, Option<D>>,
 }
 
 /// An event of a batch, upcast and decoded once, with the keys it touches.
