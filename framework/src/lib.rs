@@ -183,8 +183,7 @@ pub use views::store::{
     ViewRead, ViewResult, ViewStore,
 };
 pub use write::aggregate::{
-    Aggregate, BoxFuture, InMemorySnapshotStore, Snapshot, SnapshotAndEvents, SnapshotPolicy,
-    SnapshotStore,
+    Aggregate, BoxFuture, InMemorySnapshotStore, Snapshot, SnapshotPolicy, SnapshotStore,
 };
 pub use write::command::{
     client_command_id, derived_event_id, CommandContext, CommandError, CommandHandler,

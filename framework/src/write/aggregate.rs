@@ -142,24 +142,7 @@ pub trait SnapshotStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>>;
     /// Saves a snapshot (keeping the newer one if one exists).
     fn save(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<(), StoreError>>;
-
-    /// The latest snapshot and, where the snapshots sit beside the events,
-    /// the stream's first `limit` events after it (after version 0 without
-    /// a snapshot), read together in one round trip. `None` for the events
-    /// means the caller reads them from its event store: the default, for
-    /// stores that hold snapshots apart from the events.
-    fn load_with_events<'a>(
-        &'a self,
-        stream_id: &'a StreamId,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<SnapshotAndEvents, StoreError>> {
-        let _ = limit;
-        Box::pin(async move { Ok((self.load(stream_id).await?, None)) })
-    }
 }
-
-/// A snapshot (if any) and, if they were read with it, the events after it.
-pub type SnapshotAndEvents = (Option<Snapshot>, Option<Vec<crate::store::StreamEvent>>);
 
 /// Snapshots in memory.
 #[derive(Debug, Default)]

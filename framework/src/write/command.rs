@@ -557,12 +557,9 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
             position: Position::START,
             verified: true,
         };
-        const PAGE: usize = 10_000;
-        // Events read together with the snapshot, where its store can.
-        let mut first_page = None;
         if let Some(snapshots) = &self.inner.snapshots {
-            match snapshots.load_with_events(stream_id, PAGE).await {
-                Ok((Some(s), events)) if s.schema_version == A::SNAPSHOT_VERSION => {
+            match snapshots.load(stream_id).await {
+                Ok(Some(s)) if s.schema_version == A::SNAPSHOT_VERSION => {
                     match serde_json::from_value::<A>(s.state) {
                         Ok(state) => {
                             loaded = Loaded {
@@ -570,8 +567,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                                 version: s.version,
                                 position: s.position,
                                 verified: true,
-                            };
-                            first_page = events;
+                            }
                         }
                         Err(e) => tracing::warn!(
                             stream = %stream_id, error = %e,
@@ -579,26 +575,20 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                         ),
                     }
                 }
-                // No snapshot: the events read with it start at version 1.
-                Ok((None, events)) => first_page = events,
-                // A snapshot of another schema: read every event.
-                Ok((Some(_), _)) => {}
+                Ok(_) => {}
                 Err(e) => tracing::warn!(
                     stream = %stream_id, error = %e,
                     "snapshot load failed; rebuilding from events"
                 ),
             }
         }
+        const PAGE: usize = 10_000;
         loop {
-            let events = match first_page.take() {
-                Some(events) => events,
-                None => {
-                    self.inner
-                        .store
-                        .read_stream_raw(stream_id, loaded.version + 1, PAGE)
-                        .await?
-                }
-            };
+            let events = self
+                .inner
+                .store
+                .read_stream_raw(stream_id, loaded.version + 1, PAGE)
+                .await?;
             let n = events.len();
             for raw in events {
                 loaded.version = raw.stream_version;

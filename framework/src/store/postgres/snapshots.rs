@@ -54,59 +54,6 @@ impl crate::SnapshotStore for PgSnapshotStore {
         })
     }
 
-    /// One statement: the snapshot, and the events of `strata_events` in
-    /// the same database after its version. Use a `PgSnapshotStore` with
-    /// the [`PgEventStore`](super::PgEventStore) of its own database.
-    fn load_with_events<'a>(
-        &'a self,
-        stream_id: &'a StreamId,
-        limit: usize,
-    ) -> crate::write::aggregate::BoxFuture<'a, Result<crate::write::aggregate::SnapshotAndEvents>>
-    {
-        Box::pin(async move {
-            let rows = sqlx::query(
-                "WITH s AS (SELECT stream_type, version, position, schema_version, state                               FROM strata_snapshots WHERE stream_id = $1)                  SELECT 0 AS part, NULL::uuid AS event_id, version, position,                         stream_type AS type_name, schema_version, state::text AS body FROM s                  UNION ALL                  (SELECT 1, event_id, stream_version, position, event_type, schema_version,                          payload::text                     FROM strata_events                    WHERE stream_id = $1                      AND stream_version > COALESCE((SELECT version FROM s), 0)                    ORDER BY stream_version LIMIT $2)",
-            )
-            .bind(stream_id.as_str())
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::backend)?;
-            let mut snapshot = None;
-            let mut events = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let part: i32 = row.try_get(0).map_err(StoreError::backend)?;
-                let version = row.try_get::<i64, _>(2).map_err(StoreError::backend)? as u64;
-                let position =
-                    Position(row.try_get::<i64, _>(3).map_err(StoreError::backend)? as u64);
-                let type_name: String = row.try_get(4).map_err(StoreError::backend)?;
-                let schema_version = row.try_get::<i32, _>(5).map_err(StoreError::backend)? as u32;
-                let body: String = row.try_get(6).map_err(StoreError::backend)?;
-                if part == 0 {
-                    snapshot = Some(crate::Snapshot {
-                        stream_id: stream_id.clone(),
-                        stream_type: type_name,
-                        version,
-                        position,
-                        schema_version,
-                        state: serde_json::from_str(&body).map_err(StoreError::backend)?,
-                    });
-                } else {
-                    events.push(crate::store::StreamEvent {
-                        event_id: row.try_get(1).map_err(StoreError::backend)?,
-                        stream_version: version,
-                        position,
-                        event_type: type_name,
-                        schema_version,
-                        payload: body,
-                    });
-                }
-            }
-            events.sort_by_key(|e| e.stream_version);
-            Ok((snapshot, Some(events)))
-        })
-    }
-
     fn save(&self, s: crate::Snapshot) -> crate::write::aggregate::BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             sqlx::query(
