@@ -154,6 +154,8 @@ async fn run() {
         QueryState { reader, feed },
         LiveConfig {
             max_subscribers: n + 16,
+            // Every subscriber connects from this process's one address.
+            max_per_client: n + 16,
             ..LiveConfig::default()
         },
     );

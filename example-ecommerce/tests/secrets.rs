@@ -172,7 +172,7 @@ async fn a_failed_connection_names_the_url_without_its_password() {
 }
 
 #[tokio::test]
-async fn postgres_connections_can_require_tls() {
+async fn postgres_connections_can_require_tls_and_skip_it_on_loopback() {
     let db = test_database().await;
     let ssl: String = sqlx::query_scalar("SHOW ssl")
         .fetch_one(&db.pool)
@@ -198,6 +198,17 @@ async fn postgres_connections_can_require_tls() {
             .await
             .unwrap();
         assert!(!encrypted(plain).await, "sslmode=disable, yet encrypted");
+        // A server on this machine, no sslmode named: no TLS (it protects
+        // nothing on loopback and costs every statement).
+        if std::env::var_os("PGSSLMODE").is_none() && !db.url.contains("sslmode") {
+            let default = config::pg(&server_args(&db.url, &nats, NatsArgs::default()))
+                .await
+                .unwrap();
+            assert!(
+                !encrypted(default).await,
+                "a loopback URL without sslmode, yet encrypted"
+            );
+        }
     } else {
         // This server has no TLS: requiring it must fail, and say why.
         let result = config::pg(&server_args(&with("require"), &nats, NatsArgs::default()))
