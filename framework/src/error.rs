@@ -192,9 +192,22 @@ impl SharedStoreError {
     }
 }
 
-/// The backend cause of a shared store error.
+/// The backend cause of a store error handed to several callers at once
+/// (every command of a group commit that failed): it reads as the
+/// original, and [`SharedCause::cause`] gives the original to downcast
+/// (for example to `sqlx::Error`).
 #[derive(Debug)]
-struct SharedCause(std::sync::Arc<StoreError>);
+pub struct SharedCause(std::sync::Arc<StoreError>);
+
+impl SharedCause {
+    /// The backend's own error.
+    pub fn cause(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        match &*self.0 {
+            StoreError::Backend(cause) => &**cause,
+            other => other,
+        }
+    }
+}
 
 impl std::fmt::Display for SharedCause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

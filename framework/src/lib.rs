@@ -109,10 +109,12 @@ mod views;
 mod write;
 
 /// NATS: connecting (with retries), the JetStream stream's settings, the
-/// message headers the relay writes.
+/// message headers the relay writes; `async_nats` itself, whose types
+/// appear in these signatures.
 #[cfg(feature = "nats")]
 pub mod nats {
     pub use crate::propagation::nats::*;
+    pub use async_nats;
 }
 
 /// PostgreSQL: migrations, connection settings, the store's pieces.
@@ -120,6 +122,8 @@ pub mod nats {
 pub mod postgres {
     pub use crate::store::postgres::*;
     pub use crate::views::postgres::{view_table, PgViewStore};
+    pub use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
+    pub use sqlx::PgPool;
 }
 
 /// The traits whose methods you call on Strata's types, in one import:
@@ -145,14 +149,15 @@ pub use envelope::{
     validate_type_name, EventEnvelope, Metadata, NewEvent, Position, StreamId, MAX_JSON_DEPTH,
     MAX_STREAM_ID_LEN, MAX_TYPE_NAME_LEN,
 };
-pub use error::{BoxError, InputError, StoreError};
+pub use error::{BoxError, InputError, SharedCause, StoreError};
 pub use event_set::{decode_event, EventSet, Recorded};
 pub use process::{
     caused_command_id, process_test, CommandSender, ProcessManager, ProcessManagerRunner,
     SendCause, SendError,
 };
 pub use propagation::bus::{
-    Ack, BusError, Delivery, EventBus, InProcessBus, InProcessSubscription, Subscription,
+    ack_batch, in_order, Ack, BusError, Delivery, EventBus, InProcessBus, InProcessSubscription,
+    Subscription,
 };
 pub use propagation::changes::{
     AnyChangeFeed, ChangeFeed, ChangeNotice, ChangeSource, ChangeSubscription, InProcessChangeFeed,

@@ -60,7 +60,12 @@ pub trait ProcessManager: Send + Sync + 'static {
     /// the event, so what succeeded before is not sent twice).
     /// [`FailurePolicy::Halt`] stops the manager (state `halted`) until an
     /// operator retries or skips the dead letter (`admin dead-letters
-    /// retry|skip <id>`).
+    /// retry|skip <id>`). Its checkpoint stays before the failed event, and
+    /// the later events of the failed event's stream wait with it; events of
+    /// other streams in the same batch may already have sent their commands
+    /// (see [`ProcessManager::max_in_flight`]), and are sent again, as
+    /// no-ops, once the manager resumes. Return `1` from `max_in_flight` if
+    /// nothing may go out after a failure.
     fn on_failure(&self) -> FailurePolicy {
         FailurePolicy::Skip
     }
@@ -73,8 +78,9 @@ pub trait ProcessManager: Send + Sync + 'static {
     /// events, while other streams' go out beside them. A command handler
     /// gathers commands that arrive together into one commit, so a manager
     /// keeps up with a busy shop instead of paying a round trip per
-    /// command. The checkpoint moves only past events whose commands were
-    /// all accepted.
+    /// command. The checkpoint moves in order, past events whose commands
+    /// were all accepted and past events that were dead-lettered and
+    /// skipped ([`FailurePolicy::Skip`]).
     ///
     /// `1` sends every command one after another in the global order of
     /// the causing events (one lane for everything).
@@ -324,7 +330,13 @@ where
                         if to > position {
                             self.views.advance(&name, position, to).await?;
                         }
-                        return Ok(());
+                        if shutdown.is_cancelled() {
+                            return Ok(());
+                        }
+                        // Not a shutdown: run again from the checkpoint.
+                        return Err(RunError::View(crate::ViewError::backend(
+                            "commands of an event were not sent",
+                        )));
                     }
                     Outcome::Failed(failures) => {
                         // Commit what came before, then park the event.

@@ -94,7 +94,12 @@ pub trait Projection: Send + Sync + 'static {
     /// [`EventEnvelope`] for raw events.
     type Event: EventSet;
 
-    /// The document type.
+    /// The document type. It must come back from JSON as it went in
+    /// (no `#[serde(skip)]` fields the fold relies on, no lossy numbers):
+    /// within a batch the projector hands `apply` the document it returned
+    /// for the previous event, and across batches the one read back from
+    /// the view store, so a document that changes on the way through JSON
+    /// would depend on where batches split.
     type Doc: Serialize + DeserializeOwned + Send + Sync + 'static;
 
     /// The view's name: `[a-z][a-z0-9_]{0,39}`.

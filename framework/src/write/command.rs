@@ -733,7 +733,10 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                                 self.fail_all(group, |_| CommandError::Decode(d.clone()));
                             }
                             CommandError::Store(s) => self.fail_backend(group, s),
-                            // load_state fails only with the two above.
+                            CommandError::Input(i) => {
+                                self.fail_all(group, |_| CommandError::Input(i.clone()));
+                            }
+                            // load_state fails only with the three above.
                             other => {
                                 self.fail_backend(group, StoreError::backend(other.to_string()));
                             }
@@ -1094,7 +1097,6 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         }
     }
 
-    /// Fails every command of `group` with the backend error `e`.
     /// Fails every command of `group` with the same store error, typed
     /// (a backend cause is shared, not turned into text).
     fn fail_backend(&self, group: Vec<Pending<A>>, e: StoreError) {

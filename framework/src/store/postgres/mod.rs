@@ -110,22 +110,26 @@ async fn connect_pool(url: &str) -> Result<PgPool> {
 
 /// The connection settings of `url`, as written, but for one default: a
 /// server on this machine (`localhost`, `127.0.0.0/8`, `::1`) is reached
-/// without TLS unless the URL (`sslmode=`) or `PGSSLMODE` asks for it.
-/// sqlx's own default, `prefer`, encrypts wherever the server offers TLS,
-/// loopback included, where it protects nothing and costs both ends a
-/// share of every statement. Any other host keeps sqlx's defaults.
+/// without TLS unless the URL or the environment says anything about TLS
+/// (any `ssl…` parameter, such as `sslmode`, `sslrootcert` or `sslcert`, or
+/// a `PGSSL…` variable). sqlx's own default, `prefer`, encrypts wherever
+/// the server offers TLS, loopback included, where it protects nothing and
+/// costs both ends a share of every statement. Any other host keeps sqlx's
+/// defaults.
 pub fn connect_options(url: &str) -> Result<PgConnectOptions> {
     let options: PgConnectOptions = url.parse().map_err(StoreError::backend)?;
-    let mode_named = url
-        .split_once('?')
-        .map(|(_, query)| {
-            query.split('&').any(|param| {
-                let key = param.split('=').next().unwrap_or("");
-                key.eq_ignore_ascii_case("sslmode") || key.eq_ignore_ascii_case("ssl-mode")
-            })
+    // Parameter names decoded as sqlx decodes them (`ssl%6Dode` is sslmode).
+    let tls_named = url::Url::parse(url)
+        .map(|u| {
+            u.query_pairs()
+                .any(|(key, _)| key.to_ascii_lowercase().starts_with("ssl"))
         })
-        .unwrap_or(false);
-    if mode_named || std::env::var_os("PGSSLMODE").is_some() || !is_loopback(options.get_host()) {
+        .unwrap_or(true);
+    let tls_in_env = std::env::vars_os().any(|(key, _)| {
+        key.to_str()
+            .is_some_and(|k| k.to_ascii_uppercase().starts_with("PGSSL"))
+    });
+    if tls_named || tls_in_env || !is_loopback(options.get_host()) {
         return Ok(options);
     }
     Ok(options.ssl_mode(PgSslMode::Disable))
@@ -448,7 +452,7 @@ mod connect_tests {
 
     #[test]
     fn loopback_servers_go_without_tls_unless_asked() {
-        if std::env::var_os("PGSSLMODE").is_some() {
+        if std::env::vars_os().any(|(k, _)| k.to_string_lossy().starts_with("PGSSL")) {
             return; // the environment decides; nothing of ours to check
         }
         for url in [
