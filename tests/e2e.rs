@@ -99,6 +99,29 @@ async fn separate_processes_survive_kills_and_views_equal_a_fold() {
     let (cmd, query) = (shop.cmd.clone(), shop.query.clone());
     let http = client();
 
+    // The processes reach this loopback server without TLS: their URL
+    // names no sslmode (docs/deployment-security.md).
+    let tls_asked = std::env::vars_os().any(|(k, _)| k.to_string_lossy().starts_with("PGSSL"))
+        || db.url.contains("ssl");
+    if !tls_asked {
+        let encrypted: Vec<bool> = sqlx::query_scalar(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid \
+             WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() \
+               AND a.backend_type = 'client backend'",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        assert!(
+            !encrypted.is_empty(),
+            "no connection of the shop's processes"
+        );
+        assert!(
+            encrypted.iter().all(|e| !e),
+            "a shop process encrypts its loopback connection: {encrypted:?}"
+        );
+    }
+
     for (sku, price, stock) in [
         ("MUG-01", 1250, 40),
         ("TEE-01", 2400, 25),
