@@ -693,3 +693,137 @@ async fn tokens_decide_who_may_do_what_across_the_processes() {
     );
     assert!(events.iter().all(|e| e.metadata.actor.is_some()));
 }
+
+/// `ecommerce admin <args>` against the running shop: exit code, stdout and
+/// stderr.
+fn admin_run(
+    db_url: &str,
+    cfg: &strata::nats::StreamConfig,
+    args: &[&str],
+) -> (i32, String, String) {
+    let out = admin(db_url, cfg, args);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An operator's session against the shop as separate processes: orders
+/// over many skus, placed at once over HTTP, are all confirmed (the process
+/// manager's lanes, checked from outside); `admin projections status` then
+/// shows every subscriber, the process manager included, at the store's
+/// head with nothing parked; an operator's mistakes get exit code 1 and a
+/// message naming what exists, and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_follow_the_running_shop_with_the_admin_cli() {
+    let (db, cfg, shop) = start_shop().await;
+    let (cmd, query) = (shop.cmd.clone(), shop.query.clone());
+    let http = client();
+    let skus: Vec<String> = (0..8).map(|i| format!("OPS-{i:02}")).collect();
+    for sku in &skus {
+        let (s, r) = post(
+            &http,
+            format!("{cmd}/products"),
+            json!({ "sku": sku, "name": sku, "price_cents": 500 }),
+        )
+        .await;
+        assert_eq!(s, 201, "{r}");
+        let (s, r) = post(
+            &http,
+            format!("{cmd}/inventory/{sku}/restock"),
+            json!({ "quantity": 100 }),
+        )
+        .await;
+        assert_eq!(s, 201, "{r}");
+    }
+    let placed = futures::future::join_all((0..24).map(|i| {
+        post(
+            &http,
+            format!("{cmd}/orders"),
+            json!({
+                "customer_id": format!("ops{}", i % 4),
+                "lines": [
+                    { "sku": skus[i % 8], "quantity": 1 },
+                    { "sku": skus[(i + 3) % 8], "quantity": 2 },
+                ],
+            }),
+        )
+    }))
+    .await;
+    let ids: Vec<String> = placed
+        .iter()
+        .map(|(s, r)| {
+            assert_eq!(*s, 201, "{r}");
+            r["order_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    wait_until(Duration::from_secs(60), "every order confirmed", || async {
+        for id in &ids {
+            let v: Value = http
+                .get(format!("{query}/orders/{id}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap_or(Value::Null);
+            if v["data"]["status"] != json!("confirmed") {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+
+    // Every subscriber reaches the head; nothing is parked.
+    let status = std::cell::RefCell::new(Value::Null);
+    wait_until(
+        Duration::from_secs(30),
+        "every subscriber at the head",
+        || async {
+            let (code, out, err) = admin_run(&db.url, &cfg, &["--json", "projections", "status"]);
+            assert_eq!(code, 0, "{err}");
+            let v: Value = serde_json::from_str(out.trim()).unwrap();
+            let done = v["subscribers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["lag"] == json!(0));
+            *status.borrow_mut() = v;
+            done
+        },
+    )
+    .await;
+    let status = status.into_inner();
+    let subscribers = status["subscribers"].as_array().unwrap();
+    assert!(
+        subscribers
+            .iter()
+            .any(|s| s["subscriber"] == json!("fulfilment")),
+        "{status}"
+    );
+    for s in subscribers {
+        assert_eq!(s["state"], json!("running"), "{s}");
+        assert_eq!(s["dead_letters"], json!(0), "{s}");
+    }
+
+    // Mistakes: exit code 1, a message, nothing changed.
+    let head = status["head"].clone();
+    let (code, _, err) = admin_run(&db.url, &cfg, &["projections", "rebuild", "catalogue"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("no projection \"catalogue\"") && err.contains("catalog"),
+        "{err}"
+    );
+    let (code, _, err) = admin_run(&db.url, &cfg, &["dead-letters", "retry", "424242"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no parked dead letter 424242"), "{err}");
+    let (code, out, err) = admin_run(&db.url, &cfg, &["--json", "projections", "status"]);
+    assert_eq!(code, 0, "{err}");
+    let after: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(after["head"], head, "a refused admin command wrote events");
+    assert_eq!(after["subscribers"], status["subscribers"]);
+    let (code, out, err) = admin_run(&db.url, &cfg, &["verify", "--jetstream"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
