@@ -17,6 +17,7 @@ use sqlx::types::Json;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 
 use crate::envelope::Position;
+use crate::store::postgres::errors::is_undefined_table;
 use crate::views::store::{
     parse_state, state_str, validate_name, ActiveView, Checkpoint, Checkpoints, DeadLetter,
     DocChange, Documents, Lease, LeaseHandle, Leases, StoredDoc, Versions, ViewError, ViewId,
@@ -92,13 +93,6 @@ impl PgViewStore {
         .fetch_one(&self.pool)
         .await
     }
-}
-
-/// True for "relation does not exist": a view version not created yet.
-fn is_missing_table(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .and_then(|d| d.code())
-        .is_some_and(|c| c == "42P01")
 }
 
 impl Leases for PgViewStore {
@@ -292,7 +286,7 @@ impl Documents for PgViewStore {
         // A version not created yet has no documents (as `get` and `list`).
         let rows = match rows {
             Ok(rows) => rows,
-            Err(e) if is_missing_table(&e) => return Ok(HashMap::new()),
+            Err(e) if is_undefined_table(&e) => return Ok(HashMap::new()),
             Err(e) => return Err(be(e)),
         };
         rows.iter()
@@ -311,7 +305,7 @@ impl Documents for PgViewStore {
         // The version's table is gone (dropped after a rebuild switched
         // away from it): nothing was written, and the writer is fenced.
         let fenced_if_dropped = |e: sqlx::Error| {
-            if is_missing_table(&e) {
+            if is_undefined_table(&e) {
                 ViewError::Fenced {
                     subscriber: subscriber.to_owned(),
                     expected: from,
@@ -412,7 +406,7 @@ impl Documents for PgViewStore {
         .await;
         let row = match row {
             Ok(r) => r,
-            Err(e) if is_missing_table(&e) => {
+            Err(e) if is_undefined_table(&e) => {
                 return Ok(ViewRead {
                     doc: None,
                     checkpoint: Position::START,
@@ -449,7 +443,7 @@ impl Documents for PgViewStore {
         .await;
         match rows {
             Ok(rows) => rows.iter().map(doc_from_row).collect(),
-            Err(e) if is_missing_table(&e) => Ok(Vec::new()),
+            Err(e) if is_undefined_table(&e) => Ok(Vec::new()),
             Err(e) => Err(be(e)),
         }
     }
