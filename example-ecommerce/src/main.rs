@@ -11,6 +11,12 @@ use example_ecommerce::processes::{
 use example_ecommerce::runtime;
 use strata::CancellationToken;
 
+/// mimalloc instead of the system allocator: the processes allocate per
+/// request and per event, and glibc's malloc took a quarter of their CPU
+/// under load (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "ecommerce", about = "The Strata example shop", version)]
 struct Cli {

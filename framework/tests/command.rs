@@ -869,3 +869,134 @@ async fn an_unstorable_command_fails_alone_in_its_lane() {
     let (state, version) = handler.load(&sid("notebook-1")).await.unwrap();
     assert_eq!((state.notes, version), (30, 30));
 }
+
+// ---- a stale state catches up instead of reloading ---------------------------
+
+/// Forwards to a store and records where each aggregate load's read of a
+/// stream started.
+#[derive(Clone)]
+struct RecordingReads<S> {
+    inner: S,
+    reads: Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl<S> RecordingReads<S> {
+    fn take(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.reads.lock().unwrap())
+    }
+}
+
+impl<S: EventStore> EventStore for RecordingReads<S> {
+    async fn append(
+        &self,
+        request: AppendRequest,
+    ) -> Result<strata::AppendOutcome, strata::StoreError> {
+        self.inner.append(request).await
+    }
+    async fn read_stream(
+        &self,
+        stream_id: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<strata::EventEnvelope>, strata::StoreError> {
+        self.inner.read_stream(stream_id, from_version, limit).await
+    }
+    async fn read_stream_raw(
+        &self,
+        stream_id: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<strata::StreamEvent>, strata::StoreError> {
+        self.reads.lock().unwrap().push(from_version);
+        self.inner
+            .read_stream_raw(stream_id, from_version, limit)
+            .await
+    }
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+        filter: &strata::EventFilter,
+    ) -> Result<Vec<strata::EventEnvelope>, strata::StoreError> {
+        self.inner.read_all(after, limit, filter).await
+    }
+    async fn head(&self) -> Result<Position, strata::StoreError> {
+        self.inner.head().await
+    }
+    async fn wait_for_head(
+        &self,
+        after: Position,
+        max_wait: Duration,
+    ) -> Result<Position, strata::StoreError> {
+        self.inner.wait_for_head(after, max_wait).await
+    }
+    async fn events_by_id(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<Vec<strata::EventEnvelope>, strata::StoreError> {
+        self.inner.events_by_id(ids).await
+    }
+    async fn stream_version(&self, stream_id: &StreamId) -> Result<u64, strata::StoreError> {
+        self.inner.stream_version(stream_id).await
+    }
+}
+
+/// Another process appends to a stream this handler holds: the conflict
+/// costs one read of what was appended (from the held version on), not a
+/// reload of the stream, and the retry is decided on the stored state.
+/// `load` catches up from the cache the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_reads_only_what_the_other_process_appended() {
+    let db = test_database().await;
+    let recording = RecordingReads {
+        inner: PgEventStore::new(db.pool.clone()),
+        reads: Arc::default(),
+    };
+    let one = CommandHandler::<Counter, _>::new(recording.clone());
+    let two = CommandHandler::<Counter, _>::new(PgEventStore::new(db.pool.clone()));
+    let stream = sid("counter-catch-up");
+    for _ in 0..10 {
+        increment(&one, &stream).await.unwrap();
+    }
+    assert_eq!(recording.take(), vec![1], "one read: the stream was new");
+    two.handle(
+        stream.clone(),
+        CounterCommand::Increment(5),
+        CommandContext::system("test"),
+    )
+    .await
+    .unwrap();
+
+    let out = increment(&one, &stream).await.unwrap();
+    assert_eq!(out.stream_version, 12);
+    assert_eq!(
+        recording.take(),
+        vec![11],
+        "after the conflict, only the other process's event was read"
+    );
+    assert_eq!(one.stats().conflicts_retried, 1);
+
+    two.handle(
+        stream.clone(),
+        CounterCommand::Increment(100),
+        CommandContext::system("test"),
+    )
+    .await
+    .unwrap();
+    let (state, version) = one.load(&stream).await.unwrap();
+    assert_eq!((state.value, version), (116, 13));
+    assert_eq!(recording.take(), vec![13], "load started from the cache");
+}
+
+async fn increment<S: EventStore>(
+    handler: &CommandHandler<Counter, S>,
+    stream: &StreamId,
+) -> Result<strata::CommandOutcome, CommandError<CounterError>> {
+    handler
+        .handle(
+            stream.clone(),
+            CounterCommand::Increment(1),
+            CommandContext::system("test"),
+        )
+        .await
+}

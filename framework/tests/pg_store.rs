@@ -35,8 +35,9 @@ async fn known_expectations_take_one_round_trip_and_surprises_fall_back() {
     assert_eq!((o.stream_version, o.position), (4, Position(4)));
     assert_eq!(store.stats().fallbacks, 0, "both took the one-call path");
 
-    // A stale expectation: the call finds the stream elsewhere, writes
-    // nothing, and the locked path answers with the real version.
+    // A stale expectation: the call finds the stream elsewhere and writes
+    // nothing; the stream's version is read and the append answered with
+    // it, without the locked transaction.
     match store
         .append(request("s-1", ExpectedVersion::Exact(1), 1))
         .await
@@ -52,17 +53,18 @@ async fn known_expectations_take_one_round_trip_and_surprises_fall_back() {
         Err(StoreError::Conflict { actual, .. }) => assert_eq!(actual, 4),
         other => panic!("expected a conflict, got {other:?}"),
     }
-    assert_eq!(store.stats().fallbacks, 2);
+    assert_eq!(store.stats().fallbacks, 0);
+    assert_eq!(store.stats().rereads, 2);
 
-    // A retried append: the ids are stored, the call fails on the unique
-    // constraint and rolls back, and the locked path returns the original.
+    // A retried append: the ids are stored, so the locked path answers
+    // with the original outcome.
     let again = store.append(first).await.unwrap();
     assert!(again.duplicate);
     assert_eq!(
         (again.first_position, again.position),
         (Position(1), Position(3))
     );
-    assert_eq!(store.stats().fallbacks, 3);
+    assert_eq!(store.stats().fallbacks, 1);
 
     // Another process moves the stream; this one's next append finds out.
     let other = PgEventStore::new(db.pool.clone());
@@ -95,6 +97,21 @@ async fn known_expectations_take_one_round_trip_and_surprises_fall_back() {
             .unwrap(),
         5
     );
+
+    // A stale append beside a good one (one group or two, as they come):
+    // the stale one is a conflict, the good one is written, and neither
+    // takes the locked transaction.
+    let (stale, fresh) = tokio::join!(
+        store.append(request("s-1", ExpectedVersion::Exact(2), 1)),
+        store.append(request("s-2", ExpectedVersion::NoStream, 2)),
+    );
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { actual: 5, .. })),
+        "{stale:?}"
+    );
+    let fresh = fresh.unwrap();
+    assert_eq!((fresh.stream_version, fresh.position), (2, Position(7)));
+    assert_eq!(store.stats().fallbacks, 1, "only the repeated append");
 }
 
 /// The view commit is one statement: the checkpoint moves by compare-and-set

@@ -277,7 +277,9 @@ impl<E: std::error::Error + 'static> From<StoreError> for CommandError<E> {
 pub struct RetryPolicy {
     /// Times a command is decided at most (default 8).
     pub max_attempts: u32,
-    /// Backoff before the second attempt; doubles each time (default 2 ms).
+    /// Backoff before the third attempt; doubles each time (default 2 ms).
+    /// The second attempt, right after the first conflict, goes at once:
+    /// the handler has just read what the other process appended.
     pub base_delay: Duration,
     /// Longest backoff (default 200 ms). Each backoff is jittered to 50–100%.
     pub max_delay: Duration,
@@ -314,7 +316,8 @@ pub struct CommandStats {
     pub forbidden: u64,
     /// Repeated command ids answered with the first outcome.
     pub duplicates: u64,
-    /// Conflicts with other processes that led to a reload.
+    /// Conflicts with other processes that led to reading their events
+    /// and deciding again.
     pub conflicts_retried: u64,
     /// Commands that failed for other reasons (conflicts out of retries, store).
     pub failed: u64,
@@ -480,7 +483,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
 
     /// Loads an aggregate's current state, version and position.
     pub async fn load(&self, stream_id: &StreamId) -> Result<(A, u64), CommandError<A::Error>> {
-        let loaded = self.load_state(stream_id).await?;
+        let loaded = self.load_state_from(stream_id, None).await?;
         Ok((loaded.state, loaded.version))
     }
 
@@ -550,38 +553,22 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         }
     }
 
-    async fn load_state(&self, stream_id: &StreamId) -> Result<Loaded<A>, CommandError<A::Error>> {
-        let mut loaded = Loaded {
-            state: A::default(),
-            version: 0,
-            position: Position::START,
-            verified: true,
+    /// The stream's latest state: from `start` (a state this handler knew
+    /// at some version) if given, else from the state cache, else from the
+    /// latest snapshot, else from the stream's start; then the events
+    /// recorded after it are read and applied. A state cached or held from
+    /// an earlier command is true at its version (a stream only grows), so
+    /// only the events after it are read: a stream another process moved
+    /// on costs one read of what it appended, not a reload.
+    async fn load_state_from(
+        &self,
+        stream_id: &StreamId,
+        start: Option<Loaded<A>>,
+    ) -> Result<Loaded<A>, CommandError<A::Error>> {
+        let mut loaded = match start.or_else(|| self.inner.states.get(stream_id)) {
+            Some(l) => l,
+            None => self.load_snapshot(stream_id).await,
         };
-        if let Some(snapshots) = &self.inner.snapshots {
-            match snapshots.load(stream_id).await {
-                Ok(Some(s)) if s.schema_version == A::SNAPSHOT_VERSION => {
-                    match serde_json::from_value::<A>(s.state) {
-                        Ok(state) => {
-                            loaded = Loaded {
-                                state,
-                                version: s.version,
-                                position: s.position,
-                                verified: true,
-                            }
-                        }
-                        Err(e) => tracing::warn!(
-                            stream = %stream_id, error = %e,
-                            "snapshot does not deserialise; rebuilding from events"
-                        ),
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(
-                    stream = %stream_id, error = %e,
-                    "snapshot load failed; rebuilding from events"
-                ),
-            }
-        }
         const PAGE: usize = 10_000;
         loop {
             let events = self
@@ -597,7 +584,49 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                 loaded.state.evolve(&event);
             }
             if n < PAGE {
+                loaded.verified = true;
                 return Ok(loaded);
+            }
+        }
+    }
+
+    /// The latest snapshot's state, or the initial state when there is no
+    /// usable snapshot.
+    async fn load_snapshot(&self, stream_id: &StreamId) -> Loaded<A> {
+        let initial = Loaded {
+            state: A::default(),
+            version: 0,
+            position: Position::START,
+            verified: true,
+        };
+        let Some(snapshots) = &self.inner.snapshots else {
+            return initial;
+        };
+        match snapshots.load(stream_id).await {
+            Ok(Some(s)) if s.schema_version == A::SNAPSHOT_VERSION => {
+                match serde_json::from_value::<A>(s.state) {
+                    Ok(state) => Loaded {
+                        state,
+                        version: s.version,
+                        position: s.position,
+                        verified: true,
+                    },
+                    Err(e) => {
+                        tracing::warn!(
+                            stream = %stream_id, error = %e,
+                            "snapshot does not deserialise; rebuilding from events"
+                        );
+                        initial
+                    }
+                }
+            }
+            Ok(_) => initial,
+            Err(e) => {
+                tracing::warn!(
+                    stream = %stream_id, error = %e,
+                    "snapshot load failed; rebuilding from events"
+                );
+                initial
             }
         }
     }
@@ -717,14 +746,17 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         // reused ids), and a refusal or a no-op is checked against the store
         // before it is reported.
         let mut repeats_checked = false;
+        // Set when the held state is known (or suspected) to be behind the
+        // stream: the next attempt first reads what was appended after it.
+        let mut catch_up = false;
         loop {
             if group.is_empty() {
                 return Vec::new();
             }
             attempt += 1;
             let current = match loaded.take() {
-                Some(l) => l,
-                None => match self.load_state(stream_id).await {
+                Some(l) if !catch_up => l,
+                held => match self.load_state_from(stream_id, held).await {
                     Ok(l) => l,
                     Err(e) => {
                         tracing::error!(stream = %stream_id, error = %e, "loading the aggregate failed");
@@ -736,7 +768,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                             CommandError::Input(i) => {
                                 self.fail_all(group, |_| CommandError::Input(i.clone()));
                             }
-                            // load_state fails only with the three above.
+                            // Loading fails only with the three above.
                             other => {
                                 self.fail_backend(group, StoreError::backend(other.to_string()));
                             }
@@ -745,6 +777,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                     }
                 },
             };
+            catch_up = false;
 
             // Decide every command in order on the evolving state.
             let mut state = current.state.clone();
@@ -836,6 +869,8 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
             // the state being stale: decide again on the stream as stored.
             let refused_or_noop = decisions.iter().any(|d| matches!(d, Err(_) | Ok(0)));
             if !current.verified && refused_or_noop {
+                *loaded = Some(current);
+                catch_up = true;
                 group.extend(leftover);
                 continue;
             }
@@ -882,7 +917,15 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                             });
                             return leftover;
                         }
-                        tokio::time::sleep(self.inner.retry.delay(attempt)).await;
+                        // Another process appended: read what it appended
+                        // and decide again. The first retry goes at once
+                        // (the state is then the stream's); later ones back
+                        // off, as the stream is contended.
+                        if attempt > 1 {
+                            tokio::time::sleep(self.inner.retry.delay(attempt - 2)).await;
+                        }
+                        *loaded = Some(current);
+                        catch_up = true;
                         group.extend(leftover);
                         continue;
                     }

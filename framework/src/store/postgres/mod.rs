@@ -232,8 +232,12 @@ pub struct StoreStats {
     pub slow_lock_waits: u64,
     /// The longest wait for the append lock, in microseconds.
     pub max_lock_wait_us: u64,
+    /// Groups that found a stream moved on: the streams' versions were
+    /// read and the group decided again, its stale appends answered as
+    /// conflicts, without the locked transaction.
+    pub rereads: u64,
     /// Groups the one-round-trip append handed to the locked transaction
-    /// (a stream was not at the expected version, or an id was stored).
+    /// (an id was already stored, or the streams kept moving).
     pub fallbacks: u64,
 }
 
@@ -246,6 +250,7 @@ struct Counters {
     duplicates: AtomicU64,
     slow_lock_waits: AtomicU64,
     max_lock_wait_us: AtomicU64,
+    rereads: AtomicU64,
     fallbacks: AtomicU64,
 }
 
@@ -364,6 +369,7 @@ impl PgEventStore {
             duplicates: c.duplicates.load(Ordering::Relaxed),
             slow_lock_waits: c.slow_lock_waits.load(Ordering::Relaxed),
             max_lock_wait_us: c.max_lock_wait_us.load(Ordering::Relaxed),
+            rereads: c.rereads.load(Ordering::Relaxed),
             fallbacks: c.fallbacks.load(Ordering::Relaxed),
         }
     }

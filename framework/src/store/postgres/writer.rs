@@ -258,11 +258,29 @@ impl Writer {
             .iter()
             .all(|j| !matches!(j.append.request.expected, ExpectedVersion::Any));
         if expectations_known {
-            match self.write_fast(batch).await {
-                Ok(Some(results)) => return Ok(results),
-                Ok(None) => {}
-                Err(e) if is_unique_violation(&e) => {}
-                Err(e) => return Err(e),
+            // The first call assumes each stream is where its append
+            // expects. When one is not (another process appended), the
+            // streams' versions and any stored ids are read without the
+            // lock and the group decided again on them: the appends that
+            // expected another version are answered as conflicts, the
+            // others written, in a second call. Only a group that keeps
+            // losing that race (or meets ids stored meanwhile) takes the
+            // locked transaction, which holds the append lock for four
+            // round trips.
+            let mut known: Option<HashMap<String, u64>> = None;
+            for _ in 0..FAST_TRIES {
+                match self.write_fast(batch, known.take()).await {
+                    Ok(Some(results)) => return Ok(results),
+                    Ok(None) => {}
+                    Err(e) if is_unique_violation(&e) => break,
+                    Err(e) => return Err(e),
+                }
+                let (versions, existing) = self.current_state(batch).await?;
+                if !existing.is_empty() {
+                    break; // repeated appends: answered under the lock
+                }
+                self.shared.counters.rereads.fetch_add(1, Ordering::Relaxed);
+                known = Some(versions);
             }
             self.shared
                 .counters
@@ -270,6 +288,30 @@ impl Writer {
                 .fetch_add(1, Ordering::Relaxed);
         }
         self.write_locked(batch).await
+    }
+
+    /// The current versions of a group's streams and its event ids already
+    /// stored, read without the append lock (so possibly moved on by the
+    /// time the group is written: the write checks the versions again).
+    async fn current_state(
+        &mut self,
+        batch: &[Job],
+    ) -> std::result::Result<(HashMap<String, u64>, HashMap<Uuid, StoredId>), sqlx::Error> {
+        let (conn, _) = self.connection().await?;
+        let (stream_ids, event_ids) = group_ids(batch);
+        let rows = sqlx::query(
+            "SELECT stream_id, version, NULL::uuid AS event_id, NULL::bigint AS position \
+               FROM strata_streams WHERE stream_id = ANY($1) \
+             UNION ALL \
+             SELECT stream_id, stream_version, event_id, position \
+               FROM strata_events WHERE event_id = ANY($2)",
+        )
+        .bind(&stream_ids)
+        .bind(&event_ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        let (versions, existing, _) = parse_state(&rows)?;
+        Ok((versions, existing))
     }
 
     /// The group's turn at the append lock, taken before the writer's
@@ -305,14 +347,21 @@ impl Writer {
     /// version its first append expects, then let `strata_append` take the
     /// lock, check the assumption and write, in one autocommit call.
     /// `Ok(None)` when the assumption was wrong (nothing written).
+    ///
+    /// `known`: the streams' versions and stored ids as last read; without
+    /// it, each stream is assumed at the version its first append expects.
     async fn write_fast(
         &mut self,
         batch: &[Job],
+        known: Option<HashMap<String, u64>>,
     ) -> std::result::Result<Option<Vec<Result<AppendOutcome>>>, sqlx::Error> {
-        let mut assumed: HashMap<String, u64> = HashMap::new();
+        let read = known.is_some();
+        let mut assumed = known.unwrap_or_default();
         for job in batch {
             let r = &job.append.request;
             let v = match r.expected {
+                // Versions read: a stream missing from them has no events.
+                _ if read => 0,
                 ExpectedVersion::Exact(v) => v,
                 ExpectedVersion::NoStream | ExpectedVersion::Any => 0,
             };
@@ -399,14 +448,7 @@ impl Writer {
         locked?;
         turn.waited(started);
 
-        let stream_ids: Vec<&str> = batch
-            .iter()
-            .map(|j| j.append.request.stream_id.as_str())
-            .collect();
-        let event_ids: Vec<Uuid> = batch
-            .iter()
-            .flat_map(|j| j.append.request.events.iter().map(|e| e.event_id))
-            .collect();
+        let (stream_ids, event_ids) = group_ids(batch);
         // 2. The head, current versions and existing ids. Under the lock,
         //    this statement's snapshot sees every committed append.
         let rows = sqlx::query(
@@ -423,35 +465,7 @@ impl Writer {
         .bind(&event_ids)
         .fetch_all(&mut *tx)
         .await?;
-        let mut versions: HashMap<String, u64> = HashMap::new();
-        let mut existing: HashMap<Uuid, StoredId> = HashMap::new();
-        let mut head: Option<i64> = None;
-        for row in &rows {
-            let version: i64 = row.try_get(1)?;
-            let Some(stream_id) = row.try_get::<Option<String>, _>(0)? else {
-                head = Some(version);
-                continue;
-            };
-            match row.try_get::<Option<Uuid>, _>(2)? {
-                None => {
-                    versions.insert(stream_id, version as u64);
-                }
-                Some(event_id) => {
-                    let position: i64 = row.try_get::<Option<i64>, _>(3)?.unwrap_or(0);
-                    let Ok(stream_id) = StreamId::new(stream_id) else {
-                        continue;
-                    };
-                    existing.insert(
-                        event_id,
-                        StoredId {
-                            stream_id,
-                            stream_version: version as u64,
-                            position: Position(position as u64),
-                        },
-                    );
-                }
-            }
-        }
+        let (versions, existing, head) = parse_state(&rows)?;
 
         // 3. Decide each append in order, as if they ran one after another.
         let head = head.ok_or_else(|| sqlx::Error::RowNotFound)? as u64;
@@ -610,4 +624,62 @@ async fn report_lock_holders(pool: PgPool, waiting_pid: i32) {
         }
         Err(e) => tracing::warn!(error = %e, "append lock is slow; could not look up the holder"),
     }
+}
+
+/// Most one-call attempts at a group before the locked transaction: the
+/// first, and retries after reading the streams' versions.
+const FAST_TRIES: usize = 3;
+
+/// A group's stream ids and event ids, as the state queries bind them.
+fn group_ids(batch: &[Job]) -> (Vec<&str>, Vec<Uuid>) {
+    let stream_ids = batch
+        .iter()
+        .map(|j| j.append.request.stream_id.as_str())
+        .collect();
+    let event_ids = batch
+        .iter()
+        .flat_map(|j| j.append.request.events.iter().map(|e| e.event_id))
+        .collect();
+    (stream_ids, event_ids)
+}
+
+/// Stream versions, stored ids and (if asked for) the head, from the rows
+/// of a state query: `(stream_id, version, event_id, position)`, where a
+/// row without a stream id is the head and one without an event id a
+/// stream's version.
+#[allow(clippy::type_complexity)]
+fn parse_state(
+    rows: &[sqlx::postgres::PgRow],
+) -> std::result::Result<(HashMap<String, u64>, HashMap<Uuid, StoredId>, Option<i64>), sqlx::Error>
+{
+    let mut versions: HashMap<String, u64> = HashMap::new();
+    let mut existing: HashMap<Uuid, StoredId> = HashMap::new();
+    let mut head: Option<i64> = None;
+    for row in rows {
+        let version: i64 = row.try_get(1)?;
+        let Some(stream_id) = row.try_get::<Option<String>, _>(0)? else {
+            head = Some(version);
+            continue;
+        };
+        match row.try_get::<Option<Uuid>, _>(2)? {
+            None => {
+                versions.insert(stream_id, version as u64);
+            }
+            Some(event_id) => {
+                let position: i64 = row.try_get::<Option<i64>, _>(3)?.unwrap_or(0);
+                let Ok(stream_id) = StreamId::new(stream_id) else {
+                    continue;
+                };
+                existing.insert(
+                    event_id,
+                    StoredId {
+                        stream_id,
+                        stream_version: version as u64,
+                        position: Position(position as u64),
+                    },
+                );
+            }
+        }
+    }
+    Ok((versions, existing, head))
 }
