@@ -61,12 +61,32 @@ fn init_tracing() {
         .init();
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     init_tracing();
+    let command = Cli::parse().command;
+    runtime_for(&command)?.block_on(run(command))
+}
+
+/// The runtime a process gets. The relay, the projectors and the process
+/// manager each run one loop of awaited round trips: one thread serves them
+/// with far fewer wake-ups than a pool (each costs the most on small
+/// machines, where these processes share the cores with Postgres and NATS;
+/// see docs/benchmarks.md). The APIs, the demo and the admin commands get
+/// tokio's multi-threaded runtime (`TOKIO_WORKER_THREADS` sets its size).
+fn runtime_for(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match command {
+        Command::Relay(_) | Command::Projector(_) | Command::ProcessManager(_) => {
+            tokio::runtime::Builder::new_current_thread()
+        }
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder.enable_all().build()
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     runtime::cancel_on_signal(shutdown.clone());
-    match Cli::parse().command {
+    match command {
         Command::Demo(args) => args.run(shutdown).await,
         Command::Migrate(args) => processes::migrate(&args).await,
         Command::CommandApi(args) => args.run(shutdown).await,

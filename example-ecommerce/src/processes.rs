@@ -423,7 +423,7 @@ impl ProjectorArgs {
         let tasks =
             runtime::spawn_projectors(&only, &c.bus(), &c.views, &c.feed(), &statuses, &shutdown);
         c.serve_ops(self.ops_listen, &statuses, &shutdown).await?;
-        tracing::info!(count = tasks.len(), "projectors running");
+        tracing::info!(views = statuses.subscribers().len(), "projectors running");
         shutdown.cancelled().await;
         runtime::join_all(tasks, http::SHUTDOWN_GRACE).await;
         Ok(())

@@ -11,7 +11,7 @@ use std::time::Duration;
 use strata::nats::StreamConfig;
 use strata::{
     AnyChangeFeed, CancellationToken, EventBus, EventStore, PgEventStore, Projection, Projector,
-    RelayStatus, SubscriberStatus, ViewReader, ViewStore,
+    ProjectorGroup, RelayStatus, SubscriberStatus, ViewReader, ViewStore,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -185,33 +185,36 @@ pub fn cache_samples<V: ViewStore>(reader: &ViewReader<V>) -> Vec<Sample> {
     ]
 }
 
-/// Starts projectors over one bus, view store and change feed.
-struct Projectors<'a, B, V> {
+/// Gathers the wanted projectors into one group.
+struct Projectors<'a, B: EventBus, V: ViewStore> {
     only: &'a [String],
     bus: &'a B,
     views: &'a V,
-    feed: &'a AnyChangeFeed,
-    statuses: &'a Statuses,
-    shutdown: &'a CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
+    group: ProjectorGroup<B, V>,
+    count: usize,
 }
 
 impl<B: EventBus, V: ViewStore> Projectors<'_, B, V> {
-    /// Starts `projection` if it is wanted (`only` is empty or names it).
-    fn spawn<P: Projection>(&mut self, projection: P) {
+    /// Adds `projection` if it is wanted (`only` is empty or names it).
+    fn add<P: Projection>(&mut self, projection: P) {
         let name = projection.name();
         if !(self.only.is_empty() || self.only.iter().any(|o| o == name)) {
             return;
         }
-        let projector = Projector::new(projection, self.bus.clone(), self.views.clone())
-            .with_change_feed(self.feed.clone());
-        self.statuses.add_subscriber(projector.status());
-        self.tasks
-            .push(tokio::spawn(projector.run(self.shutdown.clone())));
+        let projector = Projector::new(projection, self.bus.clone(), self.views.clone());
+        let group = std::mem::replace(
+            &mut self.group,
+            ProjectorGroup::new(self.bus.clone(), self.views.clone()),
+        );
+        self.group = group.with_projector(projector);
+        self.count += 1;
     }
 }
 
-/// Starts the projectors named in `only` (all when empty).
+/// Starts the projectors named in `only` (all when empty), as one
+/// [`ProjectorGroup`]: one subscription, and each batch of every view
+/// committed together, their changes announced together on `feed`.
+/// Returns its task (none when nothing is wanted).
 pub fn spawn_projectors<B: EventBus, V: ViewStore>(
     only: &[String],
     bus: &B,
@@ -224,17 +227,22 @@ pub fn spawn_projectors<B: EventBus, V: ViewStore>(
         only,
         bus,
         views,
-        feed,
-        statuses,
-        shutdown,
-        tasks: Vec::new(),
+        group: ProjectorGroup::new(bus.clone(), views.clone()).with_change_feed(feed.clone()),
+        count: 0,
     };
-    projectors.spawn(CatalogView);
-    projectors.spawn(OrderDetailsView);
-    projectors.spawn(CustomerOrdersView);
-    projectors.spawn(LowStockView);
-    projectors.spawn(SalesDashboardView);
-    projectors.tasks
+    projectors.add(CatalogView);
+    projectors.add(OrderDetailsView);
+    projectors.add(CustomerOrdersView);
+    projectors.add(LowStockView);
+    projectors.add(SalesDashboardView);
+    if projectors.count == 0 {
+        return Vec::new();
+    }
+    let group = projectors.group;
+    for status in group.statuses() {
+        statuses.add_subscriber(status);
+    }
+    vec![tokio::spawn(group.run(shutdown.clone()))]
 }
 
 /// Starts the fulfilment process manager.

@@ -174,6 +174,7 @@ pub use store::{
     StreamEvent,
 };
 pub use tokio_util::sync::CancellationToken;
+pub use views::group::ProjectorGroup;
 #[cfg(feature = "postgres")]
 pub use views::postgres::{view_table, PgViewStore};
 pub use views::projection::{
@@ -184,8 +185,8 @@ pub use views::query::{CacheStats, QueryError, ReaderConfig, ViewReader, VERSION
 pub use views::rebuild::{rebuild, RebuildError, RebuildOptions, RebuildProgress, RebuildReport};
 pub use views::store::{
     ActiveView, Checkpoint, Checkpoints, DeadLetter, DocChange, Documents, InMemoryViewStore,
-    Lease, LeaseHandle, Leases, StoredDoc, SubscriberState, Versions, ViewError, ViewId, ViewPage,
-    ViewRead, ViewResult, ViewStore,
+    Lease, LeaseHandle, Leases, StoredDoc, SubscriberState, Versions, ViewCommit, ViewError,
+    ViewId, ViewPage, ViewRead, ViewResult, ViewStore,
 };
 pub use write::aggregate::{
     Aggregate, BoxFuture, InMemorySnapshotStore, Snapshot, SnapshotPolicy, SnapshotStore,
@@ -216,6 +217,10 @@ pub type PgViewReader = ViewReader<PgViewStore>;
 /// Projection `P` fed by JetStream into Postgres views: a projector process.
 #[cfg(all(feature = "postgres", feature = "nats"))]
 pub type PgProjector<P> = Projector<P, JetStreamBus, PgViewStore>;
+/// Projectors fed by one JetStream subscription into Postgres views,
+/// committed together: a projector process running several views.
+#[cfg(all(feature = "postgres", feature = "nats"))]
+pub type PgProjectorGroup = ProjectorGroup<JetStreamBus, PgViewStore>;
 /// Projection `P` fed in process from the in-memory store into memory
 /// views: the embedded mode.
 pub type MemoryProjector<P> = Projector<P, InProcessBus<InMemoryEventStore>, InMemoryViewStore>;

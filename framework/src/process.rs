@@ -4,11 +4,16 @@
 //! runner sends each command with an id derived from the causing event's id
 //! (and the manager's name and the command's index), so a redelivered event
 //! sends the same command ids again and the command handler appends nothing
-//! new. The runner keeps its own checkpoint, committed after the commands
-//! of a batch were accepted.
+//! new. The runner keeps its own checkpoint, stored after the commands of
+//! the events before it were accepted: at most every 250 ms while events
+//! keep coming, when the subscription is idle, before a dead letter and at
+//! shutdown. After a crash the events since are reacted to again, and
+//! their commands answered as repeats.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::envelope::Position;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -268,10 +273,21 @@ where
         let filter = self.manager.filter();
         let mut sub = self.bus.subscribe(&name, &filter, cp.position).await?;
         let mut position = cp.position;
+        // The checkpoint as stored: it follows `position` at most every
+        // CHECKPOINT_EVERY, when the subscription is idle, before a dead
+        // letter and at shutdown (after a crash the events since are
+        // reacted to again; their commands are answered as repeats).
+        let mut durable = Durable {
+            position: cp.position,
+            at: Instant::now(),
+        };
         let mut lease_checked = Instant::now();
         loop {
             let batch = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => {
+                    let _ = self.flush(&name, &mut durable, position).await;
+                    return Ok(());
+                }
                 b = sub.next_batch(self.batch_size, Duration::from_millis(500)) => b?,
             };
             if lease_checked.elapsed() > Duration::from_secs(2) {
@@ -283,6 +299,7 @@ where
             let (batch, stale) = crate::propagation::bus::in_order(batch, position)?;
             if batch.is_empty() {
                 crate::propagation::bus::ack_batch(stale).await;
+                self.flush(&name, &mut durable, position).await?; // idle
                 continue;
             }
             // React to the whole batch (pure), then send the commands
@@ -327,9 +344,7 @@ where
                     Outcome::NotSent => {
                         // Shutting down (or a lane stopped before this
                         // event): commit what came before it.
-                        if to > position {
-                            self.views.advance(&name, position, to).await?;
-                        }
+                        self.flush(&name, &mut durable, to.max(position)).await?;
                         if shutdown.is_cancelled() {
                             return Ok(());
                         }
@@ -340,10 +355,8 @@ where
                     }
                     Outcome::Failed(failures) => {
                         // Commit what came before, then park the event.
-                        if to > position {
-                            self.views.advance(&name, position, to).await?;
-                            position = to;
-                        }
+                        position = to.max(position);
+                        self.flush(&name, &mut durable, position).await?;
                         let skip = self.manager.on_failure() == FailurePolicy::Skip;
                         let error = failures.join("; ");
                         tracing::error!(
@@ -375,13 +388,12 @@ where
                             )));
                         }
                         position = event.position;
+                        durable.position = position; // the skip moved it
                     }
                 }
                 if let Reaction::Broken(error) = &item.reaction {
-                    if to > position {
-                        self.views.advance(&name, position, to).await?;
-                        position = to;
-                    }
+                    position = to.max(position);
+                    self.flush(&name, &mut durable, position).await?;
                     tracing::error!(manager = %name, position = %event.position, error = %error, "process manager failed on an event; dead-lettered and skipped");
                     self.views
                         .park(
@@ -391,13 +403,14 @@ where
                         )
                         .await?;
                     position = event.position;
+                    durable.position = position; // the skip moved it
                     self.status.send_modify(|s| s.dead_letters += 1);
                 }
                 to = event.position;
             }
-            if to > position {
-                self.views.advance(&name, position, to).await?;
-                position = to;
+            position = to.max(position);
+            if durable.at.elapsed() >= CHECKPOINT_EVERY {
+                self.flush(&name, &mut durable, position).await?;
             }
             crate::propagation::bus::ack_batch(batch).await;
             let lag = sub.backlog();
@@ -406,6 +419,16 @@ where
                 s.lag = lag;
             });
         }
+    }
+
+    /// Stores the checkpoint at `to` if it is behind.
+    async fn flush(&self, name: &str, durable: &mut Durable, to: Position) -> Result<(), RunError> {
+        if to > durable.position {
+            self.views.advance(name, durable.position, to).await?;
+            durable.position = to;
+        }
+        durable.at = Instant::now();
+        Ok(())
     }
 
     /// Sends the commands of a batch's events: one lane per stream of the
@@ -536,6 +559,15 @@ where
             }
         }
     }
+}
+
+/// How often, at most, a busy runner stores its checkpoint.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// The runner's checkpoint as stored, and when it was last stored.
+struct Durable {
+    position: Position,
+    at: Instant,
 }
 
 /// One event of a batch and what the manager made of it.

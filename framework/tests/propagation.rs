@@ -1723,3 +1723,223 @@ async fn a_retried_event_is_applied_once_to_every_document() {
         vec![]
     );
 }
+
+// ---- projector groups --------------------------------------------------------------
+
+/// The documents a skipping `Totals` makes of the store: every event but
+/// the poison ones, up to `upto`.
+async fn fold_without_poison<S: EventStore>(store: &S, upto: Position) -> BTreeMap<String, Total> {
+    let events: Vec<EventEnvelope> = store
+        .read_all(Position::START, 1_000_000, &EventFilter::all())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.payload.get("poison").is_none() && e.position <= upto)
+        .collect();
+    ProjectionTest::new(totals())
+        .given(events)
+        .json()
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::from_value(v.clone()).unwrap()))
+        .collect()
+}
+
+/// Three projections in one group, on Postgres: one that halts on a poison
+/// event, one that skips it, and one that had already run alone part of
+/// the way. Each ends as it would alone: the skipping ones at the head
+/// with every other event applied once (the one that ran ahead skips what
+/// it had), the halting one stopped right before the poison event with its
+/// dead letter, while the others go on. Once an operator skips the letter,
+/// the group takes the halted one in again and it catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_runs_each_projection_as_alone_and_halts_one_alone() {
+    let db = test_database().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let views = PgViewStore::new(db.pool.clone());
+    let bus = InProcessBus::new(store.clone());
+    for i in 0..30 {
+        store
+            .append(inc(&format!("counter-{}", i % 4), i + 1))
+            .await
+            .unwrap();
+    }
+    let poison_at = store.append(poison("counter-2")).await.unwrap().position;
+    let mut head = poison_at;
+    for i in 0..20 {
+        head = store
+            .append(inc(&format!("counter-{}", i % 5), 100 + i))
+            .await
+            .unwrap()
+            .position;
+    }
+
+    // "ahead" runs alone to position 12 first (a batch of 12).
+    let alone = Projector::new(
+        Totals {
+            name: "ahead",
+            policy: FailurePolicy::Skip,
+        },
+        bus.clone(),
+        views.clone(),
+    )
+    .with_config(strata::ProjectorConfig {
+        batch_size: 12,
+        ..Default::default()
+    });
+    let stop = CancellationToken::new();
+    let mut status = alone.status();
+    let task = tokio::spawn(alone.run(stop.clone()));
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(|s| s.position >= Position(12)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    stop.cancel();
+    task.await.unwrap();
+    let ahead_start = views.checkpoint("ahead_v1").await.unwrap().position;
+    assert!(ahead_start >= Position(12) && ahead_start < head);
+
+    let member = |name: &'static str, policy| {
+        Projector::new(Totals { name, policy }, bus.clone(), views.clone())
+    };
+    let group = strata::ProjectorGroup::new(bus.clone(), views.clone())
+        .with_config(strata::ProjectorConfig {
+            batch_size: 7,
+            ..Default::default()
+        })
+        .with_projector(member("skips", FailurePolicy::Skip))
+        .with_projector(member("halts", FailurePolicy::Halt))
+        .with_projector(member("ahead", FailurePolicy::Skip));
+    let statuses = group.statuses();
+    let names: Vec<String> = statuses
+        .iter()
+        .map(|s| s.borrow().subscriber.clone())
+        .collect();
+    assert_eq!(names, ["ahead_v1", "halts_v1", "skips_v1"], "name order");
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(group.run(stop.clone()));
+
+    wait_checkpoint(&views, "skips_v1", head).await;
+    wait_checkpoint(&views, "ahead_v1", head).await;
+    let mut halts = statuses[1].clone();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        halts.wait_for(|s| s.state == RunState::Halted),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let expected = fold_without_poison(&store, head).await;
+    let docs = |name: &'static str| {
+        let views = views.clone();
+        async move { view_docs(&views, &ViewId::new(name, 1).unwrap()).await }
+    };
+    assert_eq!(docs("skips").await, expected);
+    assert_eq!(docs("ahead").await, expected, "no event applied twice");
+    let cp = views.checkpoint("halts_v1").await.unwrap();
+    assert_eq!(cp.state, SubscriberState::Halted);
+    assert_eq!(cp.position, Position(poison_at.0 - 1));
+    assert_eq!(
+        docs("halts").await,
+        fold_without_poison(&store, cp.position).await
+    );
+    let letters = views.dead_letters(Some("halts_v1")).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].position, poison_at);
+    assert_eq!(views.dead_letters(Some("skips_v1")).await.unwrap().len(), 1);
+    for s in [&statuses[0], &statuses[2]] {
+        assert_eq!(s.borrow().state, RunState::Running);
+    }
+
+    // The operator skips the letter: the group takes "halts" in again.
+    assert!(views
+        .resolve_dead_letter(letters[0].id, true)
+        .await
+        .unwrap());
+    wait_checkpoint(&views, "halts_v1", head).await;
+    assert_eq!(docs("halts").await, expected);
+    let more = store.append(inc("counter-9", 7)).await.unwrap().position;
+    for name in ["ahead_v1", "halts_v1", "skips_v1"] {
+        wait_checkpoint(&views, name, more).await;
+    }
+    assert_eq!(docs("skips").await, fold_without_poison(&store, more).await);
+    assert_eq!(docs("halts").await, docs("skips").await);
+    stop.cancel();
+    task.await.unwrap();
+    for s in &statuses {
+        assert_eq!(s.borrow().state, RunState::Stopped);
+    }
+}
+
+/// Changes of several views published together go out in as few NATS
+/// messages as fit (one here; two when their documents are too large for
+/// one), and a subscriber receives them one by one, in order, exactly as if
+/// they had been published alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_published_together_arrive_one_by_one_in_order() {
+    use futures::StreamExt;
+    let client = nats_client().await;
+    let prefix = format!("{}_changes", unique_stream().prefix);
+    let feed = NatsChangeFeed::new(client.clone(), prefix.clone());
+    let mut sub = feed.subscribe().await.unwrap();
+    let mut raw = client.subscribe(format!("{prefix}.>")).await.unwrap();
+    client.flush().await.unwrap();
+    let change = |view: &str, p: u64, pad: usize| ViewChange {
+        view: view.to_owned(),
+        version: 1,
+        keys: vec!["k".to_owned()],
+        position: Position(p),
+        previous: Some(Position(p - 1)),
+        activated: false,
+        docs: Some(vec![StoredDoc {
+            key: "k".to_owned(),
+            doc: json!({ "pad": "x".repeat(pad) }),
+            position: Position(p),
+        }]),
+    };
+    let small = vec![
+        change("alpha", 5, 10),
+        change("beta", 5, 10),
+        change("gamma", 5, 10),
+    ];
+    let half = strata::MAX_ANNOUNCED_DOCS_BYTES / 2;
+    let large = vec![
+        change("alpha", 6, half),
+        change("beta", 6, half),
+        change("gamma", 6, 10),
+    ];
+    for (batch, messages) in [(small, 1), (large, 2)] {
+        feed.publish_all(batch.clone()).await;
+        for expected in &batch {
+            let got = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+                .await
+                .expect("a change within 10 s")
+                .expect("the feed is open");
+            match got {
+                strata::ChangeNotice::Change(c) => assert_eq!(&c, expected),
+                other => panic!("expected {}, got {other:?}", expected.view),
+            }
+        }
+        let mut subjects = Vec::new();
+        for _ in 0..messages {
+            let m = tokio::time::timeout(Duration::from_secs(10), raw.next())
+                .await
+                .expect("a message within 10 s")
+                .unwrap();
+            subjects.push(m.subject.to_string());
+        }
+        // Nothing more arrives: the changes took exactly that many messages.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), raw.next())
+                .await
+                .is_err(),
+            "more than {messages} message(s) for {subjects:?}"
+        );
+        assert!(
+            subjects.iter().any(|s| s.ends_with("._batch")),
+            "{subjects:?}"
+        );
+    }
+}

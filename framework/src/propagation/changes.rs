@@ -100,6 +100,19 @@ pub trait ChangeFeed: Clone + Send + Sync + 'static {
     /// Announces a change; best effort (a failure is logged).
     fn publish(&self, change: ViewChange) -> impl Future<Output = ()> + Send;
 
+    /// Announces several changes (of different views, as a
+    /// [`ProjectorGroup`](crate::ProjectorGroup) commits them), in order.
+    /// Subscribers receive them as if published one by one; a feed may
+    /// send them together (the NATS feed sends one message). The default
+    /// publishes each in turn.
+    fn publish_all(&self, changes: Vec<ViewChange>) -> impl Future<Output = ()> + Send {
+        async move {
+            for change in changes {
+                self.publish(change).await;
+            }
+        }
+    }
+
     /// Subscribes to every view's announcements.
     fn subscribe(&self) -> impl Future<Output = Result<ChangeSubscription, BusError>> + Send;
 
@@ -151,12 +164,17 @@ impl ChangeFeed for InProcessChangeFeed {
 /// Object-safe form of [`ChangeFeed`], behind [`AnyChangeFeed`].
 trait DynChangeFeed: Send + Sync {
     fn publish(&self, change: ViewChange) -> BoxFuture<'_, ()>;
+    fn publish_all(&self, changes: Vec<ViewChange>) -> BoxFuture<'_, ()>;
     fn subscribe(&self) -> BoxFuture<'_, Result<ChangeSubscription, BusError>>;
 }
 
 impl<F: ChangeFeed> DynChangeFeed for F {
     fn publish(&self, change: ViewChange) -> BoxFuture<'_, ()> {
         Box::pin(ChangeFeed::publish(self, change))
+    }
+
+    fn publish_all(&self, changes: Vec<ViewChange>) -> BoxFuture<'_, ()> {
+        Box::pin(ChangeFeed::publish_all(self, changes))
     }
 
     fn subscribe(&self) -> BoxFuture<'_, Result<ChangeSubscription, BusError>> {
@@ -208,6 +226,10 @@ impl std::fmt::Debug for AnyChangeFeed {
 impl ChangeFeed for AnyChangeFeed {
     fn publish(&self, change: ViewChange) -> impl Future<Output = ()> + Send {
         self.inner.publish(change)
+    }
+
+    fn publish_all(&self, changes: Vec<ViewChange>) -> impl Future<Output = ()> + Send {
+        self.inner.publish_all(changes)
     }
 
     fn subscribe(&self) -> impl Future<Output = Result<ChangeSubscription, BusError>> + Send {

@@ -15,7 +15,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::views::store::{ActiveView, DeadLetter, DocChange, StoredDoc, SubscriberState};
-use crate::{Position, ViewError, ViewId, ViewStore};
+use crate::{Position, ViewCommit, ViewError, ViewId, ViewStore};
 
 fn vid(name: &str, version: u32) -> ViewId {
     ViewId::new(name, version).expect("valid view id")
@@ -972,6 +972,66 @@ pub async fn leases_are_exclusive<V: ViewStore>(views: V) {
     assert!(lease.still_held().await);
 }
 
+/// Several views' commits at once: each one written with its documents,
+/// or fenced alone (a stale checkpoint writes nothing of its view), and a
+/// view with no document changes only moves its checkpoint.
+pub async fn commit_all_fences_each_view_alone<V: ViewStore>(views: V) {
+    let (a, b, c) = (vid("alpha", 1), vid("beta", 2), vid("gamma", 1));
+    for v in [&a, &b, &c] {
+        views.prepare(v).await.unwrap();
+    }
+    let commit = |view: &ViewId, changes: Vec<DocChange>, from: u64, to: u64| ViewCommit {
+        subscriber: view.subscriber(),
+        view: view.clone(),
+        changes,
+        from: Position(from),
+        to: Position(to),
+    };
+    let results = views
+        .commit_all(vec![
+            commit(&a, vec![put("a1", 1, 2), put("a2", 1, 4)], 0, 5),
+            commit(&b, vec![put("b1", 1, 3)], 0, 5),
+            commit(&c, vec![], 0, 5),
+        ])
+        .await
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    for v in [&a, &b, &c] {
+        assert_eq!(position(&views, &v.subscriber()).await, Position(5));
+    }
+    assert_eq!(keys(&views.list(&a, None, 10).await.unwrap()), ["a1", "a2"]);
+    assert_eq!(
+        views.get(&b, "b1").await.unwrap().doc,
+        Some(doc("b1", 1, 3))
+    );
+
+    // beta's commit comes from a stale checkpoint: fenced alone.
+    let results = views
+        .commit_all(vec![
+            commit(&a, vec![put("a1", 2, 7), del("a2")], 5, 8),
+            commit(&b, vec![put("b1", 9, 7), put("b2", 9, 7)], 3, 8),
+            commit(&c, vec![put("c1", 1, 6)], 5, 8),
+        ])
+        .await
+        .unwrap();
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    let mut results = results;
+    assert_fenced(results.remove(1), &b.subscriber(), 3);
+    assert_eq!(keys(&views.list(&a, None, 10).await.unwrap()), ["a1"]);
+    assert_eq!(
+        views.get(&a, "a1").await.unwrap().doc,
+        Some(doc("a1", 2, 7))
+    );
+    assert_eq!(keys(&views.list(&c, None, 10).await.unwrap()), ["c1"]);
+    assert_eq!(position(&views, &b.subscriber()).await, Position(5));
+    assert_eq!(keys(&views.list(&b, None, 10).await.unwrap()), ["b1"]);
+    assert_eq!(
+        views.get(&b, "b1").await.unwrap().doc,
+        Some(doc("b1", 1, 3))
+    );
+    assert!(views.commit_all(vec![]).await.unwrap().is_empty());
+}
+
 /// Generates one `#[tokio::test]` per view-store conformance check.
 ///
 /// `$make` is an expression evaluating to a future of a fresh, empty view
@@ -983,6 +1043,7 @@ macro_rules! view_store_conformance_tests {
             prepare_starts_at_zero,
             unprepared_view_reads_empty,
             commit_is_atomic_and_fenced,
+            commit_all_fences_each_view_alone,
             advance_moves_only_the_checkpoint,
             get_reads_doc_and_checkpoint,
             list_in_key_order,

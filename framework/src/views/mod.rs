@@ -10,11 +10,14 @@
 //!   umbrella over all four, and
 //!   [`InMemoryViewStore`](crate::InMemoryViewStore); `postgres` (feature
 //!   `postgres`): `PgViewStore`.
+//! - [`group`]: [`ProjectorGroup`](crate::ProjectorGroup), several
+//!   projectors on one subscription, each batch committed together.
 //! - [`query`]: [`ViewReader`](crate::ViewReader), cached reads with
 //!   read-your-writes, kept fresh by the change feed.
 //! - [`rebuild`]: online rebuilds into a new view version, switched in
 //!   once caught up.
 
+pub mod group;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 pub mod projection;

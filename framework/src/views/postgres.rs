@@ -10,7 +10,8 @@
 //! the primary key index serves `ORDER BY key` and `key > $after`. (Tables
 //! made before this keep the database's collation until rebuilt.)
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use sqlx::types::Json;
@@ -20,8 +21,8 @@ use crate::envelope::Position;
 use crate::store::postgres::errors::is_undefined_table;
 use crate::views::store::{
     parse_state, state_str, validate_name, ActiveView, Checkpoint, Checkpoints, DeadLetter,
-    DocChange, Documents, Lease, LeaseHandle, Leases, StoredDoc, Versions, ViewError, ViewId,
-    ViewRead, ViewResult,
+    DocChange, Documents, Lease, LeaseHandle, Leases, StoredDoc, Versions, ViewCommit, ViewError,
+    ViewId, ViewRead, ViewResult,
 };
 
 /// Views in PostgreSQL. Cheap to clone.
@@ -314,23 +315,13 @@ impl Documents for PgViewStore {
                 be(e)
             }
         };
-        let (mut keys, mut docs, mut positions) = (Vec::new(), Vec::new(), Vec::new());
-        let mut deleted = Vec::new();
-        // Last change per key wins (the runtime already folds a batch).
-        let mut last: HashMap<String, DocChange> = HashMap::new();
-        for c in changes {
-            last.insert(c.key().to_owned(), c);
-        }
-        for (_, c) in last {
-            match c {
-                DocChange::Put(d) => {
-                    keys.push(d.key);
-                    docs.push(d.doc.to_string());
-                    positions.push(d.position.0 as i64);
-                }
-                DocChange::Delete { key } => deleted.push(key),
-            }
-        }
+        let Columns {
+            keys,
+            docs,
+            positions,
+            deleted,
+            ..
+        } = Columns::of(changes);
         // One statement in its own transaction, so one round trip: the
         // checkpoint moves by compare-and-set, and the documents are written
         // only if it moved (the fence; data-modifying WITH parts always run,
@@ -389,6 +380,110 @@ impl Documents for PgViewStore {
             });
         }
         Ok(())
+    }
+
+    async fn commit_all(&self, commits: Vec<ViewCommit>) -> ViewResult<Vec<ViewResult<()>>> {
+        if commits.len() <= 1 {
+            let mut out = Vec::with_capacity(1);
+            for c in commits {
+                out.push(
+                    self.commit(&c.subscriber, Some(&c.view), c.changes, c.from, c.to)
+                        .await,
+                );
+            }
+            return Ok(out);
+        }
+        // One statement for every view: the checkpoints move by one
+        // compare-and-set each, and each view's documents are written only
+        // if its own checkpoint moved (as in `commit`, and with the same
+        // relaxed `synchronous_commit`). It returns the subscribers whose
+        // checkpoint moved; the others were fenced and wrote nothing.
+        let subs: Vec<&str> = commits.iter().map(|c| c.subscriber.as_str()).collect();
+        let froms: Vec<i64> = commits.iter().map(|c| c.from.0 as i64).collect();
+        let tos: Vec<i64> = commits.iter().map(|c| c.to.0 as i64).collect();
+        let mut sql = String::from(
+            "WITH relaxed AS ( \
+               SELECT set_config('synchronous_commit', 'off', true)), \
+             moved AS ( \
+               UPDATE strata_checkpoints c SET position = t.to_pos, updated_at = now() \
+                 FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) AS t(sub, from_pos, to_pos) \
+                WHERE c.subscriber = t.sub AND c.position = t.from_pos AND c.state = 'running' \
+                  AND EXISTS (SELECT 1 FROM relaxed) \
+               RETURNING c.subscriber)",
+        );
+        let mut docs: Vec<Columns> = Vec::new();
+        for (i, c) in commits.iter().enumerate() {
+            if c.changes.is_empty() {
+                continue;
+            }
+            let cols = Columns::of(c.changes.clone());
+            let table = view_table(&c.view);
+            // Parameters: $1..$3 above, then five per view with documents.
+            let n = 4 + docs.len() * 5;
+            let _ = write!(
+                sql,
+                ", put{i} AS ( \
+                   INSERT INTO {table} (key, doc, position) \
+                   SELECT k, d::jsonb, p \
+                     FROM UNNEST(${k}::text[], ${d}::text[], ${p}::bigint[]) AS t(k, d, p) \
+                    WHERE EXISTS (SELECT 1 FROM moved WHERE subscriber = ${s}) \
+                   ON CONFLICT (key) DO UPDATE \
+                     SET doc = EXCLUDED.doc, position = EXCLUDED.position), \
+                 gone{i} AS ( \
+                   DELETE FROM {table} \
+                    WHERE key = ANY(${g}) \
+                      AND EXISTS (SELECT 1 FROM moved WHERE subscriber = ${s}))",
+                k = n,
+                d = n + 1,
+                p = n + 2,
+                g = n + 3,
+                s = n + 4,
+            );
+            docs.push(cols.with_subscriber(c.subscriber.clone()));
+        }
+        sql.push_str(" SELECT subscriber FROM moved");
+        let mut query = sqlx::query_scalar::<_, String>(&sql)
+            .bind(&subs)
+            .bind(&froms)
+            .bind(&tos);
+        for cols in &docs {
+            query = query
+                .bind(&cols.keys)
+                .bind(&cols.docs)
+                .bind(&cols.positions)
+                .bind(&cols.deleted)
+                .bind(&cols.subscriber);
+        }
+        let moved: HashSet<String> = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| {
+                if is_undefined_table(&e) {
+                    // A version's table was dropped (a rebuild switched
+                    // away from it): nothing was written.
+                    ViewError::Fenced {
+                        subscriber: subs.join(","),
+                        expected: Position::START,
+                    }
+                } else {
+                    be(e)
+                }
+            })?
+            .into_iter()
+            .collect();
+        Ok(commits
+            .iter()
+            .map(|c| {
+                if moved.contains(&c.subscriber) {
+                    Ok(())
+                } else {
+                    Err(ViewError::Fenced {
+                        subscriber: c.subscriber.clone(),
+                        expected: c.from,
+                    })
+                }
+            })
+            .collect())
     }
 
     async fn get(&self, view: &ViewId, key: &str) -> ViewResult<ViewRead> {
@@ -599,5 +694,42 @@ impl Versions for PgViewStore {
             .await
             .map_err(be)?;
         tx.commit().await.map_err(be)
+    }
+}
+
+/// A commit's document changes as the columns its statement binds (the
+/// last change per key wins; the runtime already folds a batch).
+#[derive(Default)]
+struct Columns {
+    keys: Vec<String>,
+    docs: Vec<String>,
+    positions: Vec<i64>,
+    deleted: Vec<String>,
+    subscriber: String,
+}
+
+impl Columns {
+    fn of(changes: Vec<DocChange>) -> Self {
+        let mut last: HashMap<String, DocChange> = HashMap::new();
+        for c in changes {
+            last.insert(c.key().to_owned(), c);
+        }
+        let mut cols = Columns::default();
+        for (_, c) in last {
+            match c {
+                DocChange::Put(d) => {
+                    cols.keys.push(d.key);
+                    cols.docs.push(d.doc.to_string());
+                    cols.positions.push(d.position.0 as i64);
+                }
+                DocChange::Delete { key } => cols.deleted.push(key),
+            }
+        }
+        cols
+    }
+
+    fn with_subscriber(mut self, subscriber: String) -> Self {
+        self.subscriber = subscriber;
+        self
     }
 }

@@ -27,7 +27,7 @@ use crate::propagation::bus::{BusError, Delivery, EventBus, Subscription};
 use crate::propagation::changes::{AnyChangeFeed, ChangeFeed, ViewChange};
 use crate::store::EventFilter;
 use crate::views::store::{
-    DeadLetter, DocChange, StoredDoc, SubscriberState, ViewError, ViewId, ViewStore,
+    DeadLetter, DocChange, StoredDoc, SubscriberState, ViewCommit, ViewError, ViewId, ViewStore,
 };
 
 /// Why a projection could not apply an event.
@@ -232,7 +232,7 @@ pub struct Projector<P: Projection, B, V> {
 }
 
 /// How a batch ended.
-enum BatchEnd {
+pub(crate) enum BatchEnd {
     Continue(Position),
     Halted(Position),
 }
@@ -299,7 +299,7 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
         self.status.subscribe()
     }
 
-    fn set_status(&self, f: impl FnOnce(&mut SubscriberStatus)) {
+    pub(crate) fn set_status(&self, f: impl FnOnce(&mut SubscriberStatus)) {
         self.status.send_modify(f);
     }
 
@@ -324,54 +324,24 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
     }
 
     async fn run_active(&self, shutdown: &CancellationToken) -> Result<(), RunError> {
-        let version = match self.fixed_version {
-            Some(v) => v,
-            None => {
-                self.views
-                    .active_version(self.projection.name(), self.projection.version())
-                    .await?
-            }
-        };
-        let view = ViewId::new(self.projection.name(), version)?;
-        *self.view.lock().unwrap_or_else(|p| p.into_inner()) = view.clone();
+        let view = self.resolve_view().await?;
         let subscriber = view.subscriber();
-        self.set_status(|s| {
-            s.state = RunState::Standby;
-            s.subscriber = subscriber.clone();
-        });
         let mut lease = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             l = self.views.acquire(&subscriber) => l?,
         };
         loop {
-            let cp = self.views.prepare(&view).await?;
-            if cp.state == SubscriberState::Retired {
-                // A rebuild replaced this version: start over on the active one.
-                return Err(RunError::View(ViewError::Fenced {
-                    subscriber: subscriber.clone(),
-                    expected: cp.position,
-                }));
-            }
-            self.set_status(|s| s.position = cp.position);
-            if cp.state == SubscriberState::Halted {
-                self.set_status(|s| {
-                    s.state = RunState::Halted;
-                    s.last_error = cp.error.clone();
-                });
+            let Some(start) = self.start_run(&view).await? else {
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
-            }
-            self.set_status(|s| s.state = RunState::Running);
+            };
             let mut sub = self
                 .bus
-                .subscribe(&subscriber, &self.projection.filter(), cp.position)
+                .subscribe(&subscriber, &self.projection.filter(), start)
                 .await?;
-            // What an earlier run cached may have been changed since by
-            // another instance: start empty.
-            self.docs.invalidate_all();
-            let mut position = cp.position;
+            let mut position = start;
             let mut lease_checked = Instant::now();
             loop {
                 let batch = tokio::select! {
@@ -387,10 +357,7 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
                 match self.apply_batch(batch, position).await? {
                     BatchEnd::Continue(p) => position = p,
                     BatchEnd::Halted(p) => {
-                        self.set_status(|s| {
-                            s.position = p;
-                            s.state = RunState::Halted;
-                        });
+                        self.halted_at(p);
                         break; // back to the halted wait above
                     }
                 }
@@ -401,6 +368,60 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
                 });
             }
         }
+    }
+
+    /// The view version a run writes (the fixed one, or the active one),
+    /// with the status set to standby on it.
+    pub(crate) async fn resolve_view(&self) -> Result<ViewId, RunError> {
+        let version = match self.fixed_version {
+            Some(v) => v,
+            None => {
+                self.views
+                    .active_version(self.projection.name(), self.projection.version())
+                    .await?
+            }
+        };
+        let view = ViewId::new(self.projection.name(), version)?;
+        *self.view.lock().unwrap_or_else(|p| p.into_inner()) = view.clone();
+        self.set_status(|s| {
+            s.state = RunState::Standby;
+            s.subscriber = view.subscriber();
+        });
+        Ok(view)
+    }
+
+    /// Starts applying to `view` (its lease held): its checkpoint, or
+    /// `None` while it is halted on a dead letter. A version a rebuild
+    /// retired ends the run, to start over on the active one.
+    pub(crate) async fn start_run(&self, view: &ViewId) -> Result<Option<Position>, RunError> {
+        let cp = self.views.prepare(view).await?;
+        if cp.state == SubscriberState::Retired {
+            return Err(RunError::View(ViewError::Fenced {
+                subscriber: view.subscriber(),
+                expected: cp.position,
+            }));
+        }
+        self.set_status(|s| s.position = cp.position);
+        if cp.state == SubscriberState::Halted {
+            self.set_status(|s| {
+                s.state = RunState::Halted;
+                s.last_error = cp.error.clone();
+            });
+            return Ok(None);
+        }
+        self.set_status(|s| s.state = RunState::Running);
+        // What an earlier run cached may have been changed since by
+        // another instance: start empty.
+        self.docs.invalidate_all();
+        Ok(Some(cp.position))
+    }
+
+    /// Marks the projection halted at `position` (a dead letter).
+    pub(crate) fn halted_at(&self, position: Position) {
+        self.set_status(|s| {
+            s.position = position;
+            s.state = RunState::Halted;
+        });
     }
 
     /// Applies one batch; returns the new checkpoint.
@@ -414,14 +435,29 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
             crate::propagation::bus::ack_batch(stale).await; // redelivered, already applied
             return Ok(BatchEnd::Continue(from));
         }
+        let events: Vec<&EventEnvelope> = batch.iter().map(|d| &d.envelope).collect();
+        let end = self.apply_events(&events, from).await?;
+        if let BatchEnd::Continue(_) = end {
+            crate::propagation::bus::ack_batch(batch).await;
+        }
+        // Halted: acknowledge nothing; the halted projection will see these
+        // again once resumed.
+        Ok(end)
+    }
+
+    /// Each event of `events` the projection follows, upcast and decoded
+    /// once, with the keys it touches; and the current documents of those
+    /// keys.
+    async fn prepare_events(
+        &self,
+        events: &[&EventEnvelope],
+    ) -> Result<(Vec<Decoded<P::Event>>, HashMap<String, StoredDoc>), RunError> {
         let filter = self.projection.filter();
-        let last = batch.last().map_or(from, |d| d.envelope.position);
-        // Each matching event upcast and decoded once; keys asked once.
-        let events: Vec<Decoded<P::Event>> = batch
+        let decoded: Vec<Decoded<P::Event>> = events
             .iter()
-            .filter(|d| filter.matches(&d.envelope))
-            .map(|d| {
-                let mut envelope = d.envelope.clone();
+            .filter(|e| filter.matches(e))
+            .map(|e| {
+                let mut envelope = (*e).clone();
                 let event = self
                     .upcasters
                     .apply(&mut envelope)
@@ -441,14 +477,85 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
                 }
             })
             .collect();
-        let keys: Vec<String> = {
-            let mut keys: Vec<String> = events.iter().flat_map(|d| d.keys.clone()).collect();
-            keys.sort();
-            keys.dedup();
-            keys
-        };
+        let mut keys: Vec<String> = decoded.iter().flat_map(|d| d.keys.clone()).collect();
+        keys.sort();
+        keys.dedup();
+        let loaded = self.load_docs(&self.view(), &keys).await?;
+        Ok((decoded, loaded))
+    }
+
+    /// Applies `events` (in order, all after `from`) without committing:
+    /// the documents they change and the checkpoint after them, or `None`
+    /// when an event failed every attempt (then
+    /// [`apply_events`](Self::apply_events) takes the batch, dead letter
+    /// and all).
+    pub(crate) async fn compute(
+        &self,
+        events: &[&EventEnvelope],
+        from: Position,
+    ) -> Result<Option<Computed>, RunError> {
+        let last = events.last().map_or(from, |e| e.position);
+        let (decoded, loaded) = self.prepare_events(events).await?;
+        let mut changes: HashMap<String, Option<StoredDoc>> = HashMap::new();
+        let mut typed: HashMap<String, Option<P::Doc>> = HashMap::new();
+        let mut applied = 0u64;
+        for d in &decoded {
+            let new_docs = match &d.event {
+                Ok(None) => HashMap::new(),
+                Ok(Some(e)) => {
+                    let mut docs = BatchDocs {
+                        changes: &changes,
+                        loaded: &loaded,
+                        typed: &mut typed,
+                    };
+                    match self.apply_event(e, d, &mut docs).await {
+                        Ok(new_docs) => new_docs,
+                        Err(_) => return Ok(None),
+                    }
+                }
+                Err(_) => return Ok(None),
+            };
+            changes.extend(new_docs);
+            applied += 1;
+        }
+        Ok(Some(Computed {
+            changes,
+            from,
+            to: last.max(from),
+            applied,
+        }))
+    }
+
+    /// The commit of a computed batch, for [`Documents::commit_all`].
+    pub(crate) fn commit_request(&self, computed: &Computed) -> ViewCommit {
         let view = self.view();
-        let mut loaded = self.load_docs(&view, &keys).await?;
+        ViewCommit {
+            subscriber: view.subscriber(),
+            changes: doc_changes(&computed.changes),
+            view,
+            from: computed.from,
+            to: computed.to,
+        }
+    }
+
+    /// After a computed batch was committed: the document cache and the
+    /// status; returns the announcement to make.
+    pub(crate) fn computed_committed(&self, computed: Computed) -> Option<ViewChange> {
+        self.set_status(|s| s.applied += computed.applied);
+        self.record_commit(computed.changes, computed.from, computed.to)
+    }
+
+    /// Applies `events` (in order, all after `from`) and commits them; an
+    /// event that fails every attempt is dead-lettered after the events
+    /// before it are committed. Acknowledges nothing.
+    pub(crate) async fn apply_events(
+        &self,
+        events: &[&EventEnvelope],
+        from: Position,
+    ) -> Result<BatchEnd, RunError> {
+        let last = events.last().map_or(from, |e| e.position);
+        let view = self.view();
+        let (decoded_events, mut loaded) = self.prepare_events(events).await?;
 
         let mut start = from;
         let mut changes: HashMap<String, Option<StoredDoc>> = HashMap::new();
@@ -457,7 +564,7 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
         let mut typed: HashMap<String, Option<P::Doc>> = HashMap::new();
         let mut to = from;
         let mut applied = 0u64;
-        for decoded in &events {
+        for decoded in &decoded_events {
             let event = &decoded.envelope;
             let position = event.position;
             let result = match &decoded.event {
@@ -517,8 +624,6 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
                         s.last_error = Some(error.to_string());
                     });
                     if !skip {
-                        // Acknowledge nothing: the halted projection will see
-                        // these again once resumed.
                         return Ok(BatchEnd::Halted(start));
                     }
                     start = position;
@@ -530,7 +635,6 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
         let to = to.max(last);
         self.commit(changes, start, to).await?;
         self.set_status(|s| s.applied += applied);
-        crate::propagation::bus::ack_batch(batch).await;
         Ok(BatchEnd::Continue(to))
     }
 
@@ -650,36 +754,93 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
             return Ok(());
         }
         let view = self.view();
-        let keys: Vec<String> = changes.keys().cloned().collect();
-        let doc_changes: Vec<DocChange> = changes
-            .iter()
-            .map(|(key, d)| match d {
-                Some(d) => DocChange::Put(d.clone()),
-                None => DocChange::Delete { key: key.clone() },
-            })
-            .collect();
         // A failed commit (fenced, or unknown whether written) ends the run,
         // and the next run starts with an empty cache.
         self.views
-            .commit(&view.subscriber(), Some(&view), doc_changes, from, to)
+            .commit(
+                &view.subscriber(),
+                Some(&view),
+                doc_changes(&changes),
+                from,
+                to,
+            )
             .await?;
+        self.committed(changes, from, to).await;
+        Ok(())
+    }
+
+    /// After a commit from `from` to `to`: the document cache, the status
+    /// and the announcement.
+    async fn committed(
+        &self,
+        changes: HashMap<String, Option<StoredDoc>>,
+        from: Position,
+        to: Position,
+    ) {
+        if let Some(change) = self.record_commit(changes, from, to) {
+            if let Some(feed) = &self.feed {
+                feed.publish(change).await;
+            }
+        }
+    }
+
+    /// After a commit from `from` to `to`: the document cache and the
+    /// status; returns the announcement to make.
+    fn record_commit(
+        &self,
+        changes: HashMap<String, Option<StoredDoc>>,
+        from: Position,
+        to: Position,
+    ) -> Option<ViewChange> {
+        if to <= from && changes.is_empty() {
+            return None;
+        }
+        let view = self.view();
         for (key, doc) in &changes {
             self.docs.insert(key.clone(), doc.clone());
         }
         self.set_status(|s| s.position = to);
-        if let Some(feed) = &self.feed {
-            feed.publish(ViewChange {
-                view: view.name().to_owned(),
-                version: view.version(),
-                keys,
-                position: to,
-                previous: Some(from),
-                activated: false,
-                docs: Some(changes.into_values().flatten().collect()),
-            })
-            .await;
-        }
-        Ok(())
+        Some(ViewChange {
+            view: view.name().to_owned(),
+            version: view.version(),
+            keys: changes.keys().cloned().collect(),
+            position: to,
+            previous: Some(from),
+            activated: false,
+            docs: Some(changes.into_values().flatten().collect()),
+        })
+    }
+
+    /// The change feed this projector announces on, if any.
+    pub(crate) fn feed(&self) -> Option<&AnyChangeFeed> {
+        self.feed.as_ref()
+    }
+}
+
+/// A batch's changes as the view store takes them.
+fn doc_changes(changes: &HashMap<String, Option<StoredDoc>>) -> Vec<DocChange> {
+    changes
+        .iter()
+        .map(|(key, d)| match d {
+            Some(d) => DocChange::Put(d.clone()),
+            None => DocChange::Delete { key: key.clone() },
+        })
+        .collect()
+}
+
+/// A batch applied by a group member and not yet committed (see
+/// [`ProjectorGroup`](crate::ProjectorGroup)).
+pub(crate) struct Computed {
+    changes: HashMap<String, Option<StoredDoc>>,
+    pub(crate) from: Position,
+    pub(crate) to: Position,
+    applied: u64,
+}
+
+impl Computed {
+    /// True when committing it would change nothing.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.to <= self.from && self.changes.is_empty()
     }
 }
 

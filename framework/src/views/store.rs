@@ -355,6 +355,22 @@ pub trait Checkpoints: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = ViewResult<bool>> + Send;
 }
 
+/// One view's part of [`Documents::commit_all`]: what
+/// [`Documents::commit`] takes.
+#[derive(Debug, Clone)]
+pub struct ViewCommit {
+    /// The projector's checkpoint name.
+    pub subscriber: String,
+    /// The view version written.
+    pub view: ViewId,
+    /// The document changes.
+    pub changes: Vec<DocChange>,
+    /// The checkpoint the commit moves from (the fence).
+    pub from: Position,
+    /// The checkpoint after the commit.
+    pub to: Position,
+}
+
 /// The documents of view versions: read them, and write them together with
 /// their projector's checkpoint. What a [`ViewReader`](crate::ViewReader)
 /// reads (with [`Versions::active`]).
@@ -379,6 +395,29 @@ pub trait Documents: Clone + Send + Sync + 'static {
         from: Position,
         to: Position,
     ) -> impl Future<Output = ViewResult<()>> + Send;
+
+    /// Several views' commits at once (a
+    /// [`ProjectorGroup`](crate::ProjectorGroup)'s batch). Each commit is
+    /// atomic and fenced on its own, as [`commit`](Self::commit) is; the
+    /// result has one entry per commit, in order, saying whether it was
+    /// written. An `Err` of the whole call means none is known to be
+    /// written. The default runs [`commit`](Self::commit) for each in turn;
+    /// the Postgres store writes them all in one statement.
+    fn commit_all(
+        &self,
+        commits: Vec<ViewCommit>,
+    ) -> impl Future<Output = ViewResult<Vec<ViewResult<()>>>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(commits.len());
+            for c in commits {
+                out.push(
+                    self.commit(&c.subscriber, Some(&c.view), c.changes, c.from, c.to)
+                        .await,
+                );
+            }
+            Ok(out)
+        }
+    }
 
     /// One document and the view's checkpoint, read together.
     fn get(&self, view: &ViewId, key: &str) -> impl Future<Output = ViewResult<ViewRead>> + Send;
