@@ -2,6 +2,8 @@
 //! (`strata_append`) and the locked transaction it falls back to, and the
 //! view store's one-statement, fenced commit.
 
+use std::time::Duration;
+
 use serde_json::json;
 use strata::testing::test_database;
 use strata::{
@@ -590,4 +592,59 @@ async fn an_append_waits_one_lock_timeout_in_all() {
     }
     tx.rollback().await.unwrap();
     assert_eq!(store.head().await.unwrap(), Position::START);
+}
+
+/// The one-call append looks streams up by index, however small the table
+/// was when the writer's session first planned it: 200 appends to new
+/// streams, one by one, scan `strata_streams` zero times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_look_streams_up_by_index_as_the_table_grows() {
+    let db = test_database().await;
+    let store = PgEventStore::with_config(db.pool.clone(), PgStoreConfig::default().writers(1));
+    // The first append plans the function's statements on an empty table.
+    store
+        .append(request("first", ExpectedVersion::NoStream, 1))
+        .await
+        .unwrap();
+    let scans = || async {
+        let (seq, idx): (i64, i64) = sqlx::query_as(
+            "SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_user_tables \
+              WHERE relname = 'strata_streams'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        (seq, idx)
+    };
+    // Statistics reach the view once the writer's backend flushes them
+    // (when idle, at most once a second): wait for the first append's.
+    let settled = |min_idx: i64, what: &'static str| {
+        let scans = &scans;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let s = scans().await;
+                if s.1 >= min_idx {
+                    return s;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{what} not in the statistics within 20 s: {s:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let before = settled(1, "the first append's index look-up").await;
+    for i in 0..200 {
+        store
+            .append(request(&format!("s-{i}"), ExpectedVersion::NoStream, 1))
+            .await
+            .unwrap();
+    }
+    let after = settled(before.1 + 200, "the 200 appends' look-ups").await;
+    assert_eq!(
+        after.0, before.0,
+        "no full scan of strata_streams: {after:?}"
+    );
 }
