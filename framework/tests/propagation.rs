@@ -1943,3 +1943,130 @@ async fn changes_published_together_arrive_one_by_one_in_order() {
         );
     }
 }
+
+/// A view store whose document reads, once armed, read and then wait for
+/// a signal before answering: a read that started before a commit and
+/// answers after its announcement.
+#[derive(Clone)]
+struct HeldReads {
+    inner: InMemoryViewStore,
+    hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    read_done: std::sync::Arc<tokio::sync::Notify>,
+    release: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Documents for HeldReads {
+    async fn load(
+        &self,
+        view: &ViewId,
+        keys: &[String],
+    ) -> strata::ViewResult<std::collections::HashMap<String, StoredDoc>> {
+        self.inner.load(view, keys).await
+    }
+    async fn commit(
+        &self,
+        subscriber: &str,
+        view: Option<&ViewId>,
+        changes: Vec<DocChange>,
+        from: Position,
+        to: Position,
+    ) -> strata::ViewResult<()> {
+        self.inner.commit(subscriber, view, changes, from, to).await
+    }
+    async fn get(&self, view: &ViewId, key: &str) -> strata::ViewResult<strata::ViewRead> {
+        let read = self.inner.get(view, key).await;
+        if self.hold.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.read_done.notify_one();
+            self.release.notified().await;
+        }
+        read
+    }
+    async fn list(
+        &self,
+        view: &ViewId,
+        after_key: Option<&str>,
+        limit: usize,
+    ) -> strata::ViewResult<Vec<StoredDoc>> {
+        self.inner.list(view, after_key, limit).await
+    }
+}
+
+impl Versions for HeldReads {
+    async fn prepare(&self, view: &ViewId) -> strata::ViewResult<strata::Checkpoint> {
+        self.inner.prepare(view).await
+    }
+    async fn active_version(&self, name: &str, default: u32) -> strata::ViewResult<u32> {
+        self.inner.active_version(name, default).await
+    }
+    async fn active(&self, name: &str) -> strata::ViewResult<Option<strata::ActiveView>> {
+        self.inner.active(name).await
+    }
+    async fn start_rebuild(&self, name: &str, default: u32) -> strata::ViewResult<u32> {
+        self.inner.start_rebuild(name, default).await
+    }
+    async fn switch_version(&self, name: &str, to: u32) -> strata::ViewResult<bool> {
+        self.inner.switch_version(name, to).await
+    }
+    async fn retire_active(&self, name: &str) -> strata::ViewResult<Position> {
+        self.inner.retire_active(name).await
+    }
+    async fn drop_version(&self, view: &ViewId) -> strata::ViewResult<()> {
+        self.inner.drop_version(view).await
+    }
+}
+
+/// A cache miss reads the store while the document changes: its read
+/// answers after the change's announcement was taken in. The reader keeps
+/// the newer of the two, so later plain reads see the change at once
+/// instead of the older read until the cache entry expires.
+#[tokio::test]
+async fn a_read_that_loses_the_race_with_an_announcement_does_not_hide_it() {
+    let store = HeldReads {
+        inner: InMemoryViewStore::new(),
+        hold: Default::default(),
+        read_done: Default::default(),
+        release: Default::default(),
+    };
+    let views = store.inner.clone();
+    let view = ViewId::new("notes", 1).unwrap();
+    views.active_version("notes", 1).await.unwrap();
+    views.prepare(&view).await.unwrap();
+    put(&views, &view, note("k", 1, 1), 0).await;
+    let feed = InProcessChangeFeed::new();
+    let reader = ViewReader::new(store.clone(), ReaderConfig::default());
+    let stop = CancellationToken::new();
+    reader.listen(&feed, stop.clone()).await.unwrap();
+    reader.get("notes", "other", None).await.unwrap(); // learns the version
+
+    // A miss reads v1 and is held; meanwhile v2 commits and is announced.
+    store.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    let slow = tokio::spawn({
+        let reader = reader.clone();
+        async move { reader.get("notes", "k", None).await.unwrap() }
+    });
+    store.read_done.notified().await;
+    put(&views, &view, note("k", 2, 2), 1).await;
+    feed.publish(ViewChange {
+        view: "notes".into(),
+        version: 1,
+        keys: vec!["k".into()],
+        position: Position(2),
+        previous: Some(Position(1)),
+        activated: false,
+        docs: Some(vec![note("k", 2, 2)]),
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(10),
+        "the announcement taken in",
+        || async { reader.applied("notes") >= Position(2) },
+    )
+    .await;
+    store.release.notify_one();
+    let answered = slow.await.unwrap();
+    assert_eq!(answered.doc.unwrap().doc, json!({ "v": 2 }), "the newer");
+    let read = reader.get("notes", "k", None).await.unwrap();
+    assert_eq!(read.doc.unwrap().doc, json!({ "v": 2 }));
+    assert_eq!(read.checkpoint, Position(2));
+    stop.cancel();
+}

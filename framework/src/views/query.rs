@@ -140,6 +140,9 @@ struct Inner<V> {
     /// Active version per view name: only moves forward.
     known: Mutex<HashMap<String, Known>>,
     cache: moka::future::Cache<Key, Arc<ViewRead>>,
+    /// Store reads of documents in flight, shared by concurrent misses of
+    /// one key; an entry is dropped as soon as its read is taken in.
+    loads: moka::future::Cache<Key, Arc<ViewRead>>,
     /// Applied position of each view name (of its active version).
     checkpoints: Mutex<HashMap<String, watch::Sender<Position>>>,
     stats: Mutex<CacheStats>,
@@ -182,6 +185,9 @@ impl<V: Documents + Versions> ViewReader<V> {
                 cache: moka::future::Cache::builder()
                     .max_capacity(config.capacity)
                     .time_to_live(config.ttl)
+                    .build(),
+                loads: moka::future::Cache::builder()
+                    .time_to_live(Duration::from_millis(50))
                     .build(),
                 checkpoints: Mutex::new(HashMap::new()),
                 stats: Mutex::new(CacheStats::default()),
@@ -312,20 +318,38 @@ impl<V: Documents + Versions> ViewReader<V> {
             docs.iter().map(|d| (d.key.as_str(), d)).collect();
         let mut refreshed = 0;
         for key in &change.keys {
-            let cache_key = (view.clone(), key.clone());
-            if let Some(cached) = cache.get(&cache_key).await {
-                if cached.checkpoint >= change.position {
-                    continue;
-                }
-            }
-            let read = ViewRead {
+            let read = Arc::new(ViewRead {
                 doc: by_key.remove(key.as_str()).cloned(),
                 checkpoint: change.position,
-            };
-            cache.insert(cache_key, Arc::new(read)).await;
-            refreshed += 1;
+            });
+            if self.keep_newer((view.clone(), key.clone()), read).await {
+                refreshed += 1;
+            }
         }
         self.count(|s| s.refreshes += refreshed);
+    }
+
+    /// Caches `read` unless the cache holds a read of the same document
+    /// at a later checkpoint (announcements and store reads race: neither
+    /// may replace a newer one). True when it was cached.
+    async fn keep_newer(&self, key: Key, read: Arc<ViewRead>) -> bool {
+        use moka::ops::compute::{CompResult, Op};
+        let result = self
+            .inner
+            .cache
+            .entry(key)
+            .and_compute_with(|current| {
+                let op = match current {
+                    Some(c) if c.value().checkpoint >= read.checkpoint => Op::Nop,
+                    _ => Op::Put(Arc::clone(&read)),
+                };
+                std::future::ready(op)
+            })
+            .await;
+        matches!(
+            result,
+            CompResult::Inserted(_) | CompResult::ReplacedWith(_)
+        )
     }
 
     /// Takes in one announcement.
@@ -520,15 +544,23 @@ impl<V: Documents + Versions> ViewReader<V> {
         // Concurrent misses for one key load once.
         let views = self.inner.views.clone();
         let (v, k) = (view.clone(), key.to_owned());
-        let read = self
+        let loaded = self
             .inner
-            .cache
-            .try_get_with(
-                cache_key,
-                async move { views.get(&v, &k).await.map(Arc::new) },
-            )
+            .loads
+            .try_get_with(cache_key.clone(), async move {
+                views.get(&v, &k).await.map(Arc::new)
+            })
             .await
             .map_err(QueryError::shared)?;
+        self.inner.loads.invalidate(&cache_key).await;
+        // An announcement taken in while the read ran may have cached a
+        // later state of the document: keep whichever is newer.
+        self.keep_newer(cache_key.clone(), Arc::clone(&loaded))
+            .await;
+        let read = match self.inner.cache.get(&cache_key).await {
+            Some(cached) if cached.checkpoint > loaded.checkpoint => cached,
+            _ => loaded,
+        };
         self.note_checkpoint(name, version, read.checkpoint);
         if min.is_some_and(|m| read.checkpoint < m) {
             // Joined a load that started before the view reached `min`.
