@@ -298,19 +298,7 @@ impl Writer {
         batch: &[Job],
     ) -> std::result::Result<(HashMap<String, u64>, HashMap<Uuid, StoredId>), sqlx::Error> {
         let (conn, _) = self.connection().await?;
-        let (stream_ids, event_ids) = group_ids(batch);
-        let rows = sqlx::query(
-            "SELECT stream_id, version, NULL::uuid AS event_id, NULL::bigint AS position \
-               FROM strata_streams WHERE stream_id = ANY($1) \
-             UNION ALL \
-             SELECT stream_id, stream_version, event_id, position \
-               FROM strata_events WHERE event_id = ANY($2)",
-        )
-        .bind(&stream_ids)
-        .bind(&event_ids)
-        .fetch_all(&mut *conn)
-        .await?;
-        let (versions, existing, _) = parse_state(&rows)?;
+        let (versions, existing, _) = read_state(&mut *conn, batch, STATE_SQL).await?;
         Ok((versions, existing))
     }
 
@@ -448,24 +436,9 @@ impl Writer {
         locked?;
         turn.waited(started);
 
-        let (stream_ids, event_ids) = group_ids(batch);
         // 2. The head, current versions and existing ids. Under the lock,
         //    this statement's snapshot sees every committed append.
-        let rows = sqlx::query(
-            "SELECT NULL::text AS stream_id, position AS version, NULL::uuid AS event_id, \
-                    NULL::bigint AS position FROM strata_head WHERE id = 1 \
-             UNION ALL \
-             SELECT stream_id, version, NULL, NULL \
-               FROM strata_streams WHERE stream_id = ANY($1) \
-             UNION ALL \
-             SELECT stream_id, stream_version, event_id, position \
-               FROM strata_events WHERE event_id = ANY($2)",
-        )
-        .bind(&stream_ids)
-        .bind(&event_ids)
-        .fetch_all(&mut *tx)
-        .await?;
-        let (versions, existing, head) = parse_state(&rows)?;
+        let (versions, existing, head) = read_state(&mut *tx, batch, HEAD_AND_STATE_SQL).await?;
 
         // 3. Decide each append in order, as if they ran one after another.
         let head = head.ok_or_else(|| sqlx::Error::RowNotFound)? as u64;
@@ -630,17 +603,53 @@ async fn report_lock_holders(pool: PgPool, waiting_pid: i32) {
 /// first, and retries after reading the streams' versions.
 const FAST_TRIES: usize = 3;
 
-/// A group's stream ids and event ids, as the state queries bind them.
-fn group_ids(batch: &[Job]) -> (Vec<&str>, Vec<Uuid>) {
-    let stream_ids = batch
+/// The rows of a group's state: its streams' versions (`$1`, the stream
+/// ids) and its event ids already stored (`$2`), as `(stream_id, version,
+/// event_id, position)`.
+macro_rules! state_sql {
+    () => {
+        "SELECT stream_id, version, NULL::uuid AS event_id, NULL::bigint AS position \
+           FROM strata_streams WHERE stream_id = ANY($1) \
+         UNION ALL \
+         SELECT stream_id, stream_version, event_id, position \
+           FROM strata_events WHERE event_id = ANY($2)"
+    };
+}
+
+/// A group's state, read without the lock.
+const STATE_SQL: &str = state_sql!();
+
+/// The head (a row without a stream id), then a group's state.
+const HEAD_AND_STATE_SQL: &str = concat!(
+    "SELECT NULL::text AS stream_id, position AS version, NULL::uuid AS event_id, \
+            NULL::bigint AS position FROM strata_head WHERE id = 1 \
+     UNION ALL ",
+    state_sql!()
+);
+
+/// Reads a group's state with `sql` ([`STATE_SQL`] or
+/// [`HEAD_AND_STATE_SQL`]).
+#[allow(clippy::type_complexity)]
+async fn read_state(
+    conn: &mut PgConnection,
+    batch: &[Job],
+    sql: &'static str,
+) -> std::result::Result<(HashMap<String, u64>, HashMap<Uuid, StoredId>, Option<i64>), sqlx::Error>
+{
+    let stream_ids: Vec<&str> = batch
         .iter()
         .map(|j| j.append.request.stream_id.as_str())
         .collect();
-    let event_ids = batch
+    let event_ids: Vec<Uuid> = batch
         .iter()
         .flat_map(|j| j.append.request.events.iter().map(|e| e.event_id))
         .collect();
-    (stream_ids, event_ids)
+    let rows = sqlx::query(sql)
+        .bind(&stream_ids)
+        .bind(&event_ids)
+        .fetch_all(conn)
+        .await?;
+    parse_state(&rows)
 }
 
 /// Stream versions, stored ids and (if asked for) the head, from the rows
