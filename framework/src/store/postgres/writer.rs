@@ -438,7 +438,7 @@ impl Writer {
 
         // 2. The head, current versions and existing ids. Under the lock,
         //    this statement's snapshot sees every committed append.
-        let (versions, existing, head) = read_state(&mut *tx, batch, HEAD_AND_STATE_SQL).await?;
+        let (versions, existing, head) = read_state(&mut tx, batch, HEAD_AND_STATE_SQL).await?;
 
         // 3. Decide each append in order, as if they ran one after another.
         let head = head.ok_or_else(|| sqlx::Error::RowNotFound)? as u64;
