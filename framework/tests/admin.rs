@@ -99,13 +99,16 @@ async fn verify_runs_under_load_up_to_one_position() {
     )
     .await;
 
+    let mut moved = 0;
     for _ in 0..5 {
         let before = store.head().await.unwrap();
         let (code, out) = run(&ctx, verify_all()).await;
         let after = store.head().await.unwrap();
         assert_eq!(code.unwrap(), EXIT_OK, "{out}");
         assert!(!out.contains("FAIL"), "{out}");
-        assert!(after > before, "the store kept moving during verify");
+        // A verify can be quicker than an append on a busy machine; the
+        // writers must have moved the store during some of them.
+        moved += usize::from(after > before);
         assert!(
             out.lines()
                 .any(|l| l.starts_with("behind") && l.contains("admin_idle v1")),
@@ -120,6 +123,7 @@ async fn verify_runs_under_load_up_to_one_position() {
             .unwrap_or_else(|| panic!("no position in {out}"));
         assert!(before.0 <= upto && upto <= after.0, "{out}");
     }
+    assert!(moved > 0, "the store never moved during a verify");
 
     writing.cancel();
     let head = loop {
