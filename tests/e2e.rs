@@ -808,6 +808,20 @@ async fn operators_follow_the_running_shop_with_the_admin_cli() {
         assert_eq!(s["dead_letters"], json!(0), "{s}");
     }
 
+    // The projector process reads the stream once for its five views (one
+    // group, ADR 0012), the process manager once: two consumers.
+    {
+        use futures::TryStreamExt;
+        let nats = strata::nats::async_nats::connect(nats_url()).await.unwrap();
+        let js = strata::nats::async_nats::jetstream::new(nats);
+        let stream = js.get_stream(&cfg.stream).await.unwrap();
+        let mut names: Vec<String> = stream.consumer_names().try_collect().await.unwrap();
+        names.sort();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(names[0], "fulfilment", "{names:?}");
+        assert!(names[1].starts_with("views_"), "{names:?}");
+    }
+
     // Mistakes: exit code 1, a message, nothing changed.
     let head = status["head"].clone();
     let (code, _, err) = admin_run(&db.url, &cfg, &["projections", "rebuild", "catalogue"]);
