@@ -268,10 +268,11 @@ impl Writer {
             // locked transaction, which holds the append lock for four
             // round trips.
             let mut known: Option<HashMap<String, u64>> = None;
-            for _ in 0..FAST_TRIES {
+            for attempt in 1..=FAST_TRIES {
                 match self.write_fast(batch, known.take()).await {
                     Ok(Some(results)) => return Ok(results),
-                    Ok(None) => {}
+                    Ok(None) if attempt < FAST_TRIES => {}
+                    Ok(None) => break,
                     Err(e) if is_unique_violation(&e) => break,
                     Err(e) => return Err(e),
                 }
