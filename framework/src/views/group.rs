@@ -37,7 +37,21 @@ use crate::views::store::{SubscriberState, ViewCommit, ViewId, ViewStore};
 use crate::write::aggregate::BoxFuture;
 
 /// Runs several projectors on one subscription, committing their changes
-/// of each batch together (see the [module docs](self)).
+/// of each batch together.
+///
+/// Run alone, each projector has its own subscription (every event
+/// delivered and decoded once per projector) and commits each of its
+/// batches on its own. The group subscribes once, hands each batch to
+/// every member, commits what all of them made of it with one
+/// [`Documents::commit_all`](crate::Documents::commit_all) (one statement
+/// on Postgres) and announces it with one
+/// [`ChangeFeed::publish_all`]. Each member keeps its own lease,
+/// checkpoint, view version, dead letters and status; its commit is fenced
+/// by its own checkpoint. A member that fails on an event takes its part
+/// of the batch through the projector's own path (dead letter, then halt
+/// or skip) while the others commit together; a halted member waits, and
+/// once resumed the group subscribes again from the lowest checkpoint.
+/// See ADR 0012.
 ///
 /// ```ignore
 /// let group = ProjectorGroup::new(bus.clone(), views.clone())
