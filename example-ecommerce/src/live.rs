@@ -15,7 +15,7 @@
 //! server ends says why first: `event: close`, data `{"reason": ...}`.
 //!
 //! Streams address views by name: they follow the version the
-//! [`ViewReader`](strata::ViewReader) serves, and a rebuild's switch makes
+//! [`strata::ViewReader`] serves, and a rebuild's switch makes
 //! every stream of the view catch up from the new version (nothing missed,
 //! nothing sent twice beyond what the client already has).
 //!
@@ -26,7 +26,7 @@
 //!
 //! Fan-out: one subscription to the reader's announcements per [`Live`] (the hub task),
 //! which reads each announced document once (through the cached
-//! [`ViewReader`](strata::ViewReader), with read-your-writes on the
+//! [`strata::ViewReader`], with read-your-writes on the
 //! announced position) and hands it to every subscriber of the key and of
 //! the view through a bounded queue. A subscriber whose queue is full is
 //! dropped ("slow consumer"). The number of open streams is capped.

@@ -247,7 +247,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 pub enum Needs {
     /// A signed-in user.
     User,
-    /// A user holding the role; `what` completes "only <role> may …".
+    /// A user holding the role; `what` completes "only \<role\> may …".
     Role(&'static str, &'static str),
 }
 

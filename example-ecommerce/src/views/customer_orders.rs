@@ -13,7 +13,7 @@ use crate::domain::order::OrderEvent;
 /// only its id, so a pure projection cannot find the customer's document
 /// for them. This view therefore records each order as placed (id, total,
 /// time) and holds no status: readers join the current status from
-/// [`OrderDetailsView`] (key: the order id).
+/// [`OrderDetailsView`](super::OrderDetailsView) (key: the order id).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CustomerOrdersView;
 
@@ -25,7 +25,7 @@ impl CustomerOrdersView {
 /// One order of a customer, as placed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CustomerOrder {
-    /// The order (the key of its [`OrderDetails`]).
+    /// The order (the key of its [`OrderDetails`](super::OrderDetails)).
     pub order_id: Uuid,
     /// The order's total, in cents.
     pub total_cents: i64,

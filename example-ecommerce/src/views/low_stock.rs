@@ -35,7 +35,7 @@ pub struct LowStock {
     /// Units in the warehouse, when known. `StockReserved` does not carry
     /// the units on hand, so a document created by a reservation (the sku
     /// was not low before) has `None` here until the next restock or
-    /// commit; [`CatalogView`] always has the figure.
+    /// commit; [`CatalogView`](super::CatalogView) always has the figure.
     pub on_hand: Option<u32>,
 }
 

@@ -1,4 +1,4 @@
-//! The shop's read side: five [`Projection`]s, each a view of keyed JSON
+//! The shop's read side: five [`Projection`](strata::Projection)s, each a view of keyed JSON
 //! documents built from the domain's events.
 //!
 //! | view | key | document | fed by |
@@ -13,7 +13,7 @@
 //! domain's typed event (the projection's `Event`: one aggregate's events,
 //! or a [`strata::event_set!`] over several) and the projection folds it
 //! into the document. A payload that does not decode is a
-//! [`ProjectionError`] (the projector retries, then dead-letters and
+//! [`ProjectionError`](strata::ProjectionError) (the projector retries, then dead-letters and
 //! halts).
 
 use crate::domain::catalog::ProductEvent;
