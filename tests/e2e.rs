@@ -808,6 +808,26 @@ async fn operators_follow_the_running_shop_with_the_admin_cli() {
         assert_eq!(s["dead_letters"], json!(0), "{s}");
     }
 
+    // The command API reports how its appends went: groups decided again
+    // on re-read versions, and falls back to the locked transaction.
+    let metrics = http
+        .get(format!("{cmd}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "strata_store_append_rereads_total",
+        "strata_store_append_fallbacks_total",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(name)),
+            "{name} missing from:\n{metrics}"
+        );
+    }
+
     // The projector process reads the stream once for its five views (one
     // group, ADR 0012), the process manager once: two consumers.
     {

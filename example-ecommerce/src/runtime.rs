@@ -158,6 +158,7 @@ pub fn store_samples(store: &PgEventStore) -> Vec<Sample> {
         count("strata_store_appends_total", st.appends),
         count("strata_store_group_commits_total", st.batches),
         count("strata_store_conflicts_total", st.conflicts),
+        count("strata_store_append_rereads_total", st.rereads),
         count("strata_store_append_fallbacks_total", st.fallbacks),
         count("strata_store_slow_lock_waits", st.slow_lock_waits),
         (

@@ -356,7 +356,6 @@ where
                     Outcome::Failed(failures) => {
                         // Commit what came before, then park the event.
                         position = to.max(position);
-                        self.flush(&name, &mut durable, position).await?;
                         let skip = self.manager.on_failure() == FailurePolicy::Skip;
                         let error = failures.join("; ");
                         tracing::error!(
@@ -365,12 +364,7 @@ where
                             error = %error, skip,
                             "process manager command failed for good; dead-lettered"
                         );
-                        self.views
-                            .park(
-                                DeadLetter::for_event(&name, event, error.clone(), 1),
-                                position,
-                                skip,
-                            )
+                        self.park(&name, &mut durable, position, event, error.clone(), skip)
                             .await?;
                         self.status.send_modify(|s| {
                             s.dead_letters += 1;
@@ -388,22 +382,21 @@ where
                             )));
                         }
                         position = event.position;
-                        durable.position = position; // the skip moved it
                     }
                 }
                 if let Reaction::Broken(error) = &item.reaction {
                     position = to.max(position);
-                    self.flush(&name, &mut durable, position).await?;
                     tracing::error!(manager = %name, position = %event.position, error = %error, "process manager failed on an event; dead-lettered and skipped");
-                    self.views
-                        .park(
-                            DeadLetter::for_event(&name, event, error.to_string(), 1),
-                            position,
-                            true,
-                        )
-                        .await?;
+                    self.park(
+                        &name,
+                        &mut durable,
+                        position,
+                        event,
+                        error.to_string(),
+                        true,
+                    )
+                    .await?;
                     position = event.position;
-                    durable.position = position; // the skip moved it
                     self.status.send_modify(|s| s.dead_letters += 1);
                 }
                 to = event.position;
@@ -419,6 +412,28 @@ where
                 s.lag = lag;
             });
         }
+    }
+
+    /// Dead-letters `event` with the checkpoint at `at` (stored first):
+    /// with `skip` the checkpoint moves past the event, else the manager
+    /// halts there.
+    async fn park(
+        &self,
+        name: &str,
+        durable: &mut Durable,
+        at: Position,
+        event: &EventEnvelope,
+        error: String,
+        skip: bool,
+    ) -> Result<(), RunError> {
+        self.flush(name, durable, at).await?;
+        self.views
+            .park(DeadLetter::for_event(name, event, error, 1), at, skip)
+            .await?;
+        if skip {
+            durable.position = event.position;
+        }
+        Ok(())
     }
 
     /// Stores the checkpoint at `to` if it is behind.

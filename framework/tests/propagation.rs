@@ -2070,3 +2070,79 @@ async fn a_read_that_loses_the_race_with_an_announcement_does_not_hide_it() {
     assert_eq!(read.checkpoint, Position(2));
     stop.cancel();
 }
+
+/// The process manager stores its checkpoint lazily (at most every 250 ms,
+/// when idle, at shutdown). Stopped gracefully right after its last
+/// command, its checkpoint is at the head; killed instead, the next runner
+/// starts from the checkpoint it finds and reacts to the events since
+/// again, and their commands append nothing new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_manager_stores_its_checkpoint_at_shutdown_and_a_kill_repeats_nothing() {
+    let db = test_database().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let handler = CommandHandler::<Counter, _>::new(store.clone());
+    let mirror = StreamId::new("counter-mirror").unwrap();
+    let views = InMemoryViewStore::new();
+    let runner = || {
+        strata::ProcessManagerRunner::new(
+            Mirror,
+            InProcessBus::new(store.clone()),
+            views.clone(),
+            Send(handler.clone()),
+        )
+    };
+    let increment = |i: u64| {
+        handler.handle(
+            StreamId::new(format!("counter-src-{}", i % 3)).unwrap(),
+            CounterCommand::Increment(i + 1),
+            CommandContext::system("test"),
+        )
+    };
+    let mirrored = |n: u64| {
+        let handler = handler.clone();
+        let mirror = mirror.clone();
+        async move { handler.load(&mirror).await.unwrap().1 >= n }
+    };
+
+    // Graceful: cancelled as soon as the last command is in.
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner().run(stop.clone()));
+    for i in 0..20 {
+        increment(i).await.unwrap();
+    }
+    wait_until(Duration::from_secs(30), "20 mirrored events", || {
+        mirrored(20)
+    })
+    .await;
+    let head = store.head().await.unwrap();
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(
+        views.checkpoint("mirror").await.unwrap().position,
+        head,
+        "stored at shutdown"
+    );
+
+    // Killed: no chance to store anything.
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner().run(stop.clone()));
+    for i in 20..40 {
+        increment(i).await.unwrap();
+    }
+    wait_until(Duration::from_secs(30), "40 mirrored events", || {
+        mirrored(40)
+    })
+    .await;
+    task.abort();
+    let _ = task.await;
+
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner().run(stop.clone()));
+    let head = store.head().await.unwrap();
+    wait_checkpoint(&views, "mirror", head).await;
+    stop.cancel();
+    task.await.unwrap();
+    let (state, version) = handler.load(&mirror).await.unwrap();
+    assert_eq!(version, 40, "one mirrored event per source event");
+    assert_eq!(state.value, (1..=40).sum::<u64>());
+}

@@ -36,7 +36,11 @@ pub trait RegisteredProjection: Send + Sync {
     fn fold(&self, events: &[EventEnvelope]) -> BTreeMap<String, Value>;
 }
 
-struct Registered<F>(F);
+struct Registered<F> {
+    /// The projection's name, asked once at registration.
+    name: String,
+    make: F,
+}
 
 impl<P, F> RegisteredProjection for Registered<F>
 where
@@ -44,12 +48,11 @@ where
     F: Fn() -> P + Send + Sync,
 {
     fn name(&self) -> &str {
-        // Projections name themselves; leak a copy once per registration.
-        Box::leak((self.0)().name().to_owned().into_boxed_str())
+        &self.name
     }
 
     fn version(&self) -> u32 {
-        (self.0)().version()
+        (self.make)().version()
     }
 
     fn rebuild(
@@ -60,7 +63,7 @@ where
         progress: Box<dyn FnMut(RebuildProgress) + Send>,
         shutdown: CancellationToken,
     ) -> BoxFuture<'static, Result<RebuildReport, RebuildError>> {
-        let projection = (self.0)();
+        let projection = (self.make)();
         Box::pin(async move {
             crate::views::rebuild::rebuild(
                 projection,
@@ -76,7 +79,7 @@ where
     }
 
     fn fold(&self, events: &[EventEnvelope]) -> BTreeMap<String, Value> {
-        ProjectionTest::new((self.0)())
+        ProjectionTest::new((self.make)())
             .given(events.iter().cloned())
             .json()
             .clone()
@@ -115,8 +118,9 @@ impl AdminContext {
         mut self,
         make: impl Fn() -> P + Send + Sync + 'static,
     ) -> Self {
-        self.names.push(make().name().to_owned());
-        self.projections.push(Arc::new(Registered(make)));
+        let name = make().name().to_owned();
+        self.names.push(name.clone());
+        self.projections.push(Arc::new(Registered { name, make }));
         self
     }
 
