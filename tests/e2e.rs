@@ -819,7 +819,7 @@ async fn operators_follow_the_running_shop_with_the_admin_cli() {
         .await
         .unwrap();
     for name in [
-        "strata_store_append_rereads_total",
+        "strata_store_append_moved_groups_total",
         "strata_store_append_fallbacks_total",
     ] {
         assert!(

@@ -158,9 +158,10 @@ pub fn store_samples(store: &PgEventStore) -> Vec<Sample> {
         count("strata_store_appends_total", st.appends),
         count("strata_store_group_commits_total", st.batches),
         count("strata_store_conflicts_total", st.conflicts),
-        count("strata_store_append_rereads_total", st.rereads),
+        count("strata_store_append_moved_groups_total", st.moved_groups),
         count("strata_store_append_fallbacks_total", st.fallbacks),
         count("strata_store_slow_lock_waits", st.slow_lock_waits),
+        count("strata_store_appends_queued", st.queued),
         (
             "strata_store_max_lock_wait_seconds",
             vec![],

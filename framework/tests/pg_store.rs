@@ -1,5 +1,5 @@
 //! The Postgres write paths: the store's one-round-trip append
-//! (`strata_append`) and the locked transaction it falls back to, and the
+//! (`strata_append_current`) and the locked transaction it falls back to, and the
 //! view store's one-statement, fenced commit.
 
 use std::time::Duration;
@@ -38,8 +38,8 @@ async fn known_expectations_take_one_round_trip_and_surprises_fall_back() {
     assert_eq!(store.stats().fallbacks, 0, "both took the one-call path");
 
     // A stale expectation: the call finds the stream elsewhere and writes
-    // nothing; the stream's version is read and the append answered with
-    // it, without the locked transaction.
+    // nothing; the append is answered with the version the call found,
+    // without the locked transaction.
     match store
         .append(request("s-1", ExpectedVersion::Exact(1), 1))
         .await
@@ -56,16 +56,29 @@ async fn known_expectations_take_one_round_trip_and_surprises_fall_back() {
         other => panic!("expected a conflict, got {other:?}"),
     }
     assert_eq!(store.stats().fallbacks, 0);
-    assert_eq!(store.stats().rereads, 2);
+    assert_eq!(store.stats().moved_groups, 2);
 
-    // A retried append: the ids are stored, so the locked path answers
-    // with the original outcome.
-    let again = store.append(first).await.unwrap();
+    // A retried append: the call finds its stream moved and its ids
+    // stored, and it is answered with the original outcome, still without
+    // the locked transaction.
+    let again = store.append(first.clone()).await.unwrap();
     assert!(again.duplicate);
     assert_eq!(
         (again.first_position, again.position),
         (Position(1), Position(3))
     );
+    assert_eq!(store.stats().fallbacks, 0);
+
+    // An id stored in another stream, sent to a new one: the call fails on
+    // the unique id, and the locked transaction names the reused id.
+    let mut reused = request("s-3", ExpectedVersion::NoStream, 1);
+    reused.events[0].event_id = first.events[0].event_id;
+    match store.append(reused).await {
+        Err(StoreError::EventIdReused { event_id }) => {
+            assert_eq!(event_id, first.events[0].event_id);
+        }
+        other => panic!("expected a reused id, got {other:?}"),
+    }
     assert_eq!(store.stats().fallbacks, 1);
 
     // Another process moves the stream; this one's next append finds out.
@@ -263,6 +276,104 @@ async fn a_writer_behind_a_group_gathers_until_its_group_is_as_large() {
     assert_eq!(positions, vec![4, 5, 6]);
     let stats = store.stats();
     assert_eq!((stats.appends, stats.batches), (4, 2), "{stats:?}");
+}
+
+/// A group in which one stream has moved on writes the others in the same
+/// call: the stale appends are conflicts at the version found, the others
+/// get dense positions in the group's order, and what each outcome reports
+/// is what was stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_writes_around_the_streams_that_moved() {
+    use sqlx::Connection;
+    use strata::testing::wait_until;
+
+    let db = test_database().await;
+    let store = PgEventStore::with_config(db.pool.clone(), PgStoreConfig::default().writers(1));
+    // "moved" is at version 2; the group's appends to it expect 1.
+    store
+        .append(request("moved", ExpectedVersion::NoStream, 2))
+        .await
+        .unwrap();
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut tx = holder.begin().await.unwrap();
+    sqlx::query("SELECT position FROM strata_head WHERE id = 1 FOR UPDATE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let spawn = |stream: &'static str, expected: ExpectedVersion, n: usize| {
+        let store = store.clone();
+        tokio::spawn(async move { store.append(request(stream, expected, n)).await })
+    };
+    // The one writer waits at the lock with this; the rest queue behind it
+    // and go as one group.
+    let first = spawn("first", ExpectedVersion::NoStream, 1);
+    wait_until(
+        Duration::from_secs(10),
+        "the first group at the lock",
+        || async { writers_waiting(&db.pool).await == 1 },
+    )
+    .await;
+    let queued = vec![
+        ("a", spawn("a", ExpectedVersion::NoStream, 2)),
+        ("moved", spawn("moved", ExpectedVersion::Exact(1), 1)),
+        ("b", spawn("b", ExpectedVersion::NoStream, 3)),
+        ("moved", spawn("moved", ExpectedVersion::Exact(1), 2)),
+        ("c", spawn("c", ExpectedVersion::NoStream, 1)),
+    ];
+    // Once all five wait in the writer's queue, the writer takes them
+    // together when the lock is released.
+    wait_until(Duration::from_secs(10), "the appends queued", || async {
+        store.stats().queued == 5
+    })
+    .await;
+    tx.rollback().await.unwrap();
+    first.await.unwrap().unwrap();
+
+    let mut written = Vec::new();
+    for (stream, task) in queued {
+        match (stream, task.await.unwrap()) {
+            ("moved", Err(StoreError::Conflict { actual, .. })) => assert_eq!(actual, 2),
+            ("moved", other) => panic!("expected a conflict, got {other:?}"),
+            (_, Ok(o)) => written.push(o),
+            (s, Err(e)) => panic!("{s}: {e}"),
+        }
+    }
+    let stats = store.stats();
+    assert_eq!(
+        stats.batches, 3,
+        "the queued appends went as one group: {stats:?}"
+    );
+    assert_eq!(stats.moved_groups, 1, "{stats:?}");
+    assert_eq!(stats.fallbacks, 0, "{stats:?}");
+
+    // Dense positions, and each outcome names exactly its events.
+    let all = store
+        .read_all(Position::START, 100, &EventFilter::all())
+        .await
+        .unwrap();
+    let positions: Vec<u64> = all.iter().map(|e| e.position.0).collect();
+    assert_eq!(positions, (1..=9).collect::<Vec<_>>());
+    for o in &written {
+        let events: Vec<u64> = all
+            .iter()
+            .filter(|e| e.stream_id == o.stream_id)
+            .map(|e| e.position.0)
+            .collect();
+        assert_eq!(
+            (events.first().copied(), events.last().copied()),
+            (Some(o.first_position.0), Some(o.position.0)),
+            "{o:?}"
+        );
+        assert_eq!(o.stream_version, events.len() as u64);
+    }
+    assert_eq!(
+        store
+            .stream_version(&StreamId::new("moved").unwrap())
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(store.head().await.unwrap(), Position(9));
 }
 
 /// One append's data that Postgres refuses (here: a CHECK constraint this

@@ -9,13 +9,15 @@
 //!
 //! - **One call** when every append names its expected version: the shared
 //!   append rules ([`crate::store`]) decide each append assuming its stream
-//!   is at that version, and one autocommit call of `strata_append` takes
-//!   the append lock (`SELECT position FROM strata_head ... FOR UPDATE`),
-//!   checks the assumption, inserts the events at the next positions, moves
-//!   the streams and the head, and `NOTIFY`s followers. If a stream was
-//!   elsewhere it writes nothing, and so does a stored event id (a retried
-//!   request, caught by the unique constraint); either way the writer falls
-//!   back to:
+//!   is at the version the group's appends expect, and one autocommit call
+//!   of `strata_append_current` takes the append lock (`SELECT position
+//!   FROM strata_head ... FOR UPDATE`), checks the assumption, inserts the
+//!   events of the streams that are where assumed at the next positions,
+//!   moves those streams and the head, and `NOTIFY`s followers. The appends
+//!   of a stream found elsewhere are not written; the writer answers them
+//!   as conflicts at the version the call found. A stored event id (a
+//!   retried request, caught by the unique constraint) fails the call and
+//!   the writer falls back to:
 //! - **The locked transaction**: `BEGIN` and the lock, one query for the
 //!   streams' current versions and any stored ids, the shared rules decide
 //!   (write, duplicate with the original outcome, or conflict), one
@@ -232,13 +234,17 @@ pub struct StoreStats {
     pub slow_lock_waits: u64,
     /// The longest wait for the append lock, in microseconds.
     pub max_lock_wait_us: u64,
-    /// Groups that found a stream moved on: the streams' versions were
-    /// read and the group decided again, its stale appends answered as
-    /// conflicts, without the locked transaction.
-    pub rereads: u64,
+    /// Groups that found some of their streams moved on (another process
+    /// appended): those streams' appends were answered as conflicts and
+    /// the others written, in the same call.
+    pub moved_groups: u64,
     /// Groups the one-round-trip append handed to the locked transaction
-    /// (an id was already stored, or the streams kept moving).
+    /// (an id was already stored).
     pub fallbacks: u64,
+    /// Appends waiting for a writer at this moment (a gauge, not a count):
+    /// a queue that keeps growing means appends arrive faster than the
+    /// database takes them.
+    pub queued: u64,
 }
 
 #[derive(Default)]
@@ -250,7 +256,7 @@ struct Counters {
     duplicates: AtomicU64,
     slow_lock_waits: AtomicU64,
     max_lock_wait_us: AtomicU64,
-    rereads: AtomicU64,
+    moved_groups: AtomicU64,
     fallbacks: AtomicU64,
 }
 
@@ -369,8 +375,9 @@ impl PgEventStore {
             duplicates: c.duplicates.load(Ordering::Relaxed),
             slow_lock_waits: c.slow_lock_waits.load(Ordering::Relaxed),
             max_lock_wait_us: c.max_lock_wait_us.load(Ordering::Relaxed),
-            rereads: c.rereads.load(Ordering::Relaxed),
+            moved_groups: c.moved_groups.load(Ordering::Relaxed),
             fallbacks: c.fallbacks.load(Ordering::Relaxed),
+            queued: (self.inner.jobs.max_capacity() - self.inner.jobs.capacity()) as u64,
         }
     }
 }

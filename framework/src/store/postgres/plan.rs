@@ -62,6 +62,82 @@ impl Plan<'_> {
     }
 }
 
+/// What `strata_append_current` found of a group's streams that were not
+/// where the group assumed.
+#[derive(Debug, Default)]
+pub(super) struct Moved {
+    /// Each moved stream's version.
+    pub(super) versions: HashMap<String, u64>,
+    /// The moved streams' appends' event ids already stored.
+    pub(super) stored: HashMap<Uuid, StoredId>,
+}
+
+impl Plan<'_> {
+    /// The group's answers once `strata_append_current` has written it
+    /// after `base`: the planned ones, except for the appends of the
+    /// streams it found moved, which it did not write. Each of those is
+    /// decided again on the stream as found: a duplicate of what is stored
+    /// (a retried append), a conflict at the version found, or a reused
+    /// id. The written rows close up, in order, over the rows skipped.
+    pub(super) fn settle(
+        mut self,
+        batch: &[Job],
+        base: u64,
+        moved: &Moved,
+    ) -> (Vec<Result<AppendOutcome>>, Tally) {
+        // Where each planned row lands: rows are numbered 1.. in the
+        // group's order, and a skipped row moves every later one down.
+        let mut landed = Vec::with_capacity(self.cols.stream_ids.len());
+        let mut kept = 0u64;
+        for s in &self.cols.stream_ids {
+            if moved.versions.contains_key(*s) {
+                landed.push(None);
+            } else {
+                kept += 1;
+                landed.push(Some(kept));
+            }
+        }
+        let place = |p: Position| -> Position {
+            match landed.get((p.0 as usize).wrapping_sub(1)) {
+                Some(Some(to)) => Position(base + to),
+                _ => Position(base + p.0),
+            }
+        };
+        let mut tally = Tally {
+            last: kept,
+            ..Tally::default()
+        };
+        for (job, result) in batch.iter().zip(self.results.iter_mut()) {
+            let request = &job.append.request;
+            if let Some(actual) = moved.versions.get(request.stream_id.as_str()) {
+                *result = match decide(request, *actual, &moved.stored) {
+                    Ok(Decision::Duplicate(outcome)) => Ok(outcome),
+                    Ok(Decision::Write { .. }) => Err(StoreError::Conflict {
+                        stream_id: request.stream_id.clone(),
+                        expected: request.expected,
+                        actual: *actual,
+                    }),
+                    Err(e) => Err(e),
+                };
+            } else if let Ok(outcome) = result {
+                outcome.first_position = place(outcome.first_position);
+                outcome.position = place(outcome.position);
+            }
+            match result {
+                Ok(o) if o.duplicate => tally.duplicates += 1,
+                Ok(_) => {
+                    tally.appends += 1;
+                    tally.events += request.events.len() as u64;
+                }
+                Err(StoreError::Conflict { .. }) => tally.conflicts += 1,
+                Err(_) => {}
+            }
+        }
+        self.tally = tally;
+        (self.results, self.tally)
+    }
+}
+
 /// Decides each append of a group in order, as if they ran one after
 /// another from `versions` and `existing`; positions start after `head`.
 pub(super) fn plan<'a>(

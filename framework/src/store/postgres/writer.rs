@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::errors::{is_data_error, is_unique_violation, violated};
-use super::plan::plan;
+use super::plan::{plan, Moved};
 use super::{Job, PgStoreConfig, Shared, NOTIFY_CHANNEL};
 use crate::envelope::{Position, StreamId};
 use crate::error::{InputError, Result, StoreError};
@@ -251,37 +251,23 @@ impl Writer {
     }
 
     /// Writes a group: in one round trip when every append names the
-    /// version it expects (the usual case), else, or when that finds the
-    /// streams moved or an id already stored, in the locked transaction.
+    /// version it expects (the usual case), else, or when that meets an id
+    /// already stored, in the locked transaction.
     async fn write(&mut self, batch: &[Job]) -> BatchResult {
         let expectations_known = batch
             .iter()
             .all(|j| !matches!(j.append.request.expected, ExpectedVersion::Any));
         if expectations_known {
-            // The first call assumes each stream is where its append
-            // expects. When one is not (another process appended), the
-            // streams' versions and any stored ids are read without the
-            // lock and the group decided again on them: the appends that
-            // expected another version are answered as conflicts, the
-            // others written, in a second call. Only a group that keeps
-            // losing that race (or meets ids stored meanwhile) takes the
-            // locked transaction, which holds the append lock for four
-            // round trips.
-            let mut known: Option<HashMap<String, u64>> = None;
-            for attempt in 1..=FAST_TRIES {
-                match self.write_fast(batch, known.take()).await {
-                    Ok(Some(results)) => return Ok(results),
-                    Ok(None) if attempt < FAST_TRIES => {}
-                    Ok(None) => break,
-                    Err(e) if is_unique_violation(&e) => break,
-                    Err(e) => return Err(e),
-                }
-                let (versions, existing) = self.current_state(batch).await?;
-                if !existing.is_empty() {
-                    break; // repeated appends: answered under the lock
-                }
-                self.shared.counters.rereads.fetch_add(1, Ordering::Relaxed);
-                known = Some(versions);
+            // The call assumes each stream is where the group's appends
+            // expect. It writes the appends of the streams that are, and
+            // reports the others, which are answered as conflicts. Only
+            // an id already stored (a retried request) takes the locked
+            // transaction, which decides duplicates exactly and holds the
+            // append lock for four round trips.
+            match self.write_fast(batch).await {
+                Ok(results) => return Ok(results),
+                Err(e) if is_unique_violation(&e) => {}
+                Err(e) => return Err(e),
             }
             self.shared
                 .counters
@@ -289,18 +275,6 @@ impl Writer {
                 .fetch_add(1, Ordering::Relaxed);
         }
         self.write_locked(batch).await
-    }
-
-    /// The current versions of a group's streams and its event ids already
-    /// stored, read without the append lock (so possibly moved on by the
-    /// time the group is written: the write checks the versions again).
-    async fn current_state(
-        &mut self,
-        batch: &[Job],
-    ) -> std::result::Result<(HashMap<String, u64>, HashMap<Uuid, StoredId>), sqlx::Error> {
-        let (conn, _) = self.connection().await?;
-        let (versions, existing, _) = read_state(&mut *conn, batch, STATE_SQL).await?;
-        Ok((versions, existing))
     }
 
     /// The group's turn at the append lock, taken before the writer's
@@ -333,28 +307,22 @@ impl Writer {
     }
 
     /// The one-round-trip append: decide assuming each stream is at the
-    /// version its first append expects, then let `strata_append` take the
-    /// lock, check the assumption and write, in one autocommit call.
-    /// `Ok(None)` when the assumption was wrong (nothing written).
-    ///
-    /// `known`: the streams' versions and stored ids as last read; without
-    /// it, each stream is assumed at the version its first append expects.
-    async fn write_fast(
-        &mut self,
-        batch: &[Job],
-        known: Option<HashMap<String, u64>>,
-    ) -> std::result::Result<Option<Vec<Result<AppendOutcome>>>, sqlx::Error> {
-        let read = known.is_some();
-        let mut assumed = known.unwrap_or_default();
+    /// highest version the group's appends to it expect (versions only
+    /// grow, so the highest is the likeliest to be current), then let
+    /// `strata_append_current` take the lock, check the assumption and
+    /// write, in one autocommit call. The appends of a stream found
+    /// elsewhere are not written and are answered as conflicts at the
+    /// version found; the others are written.
+    async fn write_fast(&mut self, batch: &[Job]) -> BatchResult {
+        let mut assumed: HashMap<String, u64> = HashMap::new();
         for job in batch {
             let r = &job.append.request;
             let v = match r.expected {
-                // Versions read: a stream missing from them has no events.
-                _ if read => 0,
                 ExpectedVersion::Exact(v) => v,
                 ExpectedVersion::NoStream | ExpectedVersion::Any => 0,
             };
-            assumed.entry(r.stream_id.to_string()).or_insert(v);
+            let a = assumed.entry(r.stream_id.to_string()).or_insert(v);
+            *a = (*a).max(v);
         }
         let (check_ids, check_versions): (Vec<&str>, Vec<i64>) =
             assumed.iter().map(|(s, v)| (s.as_str(), *v as i64)).unzip();
@@ -365,12 +333,13 @@ impl Writer {
         let pid = *pid;
         let c = &plan.cols;
         // The lock wait is bounded by what is left of the group's budget
-        // (`set_config` in a FROM subquery runs before the call, and is
-        // local to the call's transaction).
-        let call = sqlx::query_scalar::<_, Option<i64>>(
-            "SELECT strata_append($1, $2, $3, $4, $5, $6, $7::text[]::jsonb[], \
-                    $8::text[]::jsonb[], $9, $10, $11, $12, $13, $14, $15) \
-               FROM (SELECT set_config('lock_timeout', $16, true)) AS budget",
+        // (the function sets it, local to the call's transaction, before
+        // it takes the lock).
+        let call = sqlx::query(
+            "SELECT base, moved_ids, moved_versions, stored_ids, stored_streams, \
+                    stored_versions, stored_positions \
+               FROM strata_append_current($1, $2, $3, $4, $5, $6, $7::text[]::jsonb[], \
+                    $8::text[]::jsonb[], $9, $10, $11, $12, $13, $14, $15, $16)",
         );
         let call = bind_events!(call, c)
             .bind(&check_ids)
@@ -382,31 +351,27 @@ impl Writer {
             .bind(&turn.budget)
             .fetch_one(&mut *conn);
         let started = Instant::now();
-        let (base, cancelled) = turn.watch(pid, call).await;
+        let (answer, cancelled) = turn.watch(pid, call).await;
         if cancelled {
             // A cancel that lands late must not hit a later statement.
             self.conn = None;
-            if base.is_err() {
+            if answer.is_err() {
                 return Err(self.lock_timed_out());
             }
         }
-        let base = base?;
+        let row = answer?;
         turn.waited(started);
-        let Some(base) = base else { return Ok(None) };
-        let base = base as u64;
-        let results = plan
-            .results
-            .into_iter()
-            .map(|r| {
-                r.map(|mut o| {
-                    o.first_position = Position(o.first_position.0 + base);
-                    o.position = Position(o.position.0 + base);
-                    o
-                })
-            })
-            .collect();
-        turn.shared.committed(&plan.tally, base);
-        Ok(Some(results))
+        let base: i64 = row.try_get(0)?;
+        let moved = moved_streams(&row)?;
+        if !moved.versions.is_empty() {
+            turn.shared
+                .counters
+                .moved_groups
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let (results, tally) = plan.settle(batch, base as u64, &moved);
+        turn.shared.committed(&tally, base as u64);
+        Ok(results)
     }
 
     /// The locked transaction: lock, read the streams' versions and any
@@ -600,10 +565,6 @@ async fn report_lock_holders(pool: PgPool, waiting_pid: i32) {
     }
 }
 
-/// Most one-call attempts at a group before the locked transaction: the
-/// first, and retries after reading the streams' versions.
-const FAST_TRIES: usize = 3;
-
 /// The rows of a group's state: its streams' versions (`$1`, the stream
 /// ids) and its event ids already stored (`$2`), as `(stream_id, version,
 /// event_id, position)`.
@@ -617,9 +578,6 @@ macro_rules! state_sql {
     };
 }
 
-/// A group's state, read without the lock.
-const STATE_SQL: &str = state_sql!();
-
 /// The head (a row without a stream id), then a group's state.
 const HEAD_AND_STATE_SQL: &str = concat!(
     "SELECT NULL::text AS stream_id, position AS version, NULL::uuid AS event_id, \
@@ -628,8 +586,47 @@ const HEAD_AND_STATE_SQL: &str = concat!(
     state_sql!()
 );
 
-/// Reads a group's state with `sql` ([`STATE_SQL`] or
-/// [`HEAD_AND_STATE_SQL`]).
+/// The streams `strata_append_current` found moved, from its answer's
+/// columns 1 to 6.
+fn moved_streams(row: &sqlx::postgres::PgRow) -> std::result::Result<Moved, sqlx::Error> {
+    let ids: Vec<String> = row.try_get(1)?;
+    let versions: Vec<i64> = row.try_get(2)?;
+    let mut moved = Moved {
+        versions: ids
+            .into_iter()
+            .zip(versions.into_iter().map(|v| v as u64))
+            .collect(),
+        ..Moved::default()
+    };
+    if moved.versions.is_empty() {
+        return Ok(moved);
+    }
+    let event_ids: Vec<Uuid> = row.try_get(3)?;
+    let streams: Vec<String> = row.try_get(4)?;
+    let versions: Vec<i64> = row.try_get(5)?;
+    let positions: Vec<i64> = row.try_get(6)?;
+    for (((event_id, stream_id), version), position) in event_ids
+        .into_iter()
+        .zip(streams)
+        .zip(versions)
+        .zip(positions)
+    {
+        let Ok(stream_id) = StreamId::new(stream_id) else {
+            continue;
+        };
+        moved.stored.insert(
+            event_id,
+            StoredId {
+                stream_id,
+                stream_version: version as u64,
+                position: Position(position as u64),
+            },
+        );
+    }
+    Ok(moved)
+}
+
+/// Reads a group's state with `sql` ([`HEAD_AND_STATE_SQL`]).
 #[allow(clippy::type_complexity)]
 async fn read_state(
     conn: &mut PgConnection,
