@@ -393,8 +393,10 @@ impl<S: EventStore> Shop<S> {
                     unit_price_cents: product.price_cents(),
                 });
             }
+            // A new order's stream is empty: decided without reading it
+            // (a repeated or reused id is caught by the append).
             self.orders
-                .handle(
+                .handle_new(
                     stream,
                     OrderCommand::Place {
                         order_id,
@@ -435,40 +437,44 @@ impl<S: EventStore> Shop<S> {
     ) -> Result<CommandOutcome, ShopError> {
         self.timed("pay", async {
             let stream = order_stream(order_id);
-            // 1. This request's attempt, or a new one.
-            let attempt_id = match self
-                .orders
-                .repeat_of(&stream, &ctx)
-                .await
-                .map_err(|e| command_error(e, order_rule))?
-            {
-                Some(_) => ctx.command_id,
-                None => self.start_payment(order_id, &stream, &ctx).await?,
-            };
-            // 2. Its result, if recorded: the first outcome.
+            // 1. This request's attempt (a repeat of its Idempotency-Key),
+            //    or a new one.
+            let (attempt_id, started) =
+                match Self::repeat(&self.orders, &stream, &ctx, order_rule).await? {
+                    Some(_) => (ctx.command_id, None),
+                    None => self.start_payment(order_id, &stream, &ctx).await?,
+                };
             let result_ctx = payment_result_context(attempt_id, &ctx);
-            if let Some(recorded) = self.payment_result(&stream, &result_ctx).await? {
-                return recorded;
-            }
-            // 3. Charge (once per attempt, by the gateway's key) and record.
-            let (order, _) = self
-                .orders
-                .load(&stream)
-                .await
-                .map_err(|e| command_error(e, order_rule))?;
-            let amount = match order.payment_attempt() {
-                Some(a) if a.attempt_id == attempt_id => a.amount_cents,
-                // Ended meanwhile by a concurrent completion: its result.
-                _ => {
-                    return match self.payment_result(&stream, &result_ctx).await? {
-                        Some(recorded) => recorded,
-                        None => Err(ShopError::Rule(format!(
-                            "cannot pay an order that is {}",
-                            order.status()
-                        ))),
+            let amount = match started {
+                // Started by this request just now: no result yet, and its
+                // amount is the one recorded.
+                Some(amount) => amount,
+                None => {
+                    // 2. Its result, if recorded: the first outcome.
+                    if let Some(recorded) = self.payment_result(&stream, &result_ctx).await? {
+                        return recorded;
+                    }
+                    let (order, _) = self
+                        .orders
+                        .load(&stream)
+                        .await
+                        .map_err(|e| command_error(e, order_rule))?;
+                    match order.payment_attempt() {
+                        Some(a) if a.attempt_id == attempt_id => a.amount_cents,
+                        // Ended meanwhile by a concurrent completion: its result.
+                        _ => {
+                            return match self.payment_result(&stream, &result_ctx).await? {
+                                Some(recorded) => recorded,
+                                None => Err(ShopError::Rule(format!(
+                                    "cannot pay an order that is {}",
+                                    order.status()
+                                ))),
+                            }
+                        }
                     }
                 }
             };
+            // 3. Charge (once per attempt, by the gateway's key) and record.
             let charged = self
                 .gateway
                 .charge(payment_key(attempt_id), order_id, amount)
@@ -505,13 +511,16 @@ impl<S: EventStore> Shop<S> {
     }
 
     /// Starts a payment attempt for `ctx`'s request, or takes over one left
-    /// without a result for too long. Returns the attempt's id.
+    /// without a result for too long. Returns the attempt's id, and its
+    /// amount when this call recorded its start (an attempt taken over, or
+    /// started by a concurrent request with the same key, may have a
+    /// result already).
     async fn start_payment(
         &self,
         order_id: Uuid,
         stream: &StreamId,
         ctx: &CommandContext,
-    ) -> Result<Uuid, ShopError> {
+    ) -> Result<(Uuid, Option<i64>), ShopError> {
         let (order, version) = self
             .orders
             .load(stream)
@@ -531,7 +540,7 @@ impl<S: EventStore> Shop<S> {
         if let Some(a) = order.payment_attempt() {
             if self.abandoned(a.attempt_id).await? {
                 tracing::warn!(order = %order_id, attempt = %a.attempt_id, "completing a payment attempt left without a result");
-                return Ok(a.attempt_id);
+                return Ok((a.attempt_id, None));
             }
         }
         if order.status() != OrderStatus::Confirmed {
@@ -540,7 +549,8 @@ impl<S: EventStore> Shop<S> {
                 order.status()
             )));
         }
-        self.orders
+        let outcome = self
+            .orders
             .handle(
                 stream.clone(),
                 OrderCommand::StartPayment {
@@ -550,7 +560,10 @@ impl<S: EventStore> Shop<S> {
             )
             .await
             .map_err(|e| command_error(e, order_rule))?;
-        Ok(ctx.command_id)
+        // The order's total is fixed once it is placed, and the attempt
+        // records it.
+        let started = (outcome.events > 0 && !outcome.duplicate).then(|| order.total_cents());
+        Ok((ctx.command_id, started))
     }
 
     /// True when the attempt started longer than [`PAYMENT_TAKEOVER_AFTER`] ago.

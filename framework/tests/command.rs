@@ -449,10 +449,13 @@ async fn snapshots_are_taken_and_used<S: EventStore>(store: S, snapshots: Arc<dy
         }
     })
     .await;
-    // A fresh handler loads snapshot + 5 events.
-    let fresh = CommandHandler::<Counter, _>::new(store.clone())
-        .with_snapshots(Arc::clone(&snapshots), SnapshotPolicy::Every(10));
-    let (state, version) = fresh.load(&sid("counter-snap")).await.unwrap();
+    // A fresh handler loads snapshot + 5 events. (Each load below is a
+    // fresh handler's: a handler keeps what it loaded.)
+    let fresh = || {
+        CommandHandler::<Counter, _>::new(store.clone())
+            .with_snapshots(Arc::clone(&snapshots), SnapshotPolicy::Every(10))
+    };
+    let (state, version) = fresh().load(&sid("counter-snap")).await.unwrap();
     assert_eq!((state.value, state.increments, version), (25, 25, 25));
 
     // A snapshot that lies proves it is used; one that does not
@@ -461,12 +464,12 @@ async fn snapshots_are_taken_and_used<S: EventStore>(store: S, snapshots: Arc<dy
     s.version = 21;
     s.state = json!({ "value": 1000, "increments": 20 });
     snapshots.save(s.clone()).await.unwrap();
-    let (state, _) = fresh.load(&sid("counter-snap")).await.unwrap();
+    let (state, _) = fresh().load(&sid("counter-snap")).await.unwrap();
     assert_eq!(state.value, 1004, "loaded from the snapshot, then 4 events");
     s.version = 22;
     s.state = json!({ "value": "not a number" });
     snapshots.save(s).await.unwrap();
-    let (state, version) = fresh.load(&sid("counter-snap")).await.unwrap();
+    let (state, version) = fresh().load(&sid("counter-snap")).await.unwrap();
     assert_eq!((state.value, version), (25, 25), "rebuilt from events");
 }
 
@@ -986,6 +989,91 @@ async fn a_conflict_reads_only_what_the_other_process_appended() {
     let (state, version) = one.load(&stream).await.unwrap();
     assert_eq!((state.value, version), (116, 13));
     assert_eq!(recording.take(), vec![13], "load started from the cache");
+}
+
+/// `handle_new` decides a stream's first command without reading the
+/// stream. Presumed wrongly (the stream has events), the append conflicts
+/// and the command is decided on the stream as stored, as `handle` would
+/// have. A state `load` read is kept for the next command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_stream_is_decided_without_a_read_and_a_wrong_guess_is_decided_again() {
+    let db = test_database().await;
+    let recording = RecordingReads {
+        inner: PgEventStore::new(db.pool.clone()),
+        reads: Arc::default(),
+    };
+    let one = CommandHandler::<Counter, _>::new(recording.clone());
+    let two = CommandHandler::<Counter, _>::new(PgEventStore::new(db.pool.clone()));
+    let ctx = || CommandContext::system("test");
+
+    let fresh = sid("counter-fresh");
+    let out = one
+        .handle_new(fresh.clone(), CounterCommand::Increment(2), ctx())
+        .await
+        .unwrap();
+    assert_eq!(out.stream_version, 1);
+    assert_eq!(
+        recording.take(),
+        Vec::<u64>::new(),
+        "no read of a new stream"
+    );
+
+    // Another process has written the stream this handler presumes new.
+    let taken = sid("counter-taken");
+    for _ in 0..3 {
+        two.handle(taken.clone(), CounterCommand::Increment(10), ctx())
+            .await
+            .unwrap();
+    }
+    let out = one
+        .handle_new(taken.clone(), CounterCommand::Increment(1), ctx())
+        .await
+        .unwrap();
+    assert_eq!(out.stream_version, 4);
+    assert_eq!(
+        recording.take(),
+        vec![1],
+        "the stream read once, after the conflict"
+    );
+    assert_eq!(one.stats().conflicts_retried, 1);
+    let (state, _) = two.load(&taken).await.unwrap();
+    assert_eq!(
+        state.value, 31,
+        "decided on the stored stream, counted once"
+    );
+
+    // What the empty stream would accept, the stored one refuses: the
+    // answer is the stored stream's (here the counter is capped).
+    let capped = sid("counter-capped");
+    two.handle(capped.clone(), CounterCommand::Increment(CAP), ctx())
+        .await
+        .unwrap();
+    let refused = one
+        .handle_new(capped.clone(), CounterCommand::Increment(1), ctx())
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(CommandError::Domain(CounterError::Capped { .. }))
+        ),
+        "{refused:?}"
+    );
+
+    // `load` keeps what it read: the next command appends without a read.
+    two.handle(taken.clone(), CounterCommand::Increment(100), ctx())
+        .await
+        .unwrap();
+    recording.take();
+    let (state, version) = one.load(&taken).await.unwrap();
+    assert_eq!((state.value, version), (131, 5));
+    assert_eq!(recording.take(), vec![5]);
+    let out = increment(&one, &taken).await.unwrap();
+    assert_eq!(out.stream_version, 6);
+    assert_eq!(
+        recording.take(),
+        Vec::<u64>::new(),
+        "decided on the loaded state"
+    );
 }
 
 async fn increment<S: EventStore>(

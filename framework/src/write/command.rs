@@ -335,6 +335,9 @@ struct Pending<A: Aggregate> {
     command: A::Command,
     ctx: CommandContext,
     reply: Reply<A>,
+    /// Sent with [`CommandHandler::handle_new`]: the stream is presumed
+    /// empty when no state of it is held.
+    presume_new: bool,
 }
 
 struct Lane<A: Aggregate> {
@@ -451,6 +454,37 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         command: A::Command,
         ctx: CommandContext,
     ) -> Result<CommandOutcome, CommandError<A::Error>> {
+        self.enqueue(stream_id, command, ctx, false).await
+    }
+
+    /// Handles a command that usually starts its stream, such as one for
+    /// an id the caller has just made (a new order): when this handler
+    /// holds no state of the stream, the command is decided on the empty
+    /// stream without reading it first, saving the read.
+    ///
+    /// Nothing is lost when the presumption is wrong: the append expects
+    /// no stream, so if the stream has events it conflicts, and the
+    /// command is decided again on the stream as stored, exactly as
+    /// [`handle`](Self::handle) would have decided it. A refusal or a
+    /// command that records nothing is also checked against the stream as
+    /// stored before it is answered. Use `handle` for streams that usually
+    /// exist: there the presumption costs a failed append.
+    pub async fn handle_new(
+        &self,
+        stream_id: StreamId,
+        command: A::Command,
+        ctx: CommandContext,
+    ) -> Result<CommandOutcome, CommandError<A::Error>> {
+        self.enqueue(stream_id, command, ctx, true).await
+    }
+
+    async fn enqueue(
+        &self,
+        stream_id: StreamId,
+        command: A::Command,
+        ctx: CommandContext,
+        presume_new: bool,
+    ) -> Result<CommandOutcome, CommandError<A::Error>> {
         if ctx.principal.is_none() {
             return Err(CommandError::NoActor);
         }
@@ -459,6 +493,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
             command,
             ctx,
             reply,
+            presume_new,
         };
         let lead = {
             let mut lanes = self.lock_lanes();
@@ -481,10 +516,25 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
         })
     }
 
-    /// Loads an aggregate's current state, version and position.
+    /// Loads an aggregate's current state and version.
+    ///
+    /// The state read is kept as this handler's latest (unless it holds a
+    /// newer one), so a command sent right after decides on it without
+    /// reading the stream again.
     pub async fn load(&self, stream_id: &StreamId) -> Result<(A, u64), CommandError<A::Error>> {
         let loaded = self.load_state_from(stream_id, None).await?;
-        Ok((loaded.state, loaded.version))
+        let result = (loaded.state.clone(), loaded.version);
+        self.inner
+            .states
+            .entry(stream_id.clone())
+            .and_compute_with(|held| {
+                use moka::ops::compute::Op;
+                match held {
+                    Some(h) if h.value().version >= loaded.version => Op::Nop,
+                    _ => Op::Put(loaded),
+                }
+            });
+        Ok(result)
     }
 
     fn lock_lanes(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, Lane<A>>> {
@@ -754,6 +804,16 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                 return Vec::new();
             }
             attempt += 1;
+            if loaded.is_none() && attempt == 1 && group[0].presume_new {
+                // `handle_new`: the empty stream, to be verified by the
+                // append (it expects no stream) like any held state.
+                *loaded = Some(Loaded {
+                    state: A::default(),
+                    version: 0,
+                    position: Position::START,
+                    verified: false,
+                });
+            }
             let current = match loaded.take() {
                 Some(l) if !catch_up => l,
                 held => match self.load_state_from(stream_id, held).await {
