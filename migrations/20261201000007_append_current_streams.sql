@@ -72,25 +72,49 @@ BEGIN
               FROM unnest(check_ids, check_versions) AS u(stream_id, version)) AS c
      WHERE c.actual <> c.version;
 
-    SELECT coalesce(array_agg(e.event_id), '{}'), coalesce(array_agg(e.stream_id), '{}'),
-           coalesce(array_agg(e.stream_version), '{}'), coalesce(array_agg(e.position), '{}')
-      INTO stored_ids, stored_streams, stored_versions, stored_positions
-      FROM strata_events e
-     WHERE cardinality(moved_ids) > 0
-       AND e.event_id = ANY (ARRAY(SELECT t.e FROM unnest(event_ids, stream_ids) AS t(e, s)
-                                    WHERE t.s = ANY (moved_ids)));
+    IF cardinality(moved_ids) = 0 THEN
+        -- The usual case: every stream where assumed, every row written.
+        stored_ids := '{}';
+        stored_streams := '{}';
+        stored_versions := '{}';
+        stored_positions := '{}';
+        n := coalesce(cardinality(event_ids), 0);
+        IF n = 0 THEN
+            RETURN;
+        END IF;
+        INSERT INTO strata_events (position, event_id, stream_id, stream_type, stream_version,
+                                   event_type, schema_version, payload, metadata, recorded_at)
+        SELECT base + t.o, t.e, t.s, t.st, t.v, t.et, t.sv, t.pl, t.md,
+               coalesce(t.ra, clock_timestamp())
+          FROM unnest(event_ids, stream_ids, stream_types, versions, event_types,
+                      schema_versions, payloads, metadata, recorded_at)
+               WITH ORDINALITY AS t(e, s, st, v, et, sv, pl, md, ra, o);
+    ELSE
+        -- One index look-up per id (a scalar subquery: a join could get a
+        -- generic plan that scans the table).
+        SELECT coalesce(array_agg((x.r).event_id), '{}'),
+               coalesce(array_agg((x.r).stream_id), '{}'),
+               coalesce(array_agg((x.r).stream_version), '{}'),
+               coalesce(array_agg((x.r).position), '{}')
+          INTO stored_ids, stored_streams, stored_versions, stored_positions
+          FROM (SELECT (SELECT ev FROM strata_events ev WHERE ev.event_id = t.e) AS r
+                  FROM unnest(event_ids, stream_ids) AS t(e, s)
+                 WHERE t.s = ANY (moved_ids)
+                OFFSET 0) AS x
+         WHERE (x.r).event_id IS NOT NULL;
 
-    INSERT INTO strata_events (position, event_id, stream_id, stream_type, stream_version,
-                               event_type, schema_version, payload, metadata, recorded_at)
-    SELECT base + row_number() OVER (ORDER BY t.o), t.e, t.s, t.st, t.v, t.et, t.sv,
-           t.pl, t.md, coalesce(t.ra, clock_timestamp())
-      FROM unnest(event_ids, stream_ids, stream_types, versions, event_types,
-                  schema_versions, payloads, metadata, recorded_at)
-           WITH ORDINALITY AS t(e, s, st, v, et, sv, pl, md, ra, o)
-     WHERE t.s <> ALL (moved_ids);
-    GET DIAGNOSTICS n = ROW_COUNT;
-    IF n = 0 THEN
-        RETURN;
+        INSERT INTO strata_events (position, event_id, stream_id, stream_type, stream_version,
+                                   event_type, schema_version, payload, metadata, recorded_at)
+        SELECT base + row_number() OVER (ORDER BY t.o), t.e, t.s, t.st, t.v, t.et, t.sv,
+               t.pl, t.md, coalesce(t.ra, clock_timestamp())
+          FROM unnest(event_ids, stream_ids, stream_types, versions, event_types,
+                      schema_versions, payloads, metadata, recorded_at)
+               WITH ORDINALITY AS t(e, s, st, v, et, sv, pl, md, ra, o)
+         WHERE t.s <> ALL (moved_ids);
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n = 0 THEN
+            RETURN;
+        END IF;
     END IF;
 
     INSERT INTO strata_streams (stream_id, stream_type, version)
