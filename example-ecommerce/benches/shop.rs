@@ -1041,6 +1041,10 @@ fn ms(d: Duration) -> String {
 
 /// p50 / p99 / max of `v` (sorted here).
 fn spread(mut v: Vec<Duration>) -> [String; 3] {
+    if v.is_empty() {
+        // Nothing of the kind was sent (e.g. no orders in a restock-only run).
+        return ["–".to_owned(), "–".to_owned(), "–".to_owned()];
+    }
     v.sort_unstable();
     [
         ms(quantile(&v, 0.5)),

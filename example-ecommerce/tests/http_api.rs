@@ -315,6 +315,39 @@ async fn commands_answer_with_their_position_and_honour_idempotency_keys() {
     );
 }
 
+/// An order is placed without reading its (new) stream first. An order id
+/// that names an existing order, sent by another customer or again by its
+/// own (without an Idempotency-Key), is refused as the stored order
+/// decides, and changes nothing.
+#[tokio::test]
+async fn an_order_id_already_taken_is_refused_and_changes_nothing() {
+    let (store, router) = seeded().await;
+    let order_id = "5b0c7d2e-1f3a-4c5d-9e8f-0a1b2c3d4e5f";
+    let body = format!(r#"{{"order_id":"{order_id}","lines":[{{"sku":"MUG-01","quantity":1}}]}}"#);
+    let (s, _, placed) = call(&router, post("/orders", &body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{placed}");
+    let head = store.head().await.unwrap();
+
+    let bob = format!("Bearer {}", identity().token("bob", &["customer"]));
+    let as_bob = Request::post("/orders")
+        .header("content-type", "application/json")
+        .header("authorization", bob)
+        .body(Body::from(body.clone()))
+        .unwrap();
+    // Each through a command API that holds nothing of the order (another
+    // process): it presumes the stream new, and the append finds it is not.
+    for (who, req) in [("bob", as_bob), ("ada again", post("/orders", &body))] {
+        let (s, _, refused) = call(&commands(&store), req).await;
+        assert!(s.is_client_error(), "{who}: {s} {refused}");
+        assert!(refused["error"]["code"].is_string(), "{who}: {refused}");
+    }
+    assert_eq!(store.head().await.unwrap(), head, "nothing was appended");
+    let stream = example_ecommerce::domain::order_stream(order_id.parse().unwrap());
+    let events = store.read_stream(&stream, 1, 10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].metadata.actor.as_deref(), Some("user:ada"));
+}
+
 /// The query API's `/metrics` reports the live streams beside the cache.
 #[tokio::test]
 async fn query_metrics_report_live_streams() {
