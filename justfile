@@ -41,10 +41,12 @@ bench:
 
 # The shop's release build as separate processes under open-loop load
 # (500, 1,000 and 2,000 commands/s), measured from outside: latency, command
-# to visible, CPU per process. Results go into docs/benchmarks.md.
+# to visible, CPU per process; the mix, then only restocks. Results go into
+# docs/benchmarks.md.
 bench-shop:
     cargo build --release -p example-ecommerce
     STRATA_BENCH_WRITE=1 cargo bench -p example-ecommerce --bench shop
+    STRATA_BENCH_WRITE=1 STRATA_BENCH_MIX=restock cargo bench -p example-ecommerce --bench shop
 
 # The shop as separate processes against the local Postgres and NATS
 # (Ctrl-C stops them all). Command API :8080, query API :8081. The APIs

@@ -573,11 +573,13 @@ fn proc_stat(pid: &str) -> Option<(String, u64)> {
     Some((comm, utime + stime))
 }
 
-/// The machine's busy and total ticks, all CPUs (`/proc/stat`).
-fn machine_ticks() -> (u64, u64) {
+/// The machine's busy, stolen and total ticks, all CPUs (`/proc/stat`).
+/// Stolen: time the hypervisor gave the machine's CPUs to other guests
+/// while they had work; it slows everything here without showing as busy.
+fn machine_ticks() -> (u64, u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
-        return (0, 0);
+        return (0, 0, 0);
     };
     let v: Vec<u64> = line
         .split_whitespace()
@@ -586,8 +588,9 @@ fn machine_ticks() -> (u64, u64) {
         .collect();
     // user nice system idle iowait irq softirq steal ...
     let get = |i: usize| v.get(i).copied().unwrap_or(0);
-    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
-    (busy, busy + get(3) + get(4))
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6);
+    let steal = get(7);
+    (busy, steal, busy + steal + get(3) + get(4))
 }
 
 /// CPUs the machine has (the `cpuN` lines of `/proc/stat`).
@@ -605,6 +608,7 @@ fn machine_cpus() -> usize {
 struct Cpu {
     ticks: BTreeMap<String, u64>,
     machine_busy: u64,
+    machine_steal: u64,
     machine_all: u64,
 }
 
@@ -708,10 +712,11 @@ fn cpu_snapshot(pids: &[(&'static str, u32)], backends: &[(i32, Option<i32>)]) -
     }
     ticks.insert("Postgres".to_owned(), postgres);
     ticks.insert("nats-server".to_owned(), nats);
-    let (machine_busy, machine_all) = machine_ticks();
+    let (machine_busy, machine_steal, machine_all) = machine_ticks();
     Cpu {
         ticks,
         machine_busy,
+        machine_steal,
         machine_all,
     }
 }
@@ -1113,12 +1118,17 @@ impl RateRun {
             / (self.ok().max(1) as f64 / 1_000.0)
     }
 
-    /// The machine's busy CPUs over the window, of how many.
-    fn machine_busy(&self) -> (f64, f64) {
-        let busy = self.after.cpu.machine_busy - self.before.cpu.machine_busy;
-        let all = self.after.cpu.machine_all - self.before.cpu.machine_all;
+    /// The machine's busy CPUs over the window, the CPUs the host took
+    /// (steal), and how many CPUs in all.
+    fn machine_busy(&self) -> (f64, f64, f64) {
+        let (a, b) = (&self.before.cpu, &self.after.cpu);
+        let all = (b.machine_all - a.machine_all).max(1) as f64;
         let cpus = machine_cpus() as f64;
-        (busy as f64 / all.max(1) as f64 * cpus, cpus)
+        (
+            (b.machine_busy - a.machine_busy) as f64 / all * cpus,
+            (b.machine_steal - a.machine_steal) as f64 / all * cpus,
+            cpus,
+        )
     }
 
     fn handler_mean(&self, kind: Kind) -> String {
@@ -1231,8 +1241,8 @@ fn report(
     for c in &columns {
         let _ = write!(t, " {c} |");
     }
-    t.push_str(" shop total | load generator | machine busy |\n|---:|");
-    for _ in 0..columns.len() + 3 {
+    t.push_str(" shop total | load generator | machine busy | taken by the host (steal) |\n|---:|");
+    for _ in 0..columns.len() + 4 {
         t.push_str("---:|");
     }
     t.push('\n');
@@ -1244,10 +1254,10 @@ fn report(
             total += v;
             let _ = write!(t, " {v:.3} |");
         }
-        let (busy, cpus) = r.machine_busy();
+        let (busy, steal, cpus) = r.machine_busy();
         let _ = writeln!(
             t,
-            " **{total:.3}** | {:.3} | {busy:.2} of {cpus:.0} cores |",
+            " **{total:.3}** | {:.3} | {busy:.2} of {cpus:.0} cores | {steal:.2} cores |",
             r.cpu_per_1000("load generator", ticks_per_sec),
         );
     }
@@ -1561,8 +1571,10 @@ async fn main() {
         children.check_alive();
         let [c50, c99, _] = spread(run.latencies(None));
         let [v50, v99, _] = spread(run.visible());
+        let (busy, steal, _) = run.machine_busy();
         eprintln!(
-            "{rate}/s: achieved {:.0}/s, {} errors, command p50 {c50} p99 {c99}, visible p50 {v50} p99 {v99}",
+            "{rate}/s: achieved {:.0}/s, {} errors, command p50 {c50} p99 {c99}, visible p50 {v50} p99 {v99}; \
+             {busy:.2} cores busy, {steal:.2} taken by the host",
             run.achieved(),
             run.errors().values().sum::<usize>(),
         );
