@@ -944,6 +944,27 @@ impl<S: EventStore> EventStore for RecordingReads<S> {
     }
 }
 
+/// A handler whose store records where each stream read starts.
+type Recorded = CommandHandler<Counter, RecordingReads<PgEventStore>>;
+
+/// Two command handlers over one database, as two processes: the first's
+/// store records the version each stream read starts from.
+fn two_processes(
+    pool: &sqlx::PgPool,
+) -> (
+    RecordingReads<PgEventStore>,
+    Recorded,
+    CommandHandler<Counter, PgEventStore>,
+) {
+    let recording = RecordingReads {
+        inner: PgEventStore::new(pool.clone()),
+        reads: Arc::default(),
+    };
+    let one = CommandHandler::<Counter, _>::new(recording.clone());
+    let two = CommandHandler::<Counter, _>::new(PgEventStore::new(pool.clone()));
+    (recording, one, two)
+}
+
 /// Another process appends to a stream this handler holds: the conflict
 /// costs one read of what was appended (from the held version on), not a
 /// reload of the stream, and the retry is decided on the stored state.
@@ -951,12 +972,7 @@ impl<S: EventStore> EventStore for RecordingReads<S> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflict_reads_only_what_the_other_process_appended() {
     let db = test_database().await;
-    let recording = RecordingReads {
-        inner: PgEventStore::new(db.pool.clone()),
-        reads: Arc::default(),
-    };
-    let one = CommandHandler::<Counter, _>::new(recording.clone());
-    let two = CommandHandler::<Counter, _>::new(PgEventStore::new(db.pool.clone()));
+    let (recording, one, two) = two_processes(&db.pool);
     let stream = sid("counter-catch-up");
     for _ in 0..10 {
         increment(&one, &stream).await.unwrap();
@@ -998,12 +1014,7 @@ async fn a_conflict_reads_only_what_the_other_process_appended() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_stream_is_decided_without_a_read_and_a_wrong_guess_is_decided_again() {
     let db = test_database().await;
-    let recording = RecordingReads {
-        inner: PgEventStore::new(db.pool.clone()),
-        reads: Arc::default(),
-    };
-    let one = CommandHandler::<Counter, _>::new(recording.clone());
-    let two = CommandHandler::<Counter, _>::new(PgEventStore::new(db.pool.clone()));
+    let (recording, one, two) = two_processes(&db.pool);
     let ctx = || CommandContext::system("test");
 
     let fresh = sid("counter-fresh");

@@ -193,6 +193,24 @@ async fn a_fenced_view_commit_writes_nothing() {
 }
 
 /// Writer sessions of this test's database waiting for a lock.
+/// An outside session that holds the append lock (an open transaction
+/// that locked the head row) until [`release`].
+async fn hold_append_lock(url: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let mut holder = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT position FROM strata_head WHERE id = 1 FOR UPDATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    holder
+}
+
+/// Ends [`hold_append_lock`]'s transaction, releasing the lock.
+async fn release(holder: &mut sqlx::PgConnection) {
+    sqlx::query("ROLLBACK").execute(holder).await.unwrap();
+}
+
 async fn writers_waiting(pool: &sqlx::PgPool) -> i64 {
     sqlx::query_scalar(
         "SELECT count(*) FROM pg_stat_activity \
@@ -209,18 +227,12 @@ async fn writers_waiting(pool: &sqlx::PgPool) -> i64 {
 /// arrive one by one share a lock turn and a commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_behind_a_group_gathers_until_its_group_is_as_large() {
-    use sqlx::Connection;
     use std::time::Duration;
     use strata::testing::wait_until;
 
     let db = test_database().await;
     let store = PgEventStore::with_config(db.pool.clone(), PgStoreConfig::default().writers(2));
-    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    let mut tx = holder.begin().await.unwrap();
-    sqlx::query("SELECT position FROM strata_head WHERE id = 1 FOR UPDATE")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut holder = hold_append_lock(&db.url).await;
 
     let spawn = |stream: &'static str, n: usize| {
         let store = store.clone();
@@ -262,7 +274,7 @@ async fn a_writer_behind_a_group_gathers_until_its_group_is_as_large() {
     )
     .await;
 
-    tx.rollback().await.unwrap();
+    release(&mut holder).await;
     let big = big.await.unwrap().unwrap();
     assert_eq!(
         (big.first_position, big.position),
@@ -284,7 +296,6 @@ async fn a_writer_behind_a_group_gathers_until_its_group_is_as_large() {
 /// is what was stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_writes_around_the_streams_that_moved() {
-    use sqlx::Connection;
     use strata::testing::wait_until;
 
     let db = test_database().await;
@@ -294,12 +305,7 @@ async fn a_group_writes_around_the_streams_that_moved() {
         .append(request("moved", ExpectedVersion::NoStream, 2))
         .await
         .unwrap();
-    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    let mut tx = holder.begin().await.unwrap();
-    sqlx::query("SELECT position FROM strata_head WHERE id = 1 FOR UPDATE")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut holder = hold_append_lock(&db.url).await;
     let spawn = |stream: &'static str, expected: ExpectedVersion, n: usize| {
         let store = store.clone();
         tokio::spawn(async move { store.append(request(stream, expected, n)).await })
@@ -326,7 +332,7 @@ async fn a_group_writes_around_the_streams_that_moved() {
         store.stats().queued == 5
     })
     .await;
-    tx.rollback().await.unwrap();
+    release(&mut holder).await;
     first.await.unwrap().unwrap();
 
     let mut written = Vec::new();
@@ -383,7 +389,6 @@ async fn a_group_writes_around_the_streams_that_moved() {
 /// duplicates; nothing poisoned is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poisoned_append_fails_alone_and_its_group_commits() {
-    use sqlx::Connection;
     use std::collections::HashMap;
     use std::time::Duration;
     use strata::testing::wait_until;
@@ -401,12 +406,7 @@ async fn a_poisoned_append_fails_alone_and_its_group_commits() {
 
     // Appends pile up behind an outside session holding the append lock,
     // so the first groups are large and mix poisoned and valid appends.
-    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    let mut tx = holder.begin().await.unwrap();
-    sqlx::query("SELECT position FROM strata_head WHERE id = 1 FOR UPDATE")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut holder = hold_append_lock(&db.url).await;
 
     const CLIENTS: usize = 8;
     const ROUNDS: usize = 30;
@@ -451,7 +451,7 @@ async fn a_poisoned_append_fails_alone_and_its_group_commits() {
         || async { writers_waiting(&db.pool).await == 2 },
     )
     .await;
-    tx.rollback().await.unwrap();
+    release(&mut holder).await;
 
     let mut first: HashMap<StreamId, strata::AppendOutcome> = HashMap::new();
     let (mut valid, mut valid_failures, mut poisoned_refused) = (0, Vec::new(), 0);
@@ -558,7 +558,6 @@ fn lock_warnings() -> &'static std::sync::Mutex<Vec<(i64, i64)>> {
 /// at the head of the chain (the outside holder), not a waiting writer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lock_warning_names_the_holder_not_a_waiting_writer() {
-    use sqlx::Connection;
     use std::time::Duration;
     use strata::testing::wait_until;
 
@@ -570,14 +569,9 @@ async fn the_lock_warning_names_the_holder_not_a_waiting_writer() {
             .writers(2)
             .slow_lock_warning(Duration::from_millis(100)),
     );
-    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut holder = hold_append_lock(&db.url).await;
     let holder_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(&mut holder)
-        .await
-        .unwrap();
-    let mut tx = holder.begin().await.unwrap();
-    sqlx::query("SELECT position FROM strata_head WHERE id = 1 FOR UPDATE")
-        .execute(&mut *tx)
         .await
         .unwrap();
 
@@ -633,7 +627,7 @@ async fn the_lock_warning_names_the_holder_not_a_waiting_writer() {
         "warnings named {named:?}; the holder is {holder_pid}, the writers are {writer_pids:?}"
     );
 
-    tx.rollback().await.unwrap();
+    release(&mut holder).await;
     a.await.unwrap().unwrap();
     b.await.unwrap().unwrap();
 }
@@ -645,7 +639,6 @@ async fn the_lock_warning_names_the_holder_not_a_waiting_writer() {
 /// store while both writers were waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_waits_one_lock_timeout_in_all() {
-    use sqlx::Connection;
     use std::time::{Duration, Instant};
     use strata::testing::wait_until;
 
@@ -657,12 +650,7 @@ async fn an_append_waits_one_lock_timeout_in_all() {
             .writers(2)
             .lock_timeout(LOCK_TIMEOUT),
     );
-    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    let mut tx = holder.begin().await.unwrap();
-    sqlx::query("SELECT position FROM strata_head WHERE id = 1 FOR UPDATE")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut holder = hold_append_lock(&db.url).await;
 
     let spawn = |stream: &'static str, expected: ExpectedVersion| {
         let store = store.clone();
@@ -701,7 +689,7 @@ async fn an_append_waits_one_lock_timeout_in_all() {
             "an append waited {waited:?}, lock_timeout is {LOCK_TIMEOUT:?}"
         );
     }
-    tx.rollback().await.unwrap();
+    release(&mut holder).await;
     assert_eq!(store.head().await.unwrap(), Position::START);
 }
 
