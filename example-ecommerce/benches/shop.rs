@@ -1308,9 +1308,16 @@ fn report(
         let groups = delta(&a.commands, &b.commands, "strata_store_group_commits_total");
         let hits = delta(&a.queries, &b.queries, "strata_cache_hits_total");
         let misses = delta(&a.queries, &b.queries, "strata_cache_misses_total");
+        // A scrape that failed reads as zero: no figure rather than a
+        // negative one.
+        let cache = if hits < 0.0 || misses < 0.0 {
+            "–".to_owned()
+        } else {
+            format!("{hits:.0} / {misses:.0}")
+        };
         let _ = writeln!(
             t,
-            "| {}/s | {} | {} | {} | {} | {:.2} | {:.1} | {:.2} | {hits:.0} / {misses:.0} |",
+            "| {}/s | {} | {} | {} | {} | {:.2} | {:.1} | {:.2} | {cache} |",
             r.rate,
             kinds[0],
             kinds[1],

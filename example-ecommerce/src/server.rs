@@ -7,7 +7,9 @@
 //! - **Concurrent requests** ([`ServerLimits::max_requests`]): beyond the
 //!   bound a request is answered at once with `503` and `Retry-After`
 //!   instead of queueing. Live streams (`/live/...`) are long-lived and
-//!   have their own caps (global and per client, see `live.rs`).
+//!   have their own caps (global and per client, see `live.rs`); `/health`
+//!   and `/metrics` are always answered, so an overloaded service can
+//!   still be watched.
 //! - **Concurrent connections** ([`ServerLimits::max_connections`]): beyond
 //!   it, new connections wait in the listen backlog until one closes.
 //!
@@ -63,9 +65,13 @@ struct Bound {
 }
 
 /// Answers `503` with `Retry-After` when `max_requests` requests are in
-/// flight (live streams are not counted).
+/// flight. Not counted, and never refused by the bound: live streams, and
+/// `/health` and `/metrics`, which operators and load balancers must be
+/// able to read most of all when the service is overloaded (both are
+/// cheap, and `/metrics` is for operators only).
 async fn bound_requests(State(bound): State<Bound>, req: Request, next: Next) -> Response {
-    if req.uri().path().starts_with("/live/") {
+    let path = req.uri().path();
+    if path.starts_with("/live/") || path == "/health" || path == "/metrics" {
         return next.run(req).await;
     }
     let Ok(_permit) = bound.permits.try_acquire() else {

@@ -1,6 +1,7 @@
 //! The server's limits over a real socket: idle and slow connections are
 //! closed after the header timeout, and requests beyond the bound are
-//! answered 503 with Retry-After instead of queueing.
+//! answered 503 with Retry-After instead of queueing (but for health and
+//! metrics, which are always answered).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,17 +78,20 @@ async fn requests_beyond_the_bound_get_503_with_retry_after() {
     let gate = Arc::new(Semaphore::new(0));
     let entered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (g, e) = (Arc::clone(&gate), Arc::clone(&entered));
-    let router = Router::new().route(
-        "/slow",
-        get(move || {
-            let (g, e) = (Arc::clone(&g), Arc::clone(&e));
-            async move {
-                e.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                g.acquire().await.unwrap().forget();
-                "done"
-            }
-        }),
-    );
+    let router = Router::new()
+        .route(
+            "/slow",
+            get(move || {
+                let (g, e) = (Arc::clone(&g), Arc::clone(&e));
+                async move {
+                    e.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    g.acquire().await.unwrap().forget();
+                    "done"
+                }
+            }),
+        )
+        .route("/health", get(|| async { "ok" }))
+        .route("/metrics", get(|| async { "up 1" }));
     let limits = ServerLimits {
         max_requests: 2,
         ..ServerLimits::default()
@@ -110,6 +114,15 @@ async fn requests_beyond_the_bound_get_503_with_retry_after() {
     assert_eq!(refused.headers()["retry-after"], "1");
     let body: serde_json::Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["code"], "overloaded");
+    // Operators still see the service: health and metrics are answered.
+    for path in ["/health", "/metrics"] {
+        let r = http
+            .get(format!("http://{addr}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path} while overloaded");
+    }
     gate.add_permits(2);
     for h in held {
         assert_eq!(h.await.unwrap().unwrap().status(), 200);
