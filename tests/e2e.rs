@@ -808,8 +808,10 @@ async fn operators_follow_the_running_shop_with_the_admin_cli() {
         assert_eq!(s["dead_letters"], json!(0), "{s}");
     }
 
-    // The command API reports how its appends went: groups decided again
-    // on re-read versions, and falls back to the locked transaction.
+    // The command API reports how its appends went: groups that wrote
+    // around streams another process moved, falls back to the locked
+    // transaction, and (a gauge) appends waiting for a writer: none, now
+    // that every command has its answer.
     let metrics = http
         .get(format!("{cmd}/metrics"))
         .send()
@@ -827,6 +829,11 @@ async fn operators_follow_the_running_shop_with_the_admin_cli() {
             "{name} missing from:\n{metrics}"
         );
     }
+    let queued = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("strata_store_appends_queued "))
+        .unwrap_or_else(|| panic!("strata_store_appends_queued missing from:\n{metrics}"));
+    assert_eq!(queued.trim().parse::<f64>().unwrap(), 0.0, "{metrics}");
 
     // The projector process reads the stream once for its five views (one
     // group, ADR 0012), the process manager once: two consumers.

@@ -700,50 +700,90 @@ async fn an_append_waits_one_lock_timeout_in_all() {
 async fn appends_look_streams_up_by_index_as_the_table_grows() {
     let db = test_database().await;
     let store = PgEventStore::with_config(db.pool.clone(), PgStoreConfig::default().writers(1));
-    // The first append plans the function's statements on an empty table.
+    // The first append plans the function's statements on an empty table,
+    // and a stale one right after plans the look-up of stored ids.
     store
         .append(request("first", ExpectedVersion::NoStream, 1))
         .await
         .unwrap();
-    let scans = || async {
-        let (seq, idx): (i64, i64) = sqlx::query_as(
-            "SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_user_tables \
-              WHERE relname = 'strata_streams'",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-        (seq, idx)
+    let stale = store
+        .append(request("first", ExpectedVersion::NoStream, 1))
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { .. })),
+        "{stale:?}"
+    );
+    let scans = |table: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            let (seq, idx): (i64, i64) = sqlx::query_as(
+                "SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_user_tables \
+                  WHERE relname = $1",
+            )
+            .bind(table)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (seq, idx)
+        }
     };
     // Statistics reach the view once the writer's backend flushes them
-    // (when idle, at most once a second): wait for the first append's.
-    let settled = |min_idx: i64, what: &'static str| {
+    // (an idle backend within 10 s): wait until the index look-ups counted
+    // reach `min_idx`.
+    let settled = |table: &'static str, min_idx: i64, what: &'static str| {
         let scans = &scans;
         async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
             loop {
-                let s = scans().await;
+                let s = scans(table).await;
                 if s.1 >= min_idx {
                     return s;
                 }
                 assert!(
                     tokio::time::Instant::now() < deadline,
-                    "{what} not in the statistics within 20 s: {s:?}"
+                    "{what} not in the statistics within 40 s: {s:?}"
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     };
-    let before = settled(1, "the first append's index look-up").await;
+    let before = settled("strata_streams", 2, "the first appends' index look-ups").await;
+    let events_before = settled("strata_events", 1, "the stale append's id look-up").await;
     for i in 0..200 {
         store
             .append(request(&format!("s-{i}"), ExpectedVersion::NoStream, 1))
             .await
             .unwrap();
     }
-    let after = settled(before.1 + 200, "the 200 appends' look-ups").await;
+    let after = settled(
+        "strata_streams",
+        before.1 + 200,
+        "the 200 appends' look-ups",
+    )
+    .await;
     assert_eq!(
         after.0, before.0,
         "no full scan of strata_streams: {after:?}"
+    );
+    // Stale appends, now that the table has grown: their ids are looked up
+    // by index too.
+    for i in 0..20 {
+        let stale = store
+            .append(request(&format!("s-{i}"), ExpectedVersion::NoStream, 1))
+            .await;
+        assert!(
+            matches!(stale, Err(StoreError::Conflict { .. })),
+            "{stale:?}"
+        );
+    }
+    let events_after = settled(
+        "strata_events",
+        events_before.1 + 20,
+        "the stale appends' id look-ups",
+    )
+    .await;
+    assert_eq!(
+        events_after.0, events_before.0,
+        "no full scan of strata_events: {events_after:?}"
     );
 }

@@ -404,7 +404,7 @@ impl Writer {
 
         // 2. The head, current versions and existing ids. Under the lock,
         //    this statement's snapshot sees every committed append.
-        let (versions, existing, head) = read_state(&mut tx, batch, HEAD_AND_STATE_SQL).await?;
+        let (versions, existing, head) = read_state(&mut tx, batch).await?;
 
         // 3. Decide each append in order, as if they ran one after another.
         let head = head.ok_or_else(|| sqlx::Error::RowNotFound)? as u64;
@@ -565,26 +565,18 @@ async fn report_lock_holders(pool: PgPool, waiting_pid: i32) {
     }
 }
 
-/// The rows of a group's state: its streams' versions (`$1`, the stream
-/// ids) and its event ids already stored (`$2`), as `(stream_id, version,
-/// event_id, position)`.
-macro_rules! state_sql {
-    () => {
-        "SELECT stream_id, version, NULL::uuid AS event_id, NULL::bigint AS position \
-           FROM strata_streams WHERE stream_id = ANY($1) \
-         UNION ALL \
-         SELECT stream_id, stream_version, event_id, position \
-           FROM strata_events WHERE event_id = ANY($2)"
-    };
-}
-
-/// The head (a row without a stream id), then a group's state.
-const HEAD_AND_STATE_SQL: &str = concat!(
+/// Under the lock: the head (a row without a stream id), then the group's
+/// streams' versions (`$1`, the stream ids) and its event ids already
+/// stored (`$2`), as `(stream_id, version, event_id, position)`.
+const HEAD_AND_STATE_SQL: &str =
     "SELECT NULL::text AS stream_id, position AS version, NULL::uuid AS event_id, \
             NULL::bigint AS position FROM strata_head WHERE id = 1 \
-     UNION ALL ",
-    state_sql!()
-);
+     UNION ALL \
+     SELECT stream_id, version, NULL::uuid AS event_id, NULL::bigint AS position \
+       FROM strata_streams WHERE stream_id = ANY($1) \
+     UNION ALL \
+     SELECT stream_id, stream_version, event_id, position \
+       FROM strata_events WHERE event_id = ANY($2)";
 
 /// The streams `strata_append_current` found moved, from its answer's
 /// columns 1 to 6.
@@ -626,12 +618,11 @@ fn moved_streams(row: &sqlx::postgres::PgRow) -> std::result::Result<Moved, sqlx
     Ok(moved)
 }
 
-/// Reads a group's state with `sql` ([`HEAD_AND_STATE_SQL`]).
+/// Reads a group's state and the head ([`HEAD_AND_STATE_SQL`]).
 #[allow(clippy::type_complexity)]
 async fn read_state(
     conn: &mut PgConnection,
     batch: &[Job],
-    sql: &'static str,
 ) -> std::result::Result<(HashMap<String, u64>, HashMap<Uuid, StoredId>, Option<i64>), sqlx::Error>
 {
     let stream_ids: Vec<&str> = batch
@@ -642,7 +633,7 @@ async fn read_state(
         .iter()
         .flat_map(|j| j.append.request.events.iter().map(|e| e.event_id))
         .collect();
-    let rows = sqlx::query(sql)
+    let rows = sqlx::query(HEAD_AND_STATE_SQL)
         .bind(&stream_ids)
         .bind(&event_ids)
         .fetch_all(conn)
