@@ -151,6 +151,85 @@ pub fn decode<E: DomainEvent>(event_type: &str, payload: Value) -> Result<E, Dec
     serde_json::from_value(Value::Object(map)).map_err(classify)
 }
 
+/// Decodes a payload already at the current schema version without
+/// copying it: the typed event is read straight from the borrowed JSON
+/// (the projection and process-manager path, where several readers decode
+/// the same envelope).
+pub fn decode_ref<E: DomainEvent>(event_type: &str, payload: &Value) -> Result<E, DecodeErrorKind> {
+    E::deserialize(Tagged {
+        ty: event_type,
+        data: payload,
+    })
+    .map_err(classify)
+}
+
+/// An adjacently tagged event, `{"type": ty, "data": data}`, as a serde
+/// deserializer over borrowed parts (`data` is left out when null, as
+/// [`encode`] leaves it out for unit variants).
+struct Tagged<'a> {
+    ty: &'a str,
+    data: &'a Value,
+}
+
+impl<'de> serde::Deserializer<'de> for Tagged<'de> {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_map(TaggedFields {
+            tagged: self,
+            next: 0,
+        })
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map struct enum identifier ignored_any
+    }
+}
+
+/// The fields of a [`Tagged`]: `type`, then `data` unless it is null.
+struct TaggedFields<'a> {
+    tagged: Tagged<'a>,
+    /// 0: `type` next, 1: its value, 2: `data` next, 3: its value, 4: done.
+    next: u8,
+}
+
+impl<'de> serde::de::MapAccess<'de> for TaggedFields<'de> {
+    type Error = serde_json::Error;
+
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        use serde::de::value::BorrowedStrDeserializer;
+        let key = match self.next {
+            0 => "type",
+            2 if !self.tagged.data.is_null() => "data",
+            _ => return Ok(None),
+        };
+        self.next += 1;
+        seed.deserialize(BorrowedStrDeserializer::new(key))
+            .map(Some)
+    }
+
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
+        use serde::de::value::BorrowedStrDeserializer;
+        let at = self.next;
+        self.next += 1;
+        match at {
+            1 => seed.deserialize(BorrowedStrDeserializer::new(self.tagged.ty)),
+            _ => seed.deserialize(self.tagged.data),
+        }
+    }
+}
+
 /// Decodes a payload already at the current schema version from its JSON
 /// text, without building a `serde_json::Value` first (the aggregate load
 /// path).
@@ -451,8 +530,10 @@ mod tests {
             let (ty, payload) = encode(&event).unwrap();
             let from_value: Ev = decode(&ty, payload.clone()).unwrap();
             let from_text: Ev = decode_json(&ty, &payload.to_string()).unwrap();
+            let borrowed: Ev = decode_ref(&ty, &payload).unwrap();
             assert_eq!(from_value, event);
             assert_eq!(from_text, event);
+            assert_eq!(borrowed, event);
         }
         assert_eq!(
             decode_json::<Ev>("Nope", "{}").unwrap_err(),
@@ -462,6 +543,31 @@ mod tests {
             decode_json::<Ev>("Added", r#"{"sku": 5}"#).unwrap_err(),
             DecodeErrorKind::InvalidPayload(_)
         ));
+        // The borrowed decoder fails the same way as the others.
+        assert_eq!(
+            decode_ref::<Ev>("Nope", &json!({})).unwrap_err(),
+            DecodeErrorKind::UnknownEventType
+        );
+        for (ty, payload) in [
+            ("Added", json!({"sku": 5})),
+            ("Added", json!({"sku": "A-1"})),
+            ("Added", Value::Null),
+            ("Odd \"name\"", json!("nine")),
+            ("Added", json!([1, 2])),
+        ] {
+            let borrowed = decode_ref::<Ev>(ty, &payload).unwrap_err();
+            let by_value = decode::<Ev>(ty, payload.clone()).unwrap_err();
+            assert!(
+                matches!(borrowed, DecodeErrorKind::InvalidPayload(_)),
+                "{ty} {payload}: {borrowed:?}"
+            );
+            assert!(matches!(by_value, DecodeErrorKind::InvalidPayload(_)));
+        }
+        // A unit variant with a payload it does not need decodes as before.
+        assert_eq!(
+            decode_ref::<Ev>("Cleared", &json!({"extra": 1})).ok(),
+            decode::<Ev>("Cleared", json!({"extra": 1})).ok()
+        );
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub fn decode_event<E: DomainEvent>(envelope: &EventEnvelope) -> Result<Option<E
         return Ok(None);
     }
     let current = E::schema_version(&envelope.event_type);
-    let event = match crate::codec::decode::<E>(&envelope.event_type, envelope.payload.clone()) {
+    let event = match crate::codec::decode_ref::<E>(&envelope.event_type, &envelope.payload) {
         Ok(e) => e,
         Err(DecodeErrorKind::UnknownEventType) => return Ok(None),
         Err(kind) => return Err(error(envelope, kind)),

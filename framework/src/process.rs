@@ -308,7 +308,8 @@ where
             let mut work = Vec::with_capacity(batch.len());
             let mut seen = position;
             for d in &batch {
-                let mut event = d.envelope.clone();
+                // Only an upcast changes the envelope.
+                let mut event = std::borrow::Cow::Borrowed(&d.envelope);
                 if event.position <= seen {
                     continue;
                 }
@@ -316,9 +317,12 @@ where
                 let reaction = if !filter.matches(&event) {
                     Reaction::Commands(Vec::new())
                 } else {
-                    let reacted = self
-                        .upcasters
-                        .apply(&mut event)
+                    let upcast = if self.upcasters.is_empty() {
+                        Ok(())
+                    } else {
+                        self.upcasters.apply(event.to_mut())
+                    };
+                    let reacted = upcast
                         .and_then(|()| M::Event::decode(&event))
                         .map_err(ProjectionError::from)
                         .and_then(|decoded| match decoded {
@@ -451,7 +455,7 @@ where
     /// side by side. Returns how each event ended, in the order of `work`.
     async fn send_all(
         &self,
-        work: &[Work<M::Command>],
+        work: &[Work<'_, M::Command>],
         shutdown: &CancellationToken,
     ) -> Vec<Outcome> {
         use futures::StreamExt;
@@ -586,8 +590,8 @@ struct Durable {
 }
 
 /// One event of a batch and what the manager made of it.
-struct Work<C> {
-    event: EventEnvelope,
+struct Work<'e, C> {
+    event: std::borrow::Cow<'e, EventEnvelope>,
     reaction: Reaction<C>,
 }
 

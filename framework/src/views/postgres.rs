@@ -321,7 +321,7 @@ impl Documents for PgViewStore {
             positions,
             deleted,
             ..
-        } = Columns::of(changes);
+        } = Columns::of(&changes);
         // One statement in its own transaction, so one round trip: the
         // checkpoint moves by compare-and-set, and the documents are written
         // only if it moved (the fence; data-modifying WITH parts always run,
@@ -416,7 +416,7 @@ impl Documents for PgViewStore {
             if c.changes.is_empty() {
                 continue;
             }
-            let cols = Columns::of(c.changes.clone());
+            let cols = Columns::of(&c.changes);
             let table = view_table(&c.view);
             // Parameters: $1..$3 above, then five per view with documents.
             let n = 4 + docs.len() * 5;
@@ -709,20 +709,20 @@ struct Columns {
 }
 
 impl Columns {
-    fn of(changes: Vec<DocChange>) -> Self {
-        let mut last: HashMap<String, DocChange> = HashMap::new();
+    fn of(changes: &[DocChange]) -> Self {
+        let mut last: HashMap<&str, &DocChange> = HashMap::with_capacity(changes.len());
         for c in changes {
-            last.insert(c.key().to_owned(), c);
+            last.insert(c.key(), c);
         }
         let mut cols = Columns::default();
         for (_, c) in last {
             match c {
                 DocChange::Put(d) => {
-                    cols.keys.push(d.key);
+                    cols.keys.push(d.key.clone());
                     cols.docs.push(d.doc.to_string());
                     cols.positions.push(d.position.0 as i64);
                 }
-                DocChange::Delete { key } => cols.deleted.push(key),
+                DocChange::Delete { key } => cols.deleted.push(key.clone()),
             }
         }
         cols

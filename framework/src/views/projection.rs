@@ -11,6 +11,7 @@
 //! only after the commit. A crash anywhere means redelivery, which the
 //! checkpoint turns into a no-op.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -228,7 +229,9 @@ pub struct Projector<P: Projection, B, V> {
     /// Documents as this instance last committed or read them (`None`:
     /// known to be absent). Valid only within one run (see
     /// [`ProjectorConfig::doc_cache`]).
-    docs: moka::sync::Cache<String, Option<StoredDoc>>,
+    /// Shared, so a batch takes a document from the cache without
+    /// copying its JSON.
+    docs: moka::sync::Cache<String, Option<Arc<StoredDoc>>>,
 }
 
 /// How a batch ended.
@@ -448,19 +451,24 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
     /// Each event of `events` the projection follows, upcast and decoded
     /// once, with the keys it touches; and the current documents of those
     /// keys.
-    async fn prepare_events(
+    async fn prepare_events<'e>(
         &self,
-        events: &[&EventEnvelope],
-    ) -> Result<(Vec<Decoded<P::Event>>, HashMap<String, StoredDoc>), RunError> {
+        events: &[&'e EventEnvelope],
+    ) -> Result<(Vec<Decoded<'e, P::Event>>, HashMap<String, Arc<StoredDoc>>), RunError> {
         let filter = self.projection.filter();
-        let decoded: Vec<Decoded<P::Event>> = events
+        let decoded: Vec<Decoded<'e, P::Event>> = events
             .iter()
             .filter(|e| filter.matches(e))
-            .map(|e| {
-                let mut envelope = (*e).clone();
-                let event = self
-                    .upcasters
-                    .apply(&mut envelope)
+            .map(|&e| {
+                // Only an upcast changes the envelope: without upcasters
+                // every projection of a group reads the batch's own.
+                let mut envelope = Cow::Borrowed(e);
+                let upcast = if self.upcasters.is_empty() {
+                    Ok(())
+                } else {
+                    self.upcasters.apply(envelope.to_mut())
+                };
+                let event = upcast
                     .and_then(|()| P::Event::decode(&envelope))
                     .map_err(ProjectionError::from);
                 let keys = match &event {
@@ -592,7 +600,7 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
                     for (key, doc) in &committed {
                         match doc {
                             Some(d) => {
-                                loaded.insert(key.clone(), d.clone());
+                                loaded.insert(key.clone(), Arc::new(d.clone()));
                             }
                             None => {
                                 loaded.remove(key);
@@ -643,7 +651,7 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
     async fn apply_event(
         &self,
         event: &P::Event,
-        decoded: &Decoded<P::Event>,
+        decoded: &Decoded<'_, P::Event>,
         docs: &mut BatchDocs<'_, P::Doc>,
     ) -> Result<HashMap<String, Option<StoredDoc>>, (ProjectionError, u32)> {
         let mut attempt = 0;
@@ -668,7 +676,7 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
     fn try_apply(
         &self,
         event: &P::Event,
-        decoded: &Decoded<P::Event>,
+        decoded: &Decoded<'_, P::Event>,
         docs: &mut BatchDocs<'_, P::Doc>,
     ) -> Result<HashMap<String, Option<StoredDoc>>, ProjectionError> {
         let mut out = HashMap::new();
@@ -683,7 +691,7 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
                 None => {
                     let current: Option<&StoredDoc> = match docs.changes.get(&key) {
                         Some(c) => c.as_ref(),
-                        None => docs.loaded.get(&key),
+                        None => docs.loaded.get(&key).map(|d| &**d),
                     };
                     match current {
                         Some(d) => Some(
@@ -719,7 +727,7 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
         &self,
         view: &ViewId,
         keys: &[String],
-    ) -> Result<HashMap<String, StoredDoc>, RunError> {
+    ) -> Result<HashMap<String, Arc<StoredDoc>>, RunError> {
         let mut loaded = HashMap::with_capacity(keys.len());
         let mut missing = Vec::new();
         for key in keys {
@@ -734,7 +742,7 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
         if !missing.is_empty() {
             let mut read = self.views.load(view, &missing).await?;
             for key in missing {
-                let doc = read.remove(&key);
+                let doc = read.remove(&key).map(Arc::new);
                 self.docs.insert(key.clone(), doc.clone());
                 if let Some(doc) = doc {
                     loaded.insert(key, doc);
@@ -797,7 +805,8 @@ impl<P: Projection, B: EventBus, V: ViewStore> Projector<P, B, V> {
         }
         let view = self.view();
         for (key, doc) in &changes {
-            self.docs.insert(key.clone(), doc.clone());
+            self.docs
+                .insert(key.clone(), doc.as_ref().map(|d| Arc::new(d.clone())));
         }
         self.set_status(|s| s.position = to);
         Some(ViewChange {
@@ -849,13 +858,13 @@ impl Computed {
 /// `changes`).
 struct BatchDocs<'a, D> {
     changes: &'a HashMap<String, Option<StoredDoc>>,
-    loaded: &'a HashMap<String, StoredDoc>,
+    loaded: &'a HashMap<String, Arc<StoredDoc>>,
     typed: &'a mut HashMap<String, Option<D>>,
 }
 
 /// An event of a batch, upcast and decoded once, with the keys it touches.
-struct Decoded<E> {
-    envelope: EventEnvelope,
+struct Decoded<'e, E> {
+    envelope: Cow<'e, EventEnvelope>,
     event: Result<Option<E>, ProjectionError>,
     keys: Vec<String>,
 }

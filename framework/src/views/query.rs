@@ -305,21 +305,29 @@ impl<V: Documents + Versions> ViewReader<V> {
     /// Applies one announcement to the cache: documents it carries are
     /// cached as read at its position (unless a newer read is cached);
     /// without documents, the changed keys are invalidated.
-    async fn absorb(&self, view: &ViewId, change: &crate::propagation::changes::ViewChange) {
+    async fn absorb(&self, view: &ViewId, change: &mut crate::propagation::changes::ViewChange) {
         let cache = &self.inner.cache;
-        let Some(docs) = &change.docs else {
+        if change.docs.is_none() {
             for key in &change.keys {
                 cache.invalidate(&(view.clone(), key.clone())).await;
             }
             self.count(|s| s.invalidations += change.keys.len() as u64);
             return;
+        }
+        // Nobody follows `changes()`: the documents move into the cache
+        // instead of being copied (a later follower is handed the change
+        // as keys only, and reads the documents).
+        let docs = if self.inner.out.receiver_count() == 0 {
+            change.docs.take().unwrap_or_default()
+        } else {
+            change.docs.clone().unwrap_or_default()
         };
-        let mut by_key: HashMap<&str, &StoredDoc> =
-            docs.iter().map(|d| (d.key.as_str(), d)).collect();
+        let mut by_key: HashMap<String, StoredDoc> =
+            docs.into_iter().map(|d| (d.key.clone(), d)).collect();
         let mut refreshed = 0;
         for key in &change.keys {
             let read = Arc::new(ViewRead {
-                doc: by_key.remove(key.as_str()).cloned(),
+                doc: by_key.remove(key.as_str()),
                 checkpoint: change.position,
             });
             if self.keep_newer((view.clone(), key.clone()), read).await {
@@ -353,7 +361,7 @@ impl<V: Documents + Versions> ViewReader<V> {
     }
 
     /// Takes in one announcement.
-    async fn take(&self, change: &crate::propagation::changes::ViewChange) {
+    async fn take(&self, change: &mut crate::propagation::changes::ViewChange) {
         let Ok(view) = ViewId::new(&change.view, change.version) else {
             return;
         };
@@ -421,8 +429,8 @@ impl<V: Documents + Versions> ViewReader<V> {
                     n = sub.recv() => n,
                 };
                 match notice {
-                    Some(ChangeNotice::Change(c)) => {
-                        reader.take(&c).await;
+                    Some(ChangeNotice::Change(mut c)) => {
+                        reader.take(&mut c).await;
                         let active = reader.known(&c.view).is_none_or(|k| k.version == c.version);
                         if c.activated {
                             // Another version's documents: read again.
