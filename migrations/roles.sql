@@ -50,6 +50,8 @@ REVOKE ALL ON FUNCTION strata_append FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION strata_append TO :"service_role";
 REVOKE ALL ON FUNCTION strata_append_current FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION strata_append_current TO :"service_role";
+REVOKE ALL ON FUNCTION strata_append_catch_up FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION strata_append_catch_up TO :"service_role";
 GRANT SELECT, INSERT, UPDATE ON strata_snapshots TO :"service_role";
 
 -- Projections and process managers: checkpoints (deleted when an old view

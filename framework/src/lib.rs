@@ -170,8 +170,8 @@ pub use store::memory::InMemoryEventStore;
 #[cfg(feature = "postgres")]
 pub use store::postgres::{PgEventStore, PgSnapshotStore, PgStoreConfig, StoreStats};
 pub use store::{
-    AppendOutcome, AppendRequest, EventFilter, EventStore, ExpectedVersion, StoreLimits,
-    StreamEvent,
+    AppendOutcome, AppendRefused, AppendRequest, EventFilter, EventStore, ExpectedVersion,
+    StoreLimits, StreamEvent,
 };
 pub use tokio_util::sync::CancellationToken;
 pub use views::group::ProjectorGroup;

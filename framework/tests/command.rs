@@ -896,6 +896,12 @@ impl<S: EventStore> EventStore for RecordingReads<S> {
     ) -> Result<strata::AppendOutcome, strata::StoreError> {
         self.inner.append(request).await
     }
+    async fn append_or_missed(
+        &self,
+        request: AppendRequest,
+    ) -> Result<strata::AppendOutcome, strata::AppendRefused> {
+        self.inner.append_or_missed(request).await
+    }
     async fn read_stream(
         &self,
         stream_id: &StreamId,
@@ -965,12 +971,14 @@ fn two_processes(
     (recording, one, two)
 }
 
-/// Another process appends to a stream this handler holds: the conflict
-/// costs one read of what was appended (from the held version on), not a
-/// reload of the stream, and the retry is decided on the stored state.
-/// `load` catches up from the cache the same way.
+/// Another process appends to a stream this handler holds: the refused
+/// append brings back what the other process appended, and the retry is
+/// decided on the stored state with no read of the stream. When the
+/// stream moved further than the store brings back, the handler reads
+/// only what was appended (from the held version on), not the whole
+/// stream. `load` catches up from the cache the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_conflict_reads_only_what_the_other_process_appended() {
+async fn a_conflict_takes_in_only_what_the_other_process_appended() {
     let db = test_database().await;
     let (recording, one, two) = two_processes(&db.pool);
     let stream = sid("counter-catch-up");
@@ -990,10 +998,24 @@ async fn a_conflict_reads_only_what_the_other_process_appended() {
     assert_eq!(out.stream_version, 12);
     assert_eq!(
         recording.take(),
-        vec![11],
-        "after the conflict, only the other process's event was read"
+        Vec::<u64>::new(),
+        "the conflict brought the other process's event: no read"
     );
     assert_eq!(one.stats().conflicts_retried, 1);
+    assert_eq!(one.stats().conflicts_caught_up, 1);
+    let (state, _) = two.load(&stream).await.unwrap();
+    assert_eq!(state.value, 16, "decided on the stored state, counted once");
+
+    // More than the store brings back (64 events): read from the held
+    // version on.
+    for _ in 0..70 {
+        increment(&two, &stream).await.unwrap();
+    }
+    let out = increment(&one, &stream).await.unwrap();
+    assert_eq!(out.stream_version, 13 + 70);
+    assert_eq!(recording.take(), vec![13], "read from the held version on");
+    assert_eq!(one.stats().conflicts_retried, 2);
+    assert_eq!(one.stats().conflicts_caught_up, 1);
 
     two.handle(
         stream.clone(),
@@ -1003,8 +1025,8 @@ async fn a_conflict_reads_only_what_the_other_process_appended() {
     .await
     .unwrap();
     let (state, version) = one.load(&stream).await.unwrap();
-    assert_eq!((state.value, version), (116, 13));
-    assert_eq!(recording.take(), vec![13], "load started from the cache");
+    assert_eq!((state.value, version), (187, 84));
+    assert_eq!(recording.take(), vec![84], "load started from the cache");
 }
 
 /// `handle_new` decides a stream's first command without reading the
@@ -1043,10 +1065,11 @@ async fn a_new_stream_is_decided_without_a_read_and_a_wrong_guess_is_decided_aga
     assert_eq!(out.stream_version, 4);
     assert_eq!(
         recording.take(),
-        vec![1],
-        "the stream read once, after the conflict"
+        Vec::<u64>::new(),
+        "the conflict brought the stream's events: no read"
     );
     assert_eq!(one.stats().conflicts_retried, 1);
+    assert_eq!(one.stats().conflicts_caught_up, 1);
     let (state, _) = two.load(&taken).await.unwrap();
     assert_eq!(
         state.value, 31,

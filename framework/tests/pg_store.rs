@@ -308,11 +308,18 @@ async fn a_group_writes_around_the_streams_that_moved() {
     let mut holder = hold_append_lock(&db.url).await;
     let spawn = |stream: &'static str, expected: ExpectedVersion, n: usize| {
         let store = store.clone();
-        tokio::spawn(async move { store.append(request(stream, expected, n)).await })
+        tokio::spawn(async move { store.append_or_missed(request(stream, expected, n)).await })
     };
     // The one writer waits at the lock with this; the rest queue behind it
     // and go as one group.
-    let first = spawn("first", ExpectedVersion::NoStream, 1);
+    let first = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .append(request("first", ExpectedVersion::NoStream, 1))
+                .await
+        })
+    };
     wait_until(
         Duration::from_secs(10),
         "the first group at the lock",
@@ -335,13 +342,27 @@ async fn a_group_writes_around_the_streams_that_moved() {
     release(&mut holder).await;
     first.await.unwrap().unwrap();
 
+    // The conflicts bring the moved stream's events after the version
+    // the group assumed (1): its second event, as stored.
+    let moved_stream = StreamId::new("moved").unwrap();
+    let stored = store.read_stream_raw(&moved_stream, 2, 10).await.unwrap();
+    assert_eq!(stored.len(), 1);
     let mut written = Vec::new();
     for (stream, task) in queued {
         match (stream, task.await.unwrap()) {
-            ("moved", Err(StoreError::Conflict { actual, .. })) => assert_eq!(actual, 2),
+            (
+                "moved",
+                Err(strata::AppendRefused {
+                    error: StoreError::Conflict { actual, .. },
+                    missed,
+                }),
+            ) => {
+                assert_eq!(actual, 2);
+                assert_eq!(missed, stored, "the missed events, as stored");
+            }
             ("moved", other) => panic!("expected a conflict, got {other:?}"),
             (_, Ok(o)) => written.push(o),
-            (s, Err(e)) => panic!("{s}: {e}"),
+            (s, Err(e)) => panic!("{s}: {:?}", e.error),
         }
     }
     let stats = store.stats();
@@ -695,7 +716,9 @@ async fn an_append_waits_one_lock_timeout_in_all() {
 
 /// The one-call append looks streams up by index, however small the table
 /// was when the writer's session first planned it: 200 appends to new
-/// streams, one by one, scan `strata_streams` zero times.
+/// streams, one by one, scan `strata_streams` zero times, and stale
+/// appends find their stored ids and missed events without scanning
+/// `strata_events`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_look_streams_up_by_index_as_the_table_grows() {
     let db = test_database().await;
@@ -765,16 +788,23 @@ async fn appends_look_streams_up_by_index_as_the_table_grows() {
         after.0, before.0,
         "no full scan of strata_streams: {after:?}"
     );
-    // Stale appends, now that the table has grown: their ids are looked up
-    // by index too.
+    // Stale appends, now that the table has grown: their ids, and the
+    // events they missed (which come back with the conflict), are looked
+    // up by index too.
     for i in 0..20 {
         let stale = store
-            .append(request(&format!("s-{i}"), ExpectedVersion::NoStream, 1))
+            .append_or_missed(request(&format!("s-{i}"), ExpectedVersion::NoStream, 1))
             .await;
-        assert!(
-            matches!(stale, Err(StoreError::Conflict { .. })),
-            "{stale:?}"
-        );
+        match stale {
+            Err(strata::AppendRefused {
+                error: StoreError::Conflict { actual: 1, .. },
+                missed,
+            }) => assert_eq!(
+                missed.iter().map(|e| e.stream_version).collect::<Vec<_>>(),
+                vec![1]
+            ),
+            other => panic!("expected a conflict at 1, got {other:?}"),
+        }
     }
     let events_after = settled(
         "strata_events",

@@ -183,6 +183,24 @@ pub trait EventStore: Clone + Send + Sync + 'static {
     /// Appends events to one stream atomically, at the expected version.
     fn append(&self, request: AppendRequest) -> impl Future<Output = Result<AppendOutcome>> + Send;
 
+    /// Appends like [`append`](Self::append); a refused append comes back
+    /// with the events after the expected version when the store read them
+    /// in the same call ([`AppendRefused::missed`]), so a writer whose
+    /// state was behind can decide again without reading the stream. The
+    /// default reads nothing: `missed` is empty.
+    fn append_or_missed(
+        &self,
+        request: AppendRequest,
+    ) -> impl Future<Output = std::result::Result<AppendOutcome, AppendRefused>> + Send {
+        let append = self.append(request);
+        async move {
+            append.await.map_err(|error| AppendRefused {
+                error,
+                missed: Vec::new(),
+            })
+        }
+    }
+
     /// Reads a stream's events with `stream_version >= from_version`, in
     /// version order, at most `limit` of them.
     fn read_stream(
@@ -255,6 +273,20 @@ pub trait EventStore: Clone + Send + Sync + 'static {
 
     /// The stream's current version (0 when it does not exist).
     fn stream_version(&self, stream_id: &StreamId) -> impl Future<Output = Result<u64>> + Send;
+}
+
+/// An append that was refused ([`EventStore::append_or_missed`]).
+#[derive(Debug)]
+pub struct AppendRefused {
+    /// Why.
+    pub error: StoreError,
+    /// For a [`StoreError::Conflict`], the stream's events after the
+    /// expected version, in version order, as the store saw them when it
+    /// refused the append: a prefix of them, or none (the store did not
+    /// read them, or there were too many). A caller checks that they
+    /// follow its state, and that they reach the conflict's `actual`
+    /// version, before it relies on them.
+    pub missed: Vec<StreamEvent>,
 }
 
 /// A stored event as an aggregate load reads it (see

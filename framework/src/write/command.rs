@@ -38,7 +38,7 @@ use crate::access::{Forbidden, Principal};
 use crate::codec::{encode, unstored_decode_error, DecodeError, Upcasters};
 use crate::envelope::{Metadata, NewEvent, Position, StreamId};
 use crate::error::{InputError, SharedStoreError, StoreError};
-use crate::store::{AppendRequest, EventStore, ExpectedVersion};
+use crate::store::{AppendRefused, AppendRequest, EventStore, ExpectedVersion};
 use crate::write::aggregate::{Aggregate, Snapshot, SnapshotPolicy, SnapshotStore};
 
 /// Who sent a command, and why: becomes every resulting event's metadata.
@@ -316,9 +316,12 @@ pub struct CommandStats {
     pub forbidden: u64,
     /// Repeated command ids answered with the first outcome.
     pub duplicates: u64,
-    /// Conflicts with other processes that led to reading their events
+    /// Conflicts with other processes that led to taking in their events
     /// and deciding again.
     pub conflicts_retried: u64,
+    /// Of those, the ones whose missed events came back with the refused
+    /// append ([`EventStore::append_or_missed`]), so no read was needed.
+    pub conflicts_caught_up: u64,
     /// Commands that failed for other reasons (conflicts out of retries, store).
     pub failed: u64,
 }
@@ -638,6 +641,41 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                 return Ok(loaded);
             }
         }
+    }
+
+    /// `held` moved on by the events a refused append brought back
+    /// (`missed`), when they follow it without a gap and reach the version
+    /// the store reported (`actual`): the stream's state as stored, with no
+    /// read. `None` when they do not (too many, none, or one does not
+    /// decode): the caller reads instead.
+    fn fold_missed(
+        &self,
+        stream_id: &StreamId,
+        held: &Loaded<A>,
+        missed: Vec<crate::store::StreamEvent>,
+        actual: u64,
+    ) -> Option<Loaded<A>> {
+        if missed.last().map(|e| e.stream_version) != Some(actual)
+            || missed.first().map(|e| e.stream_version) != Some(held.version + 1)
+        {
+            return None;
+        }
+        let mut next = Loaded {
+            state: held.state.clone(),
+            version: held.version,
+            position: held.position,
+            verified: true,
+        };
+        for raw in missed {
+            if raw.stream_version != next.version + 1 {
+                return None;
+            }
+            next.version = raw.stream_version;
+            next.position = raw.position;
+            let event: A::Event = self.inner.upcasters.decode_raw(stream_id, raw).ok()?;
+            next.state.evolve(&event);
+        }
+        Some(next)
     }
 
     /// The latest snapshot's state, or the initial state when there is no
@@ -964,9 +1002,12 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                     ExpectedVersion::from_seen(current.version),
                     events,
                 );
-                match self.inner.store.append(request).await {
+                match self.inner.store.append_or_missed(request).await {
                     Ok(outcome) => Some(outcome),
-                    Err(StoreError::Conflict { actual, .. }) => {
+                    Err(AppendRefused {
+                        error: StoreError::Conflict { actual, .. },
+                        missed,
+                    }) => {
                         self.count(|s| s.conflicts_retried += 1);
                         if attempt >= self.inner.retry.max_attempts {
                             let attempts = attempt;
@@ -977,19 +1018,31 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                             });
                             return leftover;
                         }
-                        // Another process appended: read what it appended
-                        // and decide again. The first retry goes at once
-                        // (the state is then the stream's); later ones back
-                        // off, as the stream is contended.
+                        // Another process appended: take in what it appended
+                        // (brought by the refusal when the store read it,
+                        // else read) and decide again. The first retry goes
+                        // at once (the state is then the stream's); later
+                        // ones back off, as the stream is contended.
                         if attempt > 1 {
                             tokio::time::sleep(self.inner.retry.delay(attempt - 2)).await;
                         }
-                        *loaded = Some(current);
-                        catch_up = true;
+                        match self.fold_missed(stream_id, &current, missed, actual) {
+                            Some(caught_up) => {
+                                self.count(|s| s.conflicts_caught_up += 1);
+                                *loaded = Some(caught_up);
+                            }
+                            None => {
+                                *loaded = Some(current);
+                                catch_up = true;
+                            }
+                        }
                         group.extend(leftover);
                         continue;
                     }
-                    Err(StoreError::EventIdReused { .. }) => {
+                    Err(AppendRefused {
+                        error: StoreError::EventIdReused { .. },
+                        ..
+                    }) => {
                         // A command of the group was handled before: answer it
                         // from the store, decide the rest afresh.
                         repeats_checked = true;
@@ -1011,7 +1064,7 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
                         }
                         continue;
                     }
-                    Err(e) => {
+                    Err(AppendRefused { error: e, .. }) => {
                         tracing::error!(stream = %stream_id, error = %e, "append failed");
                         match e {
                             StoreError::Input(i) => {

@@ -288,7 +288,9 @@ impl Shared {
 
 struct Job {
     append: ValidAppend,
-    reply: oneshot::Sender<Result<AppendOutcome>>,
+    /// The answer, and for a conflict the events the append missed, when
+    /// the group's call read them.
+    reply: oneshot::Sender<(Result<AppendOutcome>, Vec<StreamEvent>)>,
     /// When the append was queued: its wait for the append lock, one
     /// `lock_timeout` in all, counts from here.
     queued: Instant,
@@ -382,21 +384,44 @@ impl PgEventStore {
     }
 }
 
+impl PgEventStore {
+    /// Queues `request` for a writer and waits for its answer.
+    async fn write(&self, request: AppendRequest) -> (Result<AppendOutcome>, Vec<StreamEvent>) {
+        let append = match validate(request, &self.inner.config.limits) {
+            Ok(a) => a,
+            Err(e) => return (Err(e), Vec::new()),
+        };
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            append,
+            reply,
+            queued: Instant::now(),
+        };
+        if self.inner.jobs.send(job).await.is_err() {
+            let e = StoreError::backend("the store's writer task has stopped");
+            return (Err(e), Vec::new());
+        }
+        rx.await.unwrap_or_else(|_| {
+            let e = StoreError::backend("the store's writer task dropped the append");
+            (Err(e), Vec::new())
+        })
+    }
+}
+
 impl EventStore for PgEventStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome> {
-        let append = validate(request, &self.inner.config.limits)?;
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .jobs
-            .send(Job {
-                append,
-                reply,
-                queued: Instant::now(),
-            })
-            .await
-            .map_err(|_| StoreError::backend("the store's writer task has stopped"))?;
-        rx.await
-            .map_err(|_| StoreError::backend("the store's writer task dropped the append"))?
+        self.write(request).await.0
+    }
+
+    /// A conflict comes with the stream's events after the expected
+    /// version (up to 64), read by the same call under the append lock
+    /// (`strata_append_catch_up`).
+    async fn append_or_missed(
+        &self,
+        request: AppendRequest,
+    ) -> std::result::Result<AppendOutcome, crate::store::AppendRefused> {
+        let (result, missed) = self.write(request).await;
+        result.map_err(|error| crate::store::AppendRefused { error, missed })
     }
 
     async fn read_stream(

@@ -17,7 +17,7 @@ use super::plan::{plan, Moved};
 use super::{Job, PgStoreConfig, Shared, NOTIFY_CHANNEL};
 use crate::envelope::{Position, StreamId};
 use crate::error::{InputError, Result, StoreError};
-use crate::store::{AppendOutcome, ExpectedVersion, StoredId};
+use crate::store::{AppendOutcome, ExpectedVersion, StoredId, StreamEvent};
 
 /// Binds a group's event columns as parameters `$1` to `$9`, the order both
 /// write paths use.
@@ -52,6 +52,10 @@ pub(super) struct Writer {
     /// behind busy writers, or whose group fell back to the locked
     /// transaction, still gets its answer within one `lock_timeout`.
     deadline: Instant,
+    /// The events of moved streams that the group's call read (stream →
+    /// events after the assumed version), sent with those appends'
+    /// conflicts.
+    missed: HashMap<String, Vec<StreamEvent>>,
 }
 
 /// Per-append results of a batch, or the error that failed the whole batch.
@@ -67,6 +71,7 @@ impl Writer {
             config,
             conn: None,
             deadline: Instant::now(),
+            missed: HashMap::new(),
         }
     }
 
@@ -128,9 +133,18 @@ impl Writer {
     async fn handle(&mut self, batch: Vec<Job>) {
         let oldest = batch.iter().map(|j| j.queued).min();
         self.deadline = oldest.unwrap_or_else(Instant::now) + self.config.lock_timeout;
+        self.missed.clear();
         let results = self.write_isolating(&batch).await;
         for (job, result) in batch.into_iter().zip(results) {
-            let _ = job.reply.send(result);
+            let missed = match &result {
+                Err(StoreError::Conflict { stream_id, .. }) => self
+                    .missed
+                    .get(stream_id.as_str())
+                    .cloned()
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            let _ = job.reply.send((result, missed));
         }
     }
 
@@ -337,8 +351,10 @@ impl Writer {
         // it takes the lock).
         let call = sqlx::query(
             "SELECT base, moved_ids, moved_versions, stored_ids, stored_streams, \
-                    stored_versions, stored_positions \
-               FROM strata_append_current($1, $2, $3, $4, $5, $6, $7::text[]::jsonb[], \
+                    stored_versions, stored_positions, missed_streams, missed_ids, \
+                    missed_versions, missed_positions, missed_types, missed_schemas, \
+                    missed_payloads \
+               FROM strata_append_catch_up($1, $2, $3, $4, $5, $6, $7::text[]::jsonb[], \
                     $8::text[]::jsonb[], $9, $10, $11, $12, $13, $14, $15, $16)",
         );
         let call = bind_events!(call, c)
@@ -368,6 +384,7 @@ impl Writer {
                 .counters
                 .moved_groups
                 .fetch_add(1, Ordering::Relaxed);
+            self.missed.extend(missed_events(&row)?);
         }
         let (results, tally) = plan.settle(batch, base as u64, &moved);
         turn.shared.committed(&tally, base as u64);
@@ -616,6 +633,41 @@ fn moved_streams(row: &sqlx::postgres::PgRow) -> std::result::Result<Moved, sqlx
         );
     }
     Ok(moved)
+}
+
+/// The moved streams' events that `strata_append_catch_up` read (columns
+/// 7 to 13 of its row), by stream, in version order.
+fn missed_events(
+    row: &sqlx::postgres::PgRow,
+) -> std::result::Result<HashMap<String, Vec<StreamEvent>>, sqlx::Error> {
+    let streams: Vec<String> = row.try_get(7)?;
+    let ids: Vec<Uuid> = row.try_get(8)?;
+    let versions: Vec<i64> = row.try_get(9)?;
+    let positions: Vec<i64> = row.try_get(10)?;
+    let types: Vec<String> = row.try_get(11)?;
+    let schemas: Vec<i32> = row.try_get(12)?;
+    let payloads: Vec<String> = row.try_get(13)?;
+    let mut out: HashMap<String, Vec<StreamEvent>> = HashMap::new();
+    let columns = ids
+        .into_iter()
+        .zip(versions)
+        .zip(positions)
+        .zip(types)
+        .zip(schemas)
+        .zip(payloads);
+    for (stream, (((((event_id, version), position), event_type), schema), payload)) in
+        streams.into_iter().zip(columns)
+    {
+        out.entry(stream).or_default().push(StreamEvent {
+            event_id,
+            stream_version: version as u64,
+            position: Position(position as u64),
+            event_type,
+            schema_version: schema as u32,
+            payload,
+        });
+    }
+    Ok(out)
 }
 
 /// Reads a group's state and the head ([`HEAD_AND_STATE_SQL`]).
