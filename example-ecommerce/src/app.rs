@@ -668,6 +668,16 @@ impl ProcessManager for Fulfilment {
 }
 
 impl<S: EventStore> CommandSender<FulfilmentCommand> for Shop<S> {
+    /// Keeps the order and stock states this process holds up with the
+    /// command API's appends, which the process manager sees on its
+    /// subscription: a shipment is decided on the order as paid, a
+    /// reservation on the stock as restocked, without a read or a conflict.
+    fn observe(&self, event: &strata::EventEnvelope) {
+        if !self.orders.observe(event) {
+            self.inventory.observe(event);
+        }
+    }
+
     async fn send(&self, command: FulfilmentCommand, ctx: CommandContext) -> Result<(), SendError> {
         match command {
             FulfilmentCommand::Inventory { sku, command } => {

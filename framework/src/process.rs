@@ -184,6 +184,14 @@ pub trait CommandSender<C>: Send + Sync + 'static {
         command: C,
         ctx: CommandContext,
     ) -> impl std::future::Future<Output = Result<(), SendError>> + Send;
+
+    /// Sees each event the process manager consumes, in order, before the
+    /// commands of its batch are sent. A sender whose command handlers keep
+    /// states hands the events of their streams to
+    /// [`CommandHandler::observe`](crate::CommandHandler::observe), so those
+    /// states keep up with what other processes append and the commands are
+    /// decided without a read or a conflict. The default does nothing.
+    fn observe(&self, _event: &EventEnvelope) {}
 }
 
 /// The command id for the `index`-th command `manager` sends because of `event_id`.
@@ -338,6 +346,12 @@ where
                     }
                 };
                 work.push(Work { event, reaction });
+            }
+            // Every event of the batch, in order, before its commands go.
+            for d in &batch {
+                if d.envelope.position > position {
+                    self.sender.observe(&d.envelope);
+                }
             }
             let outcomes = self.send_all(&work, shutdown).await;
             let mut to = position;

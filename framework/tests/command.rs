@@ -1110,6 +1110,67 @@ async fn a_new_stream_is_decided_without_a_read_and_a_wrong_guess_is_decided_aga
     );
 }
 
+/// A handler that is shown the events another process appends (as a
+/// process manager's subscription shows them) keeps its state up with
+/// them: its next command is decided and appended with no read and no
+/// conflict. A stream's first event starts a state; an event out of turn
+/// (a gap, an old one, another aggregate's stream) changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observed_events_keep_a_state_current_without_reads() {
+    let db = test_database().await;
+    let (recording, one, two) = two_processes(&db.pool);
+    let ctx = || CommandContext::system("test");
+    let stream = sid("counter-observed");
+    let events = |from: u64| {
+        let store = recording.inner.clone();
+        let stream = stream.clone();
+        async move { store.read_stream(&stream, from, 100).await.unwrap() }
+    };
+
+    // The other process starts the stream; this one sees its first event.
+    two.handle(stream.clone(), CounterCommand::Increment(5), ctx())
+        .await
+        .unwrap();
+    let seen = events(1).await;
+    assert!(one.observe(&seen[0]), "the first event starts a state");
+    assert!(
+        !one.observe(&seen[0]),
+        "the same event again changes nothing"
+    );
+    let out = increment(&one, &stream).await.unwrap();
+    assert_eq!(out.stream_version, 2);
+    assert_eq!(recording.take(), Vec::<u64>::new(), "no read");
+
+    // The other process appends twice; shown in order, the state follows.
+    for _ in 0..2 {
+        two.handle(stream.clone(), CounterCommand::Increment(10), ctx())
+            .await
+            .unwrap();
+    }
+    let later = events(3).await;
+    assert_eq!(later.len(), 2);
+    assert!(!one.observe(&later[1]), "a gap: version 4 after 2");
+    assert!(one.observe(&later[0]));
+    assert!(one.observe(&later[1]));
+    let out = increment(&one, &stream).await.unwrap();
+    assert_eq!(out.stream_version, 5);
+    assert_eq!(recording.take(), Vec::<u64>::new(), "no read");
+    assert_eq!(one.stats().conflicts_retried, 0, "no conflict");
+    assert_eq!(one.stats().observed, 3);
+    let (state, _) = two.load(&stream).await.unwrap();
+    assert_eq!(
+        state.value,
+        5 + 1 + 10 + 10 + 1,
+        "every command counted once"
+    );
+
+    // Another aggregate's stream is not this handler's.
+    let mut foreign = later[0].clone();
+    foreign.stream_type = "wallet".into();
+    foreign.stream_version = 6;
+    assert!(!one.observe(&foreign));
+}
+
 async fn increment<S: EventStore>(
     handler: &CommandHandler<Counter, S>,
     stream: &StreamId,

@@ -322,6 +322,9 @@ pub struct CommandStats {
     /// Of those, the ones whose missed events came back with the refused
     /// append ([`EventStore::append_or_missed`]), so no read was needed.
     pub conflicts_caught_up: u64,
+    /// Events taken in by [`CommandHandler::observe`] that moved a kept
+    /// state on.
+    pub observed: u64,
     /// Commands that failed for other reasons (conflicts out of retries, store).
     pub failed: u64,
 }
@@ -443,6 +446,65 @@ impl<A: Aggregate, S: EventStore> CommandHandler<A, S> {
     /// The event store.
     pub fn store(&self) -> &S {
         &self.inner.store
+    }
+
+    /// Takes in an event of one of this aggregate's streams that was seen
+    /// elsewhere (a process manager's subscription, say), so the state
+    /// this handler keeps for the stream does not fall behind what other
+    /// processes append. A kept state moves on only when the event is the
+    /// next one (its version plus one); a stream's first event starts a
+    /// state when none is kept; anything else (an older event, a gap, an
+    /// event that does not decode, another aggregate's stream) changes
+    /// nothing. The state stays unverified (ADR 0002): a command decided on
+    /// it is checked by its append like any kept state. Returns whether the
+    /// kept state moved.
+    pub fn observe(&self, envelope: &crate::EventEnvelope) -> bool {
+        if envelope.stream_type != A::STREAM_TYPE {
+            return false;
+        }
+        let version = envelope.stream_version;
+        let decode = || -> Option<A::Event> {
+            let current = <A::Event as crate::DomainEvent>::schema_version(&envelope.event_type);
+            if self.inner.upcasters.is_empty() && envelope.schema_version == current {
+                crate::codec::decode_ref(&envelope.event_type, &envelope.payload).ok()
+            } else {
+                self.inner.upcasters.decode(envelope).ok()
+            }
+        };
+        let result = self
+            .inner
+            .states
+            .entry(envelope.stream_id.clone())
+            .and_compute_with(|held| {
+                use moka::ops::compute::Op;
+                let mut next = match held {
+                    Some(h) if h.value().version + 1 == version => h.into_value(),
+                    None if version == 1 => Loaded {
+                        state: A::default(),
+                        version: 0,
+                        position: Position::START,
+                        verified: false,
+                    },
+                    _ => return Op::Nop,
+                };
+                let Some(event) = decode() else {
+                    return Op::Nop;
+                };
+                next.state.evolve(&event);
+                next.version = version;
+                next.position = envelope.position;
+                next.verified = false;
+                Op::Put(next)
+            });
+        let moved = matches!(
+            result,
+            moka::ops::compute::CompResult::Inserted(_)
+                | moka::ops::compute::CompResult::ReplacedWith(_)
+        );
+        if moved {
+            self.count(|s| s.observed += 1);
+        }
+        moved
     }
 
     /// A snapshot of the counters.
