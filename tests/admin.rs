@@ -97,7 +97,7 @@ async fn admin_cli_export_import_verify_rebuild() {
         async move {
             let head = store.head().await.unwrap();
             let subs = statuses.subscribers();
-            subs.len() == 6 && subs.iter().all(|s| s.position >= head)
+            subs.len() == 7 && subs.iter().all(|s| s.position >= head)
         }
     })
     .await;

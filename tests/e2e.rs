@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use example_ecommerce::identity::DemoIdentity;
 use example_ecommerce::views::{
-    CatalogView, CustomerOrdersView, LowStockView, OrderDetailsView, SalesDashboardView,
+    CatalogView, CustomerOrderHistoryView, CustomerOrdersView, LowStockView, OrderDetailsView,
+    SalesDashboardView,
 };
 use serde_json::{json, Value};
 use strata::testing::{nats_url, test_database, unique_stream, wait_until};
@@ -222,6 +223,7 @@ async fn separate_processes_survive_kills_and_views_equal_a_fold() {
                 "catalog",
                 "order_details",
                 "customer_orders",
+                "customer_order_history",
                 "low_stock",
                 "sales_dashboard",
             ] {
@@ -247,6 +249,13 @@ async fn separate_processes_survive_kills_and_views_equal_a_fold() {
     assert_stored_is_fold(&views, "catalog", CatalogView, &events).await;
     assert_stored_is_fold(&views, "order_details", OrderDetailsView, &events).await;
     assert_stored_is_fold(&views, "customer_orders", CustomerOrdersView, &events).await;
+    assert_stored_is_fold(
+        &views,
+        "customer_order_history",
+        CustomerOrderHistoryView,
+        &events,
+    )
+    .await;
     assert_stored_is_fold(&views, "low_stock", LowStockView, &events).await;
     assert_stored_is_fold(&views, "sales_dashboard", SalesDashboardView, &events).await;
 

@@ -868,6 +868,20 @@ fn view_key(view: &str, key: &str) -> Result<String, ApiError> {
             "a customer id is 1 to {} characters",
             crate::domain::order::MAX_CUSTOMER_ID_LEN
         ))),
+        // One placed order: `<escaped customer id>/<position, 20 digits>`.
+        "customer_order_history" => match key.rsplit_once('/') {
+            Some((customer, position))
+                if !customer.is_empty()
+                    && position.len() == 20
+                    && position.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                Ok(key.to_owned())
+            }
+            _ => Err(bad_request(
+                "a history key is <customer id>/<position, 20 digits>; \
+                 follow customer_orders/<customer id> for a customer's latest orders",
+            )),
+        },
         "sales_dashboard" => {
             let (day, s) = key
                 .split_once(':')

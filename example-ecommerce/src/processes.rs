@@ -398,7 +398,8 @@ pub struct ProjectorArgs {
     /// Connection settings.
     #[command(flatten)]
     pub servers: ServerArgs,
-    /// A view to run (repeatable): catalog, order_details, customer_orders, low_stock, sales_dashboard.
+    /// A view to run (repeatable): catalog, order_details, customer_orders,
+    /// customer_order_history, low_stock, sales_dashboard.
     #[arg(long = "view")]
     pub views: Vec<String>,
     /// Serve /health and /metrics here.
@@ -479,6 +480,7 @@ impl ShopAdminArgs {
             .projection(|| crate::views::CatalogView)
             .projection(|| crate::views::OrderDetailsView)
             .projection(|| crate::views::CustomerOrdersView)
+            .projection(|| crate::views::CustomerOrderHistoryView)
             .projection(|| crate::views::LowStockView)
             .projection(|| crate::views::SalesDashboardView)
             .process_manager("fulfilment");

@@ -20,11 +20,12 @@ use crate::app::{Fulfilment, Shop};
 use crate::http::{GaugeSource, HealthCheck};
 use crate::metrics::Sample;
 use crate::views::{
-    CatalogView, CustomerOrdersView, LowStockView, OrderDetailsView, SalesDashboardView,
+    CatalogView, CustomerOrderHistoryView, CustomerOrdersView, LowStockView, OrderDetailsView,
+    SalesDashboardView,
 };
 
 /// Names of every projection, as `--view` takes them.
-pub const VIEWS: [&str; 5] = crate::views::VIEW_NAMES;
+pub const VIEWS: [&str; 6] = crate::views::VIEW_NAMES;
 
 /// Connection settings for the servers mode. Its `Debug` shows the URLs
 /// without their passwords.
@@ -235,6 +236,7 @@ pub fn spawn_projectors<B: EventBus, V: ViewStore>(
     projectors.add(CatalogView);
     projectors.add(OrderDetailsView);
     projectors.add(CustomerOrdersView);
+    projectors.add(CustomerOrderHistoryView);
     projectors.add(LowStockView);
     projectors.add(SalesDashboardView);
     if projectors.count == 0 {

@@ -495,6 +495,119 @@ async fn customer_ids_are_counted_in_characters_when_read() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
 
+/// A customer's orders come in pages from the order history, oldest
+/// first, each with its current status, and only that customer's: keys of
+/// customers whose ids share a beginning (or hold a `/`) stay apart.
+#[tokio::test]
+async fn a_customers_orders_come_in_pages() {
+    use example_ecommerce::views::history_key;
+    use strata::{DocChange, Documents, StoredDoc, Versions, ViewId};
+    let views = InMemoryViewStore::new();
+    let history = ViewId::new("customer_order_history", 1).unwrap();
+    let details = ViewId::new("order_details", 1).unwrap();
+    views.prepare(&history).await.unwrap();
+    views.prepare(&details).await.unwrap();
+    let mut placed = Vec::new();
+    let mut statuses = Vec::new();
+    let mut position = 0u64;
+    for (customer, n) in [("ada", 5u64), ("ada/x", 2), ("adb", 2), ("ad", 1)] {
+        for i in 0..n {
+            position += 1;
+            let order_id = uuid::Uuid::from_u128(u128::from(position));
+            placed.push(DocChange::Put(StoredDoc {
+                key: history_key(customer, Position(position)),
+                doc: json!({
+                    "customer_id": customer,
+                    "order_id": order_id,
+                    "total_cents": 100 * i,
+                    "placed_at": "2026-12-01T10:00:00Z",
+                }),
+                position: Position(position),
+            }));
+            statuses.push(DocChange::Put(StoredDoc {
+                key: order_id.to_string(),
+                doc: json!({ "customer_id": customer, "status": format!("status-{position}") }),
+                position: Position(position),
+            }));
+        }
+    }
+    for (view, docs) in [(&history, placed), (&details, statuses)] {
+        views
+            .commit(
+                &view.subscriber(),
+                Some(view),
+                docs,
+                Position(0),
+                Position(position),
+            )
+            .await
+            .unwrap();
+    }
+    let router = queries(ViewReader::new(views, ReaderConfig::default()));
+    let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
+    let ids = |page: &Value| -> Vec<u128> {
+        page["data"]["orders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                uuid::Uuid::parse_str(o["order_id"].as_str().unwrap())
+                    .unwrap()
+                    .as_u128()
+            })
+            .collect()
+    };
+
+    let (s, _, page) = call(&router, get("/customers/ada/orders?limit=2")).await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    assert_eq!(ids(&page), [1, 2]);
+    assert_eq!(page["data"]["customer_id"], json!("ada"));
+    assert_eq!(page["data"]["orders"][1]["status"], json!("status-2"));
+    assert_eq!(page["data"]["orders"][1]["total_cents"], json!(100));
+    assert!(page["data"]["orders"][0].get("customer_id").is_none());
+    let mut seen = ids(&page);
+    let mut next = page["next"].as_str().map(str::to_owned);
+    while let Some(after) = next {
+        let (s, _, page) = call(
+            &router,
+            get(&format!("/customers/ada/orders?limit=2&after={after}")),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        seen.extend(ids(&page));
+        next = page["next"].as_str().map(str::to_owned);
+    }
+    assert_eq!(
+        seen,
+        [1, 2, 3, 4, 5],
+        "all of ada's, none of ada/x's or adb's"
+    );
+    let (_, _, whole) = call(&router, get("/customers/ada/orders")).await;
+    assert_eq!(ids(&whole), [1, 2, 3, 4, 5]);
+    assert_eq!(whole["next"], Value::Null);
+
+    let (s, _, body) = call(&router, get("/customers/ada/orders?after=ada%2F1")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    // Staff (the default caller here) read anyone's; a customer only theirs.
+    let (s, _, page) = call(&router, get("/customers/ada%2Fx/orders")).await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    assert_eq!(ids(&page), [6, 7]);
+    let as_customer = |uri: &str| {
+        Request::get(uri)
+            .header(
+                "authorization",
+                format!("Bearer {}", identity().token("adb", &["customer"])),
+            )
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (s, _, page) = call(&router, as_customer("/customers/adb/orders")).await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    assert_eq!(ids(&page), [8, 9]);
+    let (s, _, _) = call(&router, as_customer("/customers/ada/orders")).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "another customer's orders");
+}
+
 /// Listings come in pages: `limit`, `after`, and a `next` cursor.
 #[tokio::test]
 async fn listings_come_in_pages() {

@@ -179,13 +179,20 @@ fn order_key(id: &str) -> Result<String, ApiError> {
     Ok(parse_uuid("order id", id)?.to_string())
 }
 
+/// A customer's orders, oldest first, a page at a time (`limit`, and
+/// `after` = a page's `next`), each with its current status:
+/// `{"data": {"customer_id", "orders": [...]}, "next": cursor-or-null,
+/// "checkpoint"}`. Read from `customer_order_history`, where each order
+/// is a document of its own, so a page costs the same however many orders
+/// the customer placed.
 async fn get_customer_orders<V: ViewStore>(
     State(s): State<QueryState<V>>,
     caller: Caller,
     Path(id): Path<String>,
-    Query(q): Query<MinPosition>,
+    Query(q): Query<ListQuery>,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
+    use crate::views::{history_prefix, CustomerOrderHistoryView, CustomerOrdersView};
     // The same rule the order applies when it is placed: characters, not
     // bytes, so every id that can be written can be read.
     if id.trim().is_empty() || id.chars().count() > crate::domain::order::MAX_CUSTOMER_ID_LEN {
@@ -194,26 +201,65 @@ async fn get_customer_orders<V: ViewStore>(
             crate::domain::order::MAX_CUSTOMER_ID_LEN
         )));
     }
-    caller.may_read("customer_orders", &id, None)?;
-    let min = min_position(&q, &h)?;
-    let read = s.reader.get("customer_orders", &id, min).await?;
-    let Some(doc) = read.doc else {
-        return Ok(Json(json!({ "data": { "customer_id": id, "orders": [] } })).into_response());
+    caller.may_read(CustomerOrdersView::NAME, &id, None)?;
+    let min = min_position(
+        &MinPosition {
+            min_position: q.min_position,
+        },
+        &h,
+    )?;
+    let limit = page_limit(q.limit.as_deref())?;
+    let cursor = match q.after {
+        None => String::new(),
+        Some(a) if a.len() == 20 && a.bytes().all(|b| b.is_ascii_digit()) => a,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "after must be a page's next: 20 digits",
+            ))
+        }
     };
-    // Join each order's current status from the order details view.
-    let mut data = doc.doc;
-    if let Some(orders) = data.get_mut("orders").and_then(Value::as_array_mut) {
-        for o in orders.iter_mut() {
-            if let Some(oid) = o.get("order_id").and_then(Value::as_str).map(str::to_owned) {
-                if let Ok(r) = s.reader.get("order_details", &oid, None).await {
-                    if let Some(d) = r.doc {
-                        o["status"] = d.doc["status"].clone();
-                    }
+    let prefix = history_prefix(&id);
+    let view = CustomerOrderHistoryView::NAME;
+    // One more than a page, to know whether another follows; the listing
+    // runs on into the next customer's orders, which are cut off.
+    let page = s
+        .reader
+        .list(view, Some(&format!("{prefix}{cursor}")), limit + 1, min)
+        .await?;
+    let mut docs: Vec<strata::StoredDoc> = page
+        .docs
+        .into_iter()
+        .take_while(|d| d.key.starts_with(&prefix))
+        .collect();
+    let next = if docs.len() > limit {
+        docs.truncate(limit);
+        docs.last().map(|d| d.key[prefix.len()..].to_owned())
+    } else {
+        None
+    };
+    let mut orders = Vec::with_capacity(docs.len());
+    for d in docs {
+        caller.may_read(view, &d.key, Some(&d.doc))?;
+        let mut o = d.doc;
+        if let Some(fields) = o.as_object_mut() {
+            fields.remove("customer_id");
+        }
+        // Join the order's current status from the order details view.
+        if let Some(oid) = o.get("order_id").and_then(Value::as_str).map(str::to_owned) {
+            if let Ok(r) = s.reader.get("order_details", &oid, None).await {
+                if let Some(details) = r.doc {
+                    o["status"] = details.doc["status"].clone();
                 }
             }
         }
+        orders.push(o);
     }
-    Ok(Json(json!({ "data": data, "checkpoint": read.checkpoint.0 })).into_response())
+    Ok(Json(json!({
+        "data": { "customer_id": id, "orders": orders },
+        "next": next,
+        "checkpoint": s.reader.applied(view).0,
+    }))
+    .into_response())
 }
 
 /// The query API. Its live streams end when `shutdown` is cancelled.

@@ -1,11 +1,12 @@
-//! The shop's read side: five [`Projection`](strata::Projection)s, each a view of keyed JSON
+//! The shop's read side: six [`Projection`](strata::Projection)s, each a view of keyed JSON
 //! documents built from the domain's events.
 //!
 //! | view | key | document | fed by |
 //! |------|-----|----------|--------|
 //! | [`CatalogView`] (`catalog`) | sku | [`CatalogItem`] | product and inventory events |
 //! | [`OrderDetailsView`] (`order_details`) | order id | [`OrderDetails`] | order events |
-//! | [`CustomerOrdersView`] (`customer_orders`) | customer id | [`CustomerOrders`] | `OrderPlaced` |
+//! | [`CustomerOrdersView`] (`customer_orders`) | customer id | [`CustomerOrders`] (the latest 20) | `OrderPlaced` |
+//! | [`CustomerOrderHistoryView`] (`customer_order_history`) | [`history_key`]: customer, position | [`PlacedOrder`] | `OrderPlaced` |
 //! | [`LowStockView`] (`low_stock`) | sku | [`LowStock`] | inventory events |
 //! | [`SalesDashboardView`] (`sales_dashboard`) | `<YYYY-MM-DD>:<sku>` | [`DailySales`] | `OrderShipped` |
 //!
@@ -28,16 +29,20 @@ mod sales_dashboard;
 mod tests;
 
 pub use catalog::{CatalogItem, CatalogView};
-pub use customer_orders::{CustomerOrder, CustomerOrders, CustomerOrdersView};
+pub use customer_orders::{
+    history_key, history_prefix, CustomerOrder, CustomerOrderHistoryView, CustomerOrders,
+    CustomerOrdersView, PlacedOrder, RECENT_ORDERS,
+};
 pub use low_stock::{LowStock, LowStockView};
 pub use order_details::{HistoryEntry, OrderDetails, OrderDetailsView};
 pub use sales_dashboard::{DailySales, SalesDashboardView};
 
 /// The names of the shop's views, in the order of this module.
-pub const VIEW_NAMES: [&str; 5] = [
+pub const VIEW_NAMES: [&str; 6] = [
     CatalogView::NAME,
     OrderDetailsView::NAME,
     CustomerOrdersView::NAME,
+    CustomerOrderHistoryView::NAME,
     LowStockView::NAME,
     SalesDashboardView::NAME,
 ];
@@ -69,6 +74,11 @@ pub fn access() -> strata::ViewAccess {
             [STAFF],
         )
         .owned(CustomerOrdersView::NAME, OwnerField::Key, [STAFF])
+        .owned(
+            CustomerOrderHistoryView::NAME,
+            OwnerField::Pointer("/customer_id".into()),
+            [STAFF],
+        )
         .roles(LowStockView::NAME, [STAFF])
         .roles(SalesDashboardView::NAME, [STAFF])
 }

@@ -235,6 +235,7 @@ fn view_names_are_distinct_and_valid() {
         CatalogView.name(),
         OrderDetailsView.name(),
         CustomerOrdersView.name(),
+        CustomerOrderHistoryView.name(),
         LowStockView.name(),
         SalesDashboardView.name(),
     ];
@@ -598,6 +599,7 @@ fn customer_orders_lists_placed_orders() {
                     placed_at: at(3, 8),
                 },
             ],
+            total: 2,
         }
     );
     assert_eq!(t.doc("bob").unwrap().orders.len(), 1);
@@ -605,6 +607,83 @@ fn customer_orders_lists_placed_orders() {
         keys(&CustomerOrdersView, &ev.all()[1]),
         Vec::<String>::new()
     );
+
+    // The history: one document per order, a customer's together and in
+    // the order placed.
+    let h = ProjectionTest::new(CustomerOrderHistoryView).given(ev.all());
+    let keys: Vec<&String> = h.json().keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "alice/00000000000000000001",
+            "alice/00000000000000000004",
+            "bob/00000000000000000003",
+        ]
+    );
+    assert_eq!(
+        h.doc("alice/00000000000000000004").unwrap(),
+        PlacedOrder {
+            customer_id: "alice".into(),
+            order: CustomerOrder {
+                order_id: c,
+                total_cents: 1800,
+                placed_at: at(3, 8),
+            },
+        }
+    );
+}
+
+/// A customer's document keeps only the latest orders, and counts them
+/// all; a document stored before the count existed counts what it holds.
+#[test]
+fn customer_orders_keep_the_latest_and_count_them_all() {
+    let mut ev = Events::new();
+    let ids: Vec<Uuid> = (1..=RECENT_ORDERS as u128 + 5).map(order_id).collect();
+    for id in &ids {
+        ev.order(*id, placed(*id, "alice", vec![line("HAT-01", 1, 900)]));
+    }
+    let t = ProjectionTest::new(CustomerOrdersView).given(ev.all());
+    let doc = t.doc("alice").unwrap();
+    assert_eq!(doc.total, ids.len() as u64);
+    let kept: Vec<Uuid> = doc.orders.iter().map(|o| o.order_id).collect();
+    assert_eq!(kept, ids[5..].to_vec(), "the latest, oldest first");
+
+    let old: CustomerOrders = serde_json::from_value(json!({
+        "customer_id": "alice",
+        "orders": [{ "order_id": ids[0], "total_cents": 900, "placed_at": at(1, 10) }],
+    }))
+    .unwrap();
+    assert_eq!(old.total, 0);
+    let next = ids[1];
+    let mut more = Events::new();
+    more.order(next, placed(next, "alice", vec![line("HAT-01", 1, 900)]));
+    let event = OrderEvent::decode(&more.all()[0]).unwrap().unwrap();
+    let doc = CustomerOrdersView
+        .apply(
+            "alice",
+            Some(old),
+            Recorded {
+                event: &event,
+                envelope: &more.all()[0],
+            },
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(doc.total, 2);
+}
+
+/// History keys escape what would let one customer's keys run into
+/// another's: `%` and `/`.
+#[test]
+fn history_keys_keep_each_customers_orders_apart() {
+    assert_eq!(history_prefix("ada"), "ada/");
+    assert_eq!(history_prefix("a/b"), "a%2Fb/");
+    assert_eq!(history_prefix("50%"), "50%25/");
+    assert_eq!(
+        history_key("a/b", Position(42)),
+        "a%2Fb/00000000000000000042"
+    );
+    assert!(!history_key("a/b", Position(1)).starts_with(&history_prefix("a")));
 }
 
 // -- low stock ----------------------------------------------------------
