@@ -78,30 +78,18 @@ impl Projection for CustomerOrdersView {
         doc: Option<CustomerOrders>,
         e: Recorded<'_, OrderEvent>,
     ) -> Result<Option<CustomerOrders>, ProjectionError> {
-        let OrderEvent::OrderPlaced {
-            order_id,
-            customer_id,
-            total_cents,
-            ..
-        } = e.event
-        else {
+        let Some(PlacedOrder { customer_id, order }) = placed(e) else {
             return Ok(doc);
         };
-        let (order_id, total_cents) = (*order_id, *total_cents);
         let mut d = doc.unwrap_or_else(|| CustomerOrders {
-            customer_id: customer_id.clone(),
+            customer_id,
             orders: vec![],
             total: 0,
         });
         if d.total < d.orders.len() as u64 {
             d.total = d.orders.len() as u64;
         }
-        let order = CustomerOrder {
-            order_id,
-            total_cents,
-            placed_at: e.recorded_at(),
-        };
-        match d.orders.iter_mut().find(|o| o.order_id == order_id) {
+        match d.orders.iter_mut().find(|o| o.order_id == order.order_id) {
             Some(existing) => *existing = order,
             None => {
                 d.orders.push(order);
@@ -135,6 +123,28 @@ pub struct PlacedOrder {
     /// The order, as placed.
     #[serde(flatten)]
     pub order: CustomerOrder,
+}
+
+/// The order an `OrderPlaced` records, with its customer; `None` for the
+/// order's other events.
+fn placed(e: Recorded<'_, OrderEvent>) -> Option<PlacedOrder> {
+    let OrderEvent::OrderPlaced {
+        order_id,
+        customer_id,
+        total_cents,
+        ..
+    } = e.event
+    else {
+        return None;
+    };
+    Some(PlacedOrder {
+        customer_id: customer_id.clone(),
+        order: CustomerOrder {
+            order_id: *order_id,
+            total_cents: *total_cents,
+            placed_at: e.recorded_at(),
+        },
+    })
 }
 
 /// The start of every key of `customer_id`'s orders in
@@ -181,22 +191,6 @@ impl Projection for CustomerOrderHistoryView {
         doc: Option<PlacedOrder>,
         e: Recorded<'_, OrderEvent>,
     ) -> Result<Option<PlacedOrder>, ProjectionError> {
-        let OrderEvent::OrderPlaced {
-            order_id,
-            customer_id,
-            total_cents,
-            ..
-        } = e.event
-        else {
-            return Ok(doc);
-        };
-        Ok(Some(PlacedOrder {
-            customer_id: customer_id.clone(),
-            order: CustomerOrder {
-                order_id: *order_id,
-                total_cents: *total_cents,
-                placed_at: e.recorded_at(),
-            },
-        }))
+        Ok(placed(e).or(doc))
     }
 }
