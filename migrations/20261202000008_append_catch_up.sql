@@ -11,9 +11,10 @@
 -- stream's assumed version, in version order, at most 64 per stream (a
 -- stream that moved further is read by the caller as before). The caller
 -- checks that they follow its state without a gap before using them.
--- Otherwise it is strata_append_current's body (the same statements, not a
--- call to it, which would cost every append a nested statement);
--- strata_append_current stays for writers of earlier builds.
+-- Otherwise it is strata_append_current's body, which moves here: this
+-- build's writers call this function directly (a call through another
+-- would cost every append a nested statement), and strata_append_current,
+-- at the end of this file, becomes a call of it for earlier builds.
 CREATE OR REPLACE FUNCTION strata_append_catch_up(
     event_ids       uuid[],
     stream_ids      text[],
@@ -156,4 +157,43 @@ BEGIN
     UPDATE strata_head SET position = base + n WHERE id = 1;
     PERFORM pg_notify(channel, (base + n)::text);
 END
+$$;
+
+-- strata_append_current stays for writers of earlier builds (a rolling
+-- deploy runs both), and now answers from strata_append_catch_up, so the
+-- append's statements live in one function: same arguments, same result,
+-- the missed events left out.
+CREATE OR REPLACE FUNCTION strata_append_current(
+    event_ids       uuid[],
+    stream_ids      text[],
+    stream_types    text[],
+    versions        bigint[],
+    event_types     text[],
+    schema_versions int[],
+    payloads        jsonb[],
+    metadata        jsonb[],
+    recorded_at     timestamptz[],
+    check_ids       text[],
+    check_versions  bigint[],
+    s_ids           text[],
+    s_types         text[],
+    s_versions      bigint[],
+    channel         text,
+    lock_budget     text,
+    OUT base             bigint,
+    OUT moved_ids        text[],
+    OUT moved_versions   bigint[],
+    OUT stored_ids       uuid[],
+    OUT stored_streams   text[],
+    OUT stored_versions  bigint[],
+    OUT stored_positions bigint[]
+)
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT a.base, a.moved_ids, a.moved_versions, a.stored_ids, a.stored_streams,
+           a.stored_versions, a.stored_positions
+      FROM strata_append_catch_up(event_ids, stream_ids, stream_types, versions, event_types,
+                                  schema_versions, payloads, metadata, recorded_at,
+                                  check_ids, check_versions, s_ids, s_types, s_versions,
+                                  channel, lock_budget) AS a
 $$;

@@ -909,3 +909,186 @@ async fn operators_follow_the_running_shop_with_the_admin_cli() {
     let (code, out, err) = admin_run(&db.url, &cfg, &["verify", "--jetstream"]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// An operator upgrades a running shop to the build with the order
+/// history. Before, the projector ran every view but
+/// `customer_order_history` (as an earlier build did), customers ordered,
+/// and one customer's `customer_orders` document held every order and no
+/// count (as the earlier build wrote it). The new projector fills the
+/// history from the first event, and `GET /customers/{id}/orders` pages
+/// through every order, oldest first; `admin verify` reports the old
+/// document until `admin projections rebuild customer_orders`, after
+/// which it passes and the document holds the latest 20 and the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_shop_fills_the_order_history_and_rebuilds_customer_orders() {
+    let (db, cfg, mut shop) = start_shop().await;
+    let (cmd, query) = (shop.cmd.clone(), shop.query.clone());
+    let http = client();
+    let earlier_views = [
+        "projector",
+        "--view",
+        "catalog",
+        "--view",
+        "order_details",
+        "--view",
+        "customer_orders",
+        "--view",
+        "low_stock",
+        "--view",
+        "sales_dashboard",
+    ];
+    shop.projector.kill();
+    shop.projector = shop.env.start("projector", &earlier_views);
+
+    let (s, r) = post(
+        &http,
+        format!("{cmd}/products"),
+        json!({ "sku": "UPG-01", "name": "Upgrade", "price_cents": 300 }),
+    )
+    .await;
+    assert_eq!(s, 201, "{r}");
+    let (s, r) = post(
+        &http,
+        format!("{cmd}/inventory/UPG-01/restock"),
+        json!({ "quantity": 1000 }),
+    )
+    .await;
+    assert_eq!(s, 201, "{r}");
+    let mut ids = Vec::new();
+    for customer in std::iter::repeat_n("up1", 23).chain(["up2", "up2"]) {
+        let (s, r) = post(
+            &http,
+            format!("{cmd}/orders"),
+            json!({ "customer_id": customer, "lines": [{ "sku": "UPG-01", "quantity": 1 }] }),
+        )
+        .await;
+        assert_eq!(s, 201, "{r}");
+        if customer == "up1" {
+            ids.push(r["order_id"].as_str().unwrap().to_owned());
+        }
+    }
+    let store = PgEventStore::new(db.pool.clone());
+    let views = PgViewStore::new(db.pool.clone());
+    let head = store.head().await.unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "customer_orders at the head",
+        || async {
+            views
+                .checkpoint("customer_orders_v1")
+                .await
+                .unwrap()
+                .position
+                >= head
+        },
+    )
+    .await;
+
+    // up1's document as the earlier build wrote it: every order, no count.
+    let events = store
+        .read_all(Position::START, 100_000, &EventFilter::all())
+        .await
+        .unwrap();
+    let every: Vec<Value> = events
+        .iter()
+        .filter(|e| e.event_type == "OrderPlaced" && e.payload["customer_id"] == json!("up1"))
+        .map(|e| {
+            json!({
+                "order_id": e.payload["order_id"],
+                "total_cents": e.payload["total_cents"],
+                "placed_at": e.recorded_at,
+            })
+        })
+        .collect();
+    assert_eq!(every.len(), 23);
+    sqlx::query("UPDATE strata_view_customer_orders_v1 SET doc = $1 WHERE key = 'up1'")
+        .bind(json!({ "customer_id": "up1", "orders": every }))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    // The upgrade: the projector with every view.
+    shop.projector.kill();
+    shop.projector = shop.env.start("projector", &["projector"]);
+    wait_until(
+        Duration::from_secs(30),
+        "the order history filled to the head",
+        || async {
+            views
+                .checkpoint("customer_order_history_v1")
+                .await
+                .unwrap()
+                .position
+                >= head
+        },
+    )
+    .await;
+    let mut listed = Vec::new();
+    let mut url = format!("{query}/customers/up1/orders?limit=10");
+    loop {
+        let page: Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+        for o in page["data"]["orders"].as_array().unwrap() {
+            listed.push(o["order_id"].as_str().unwrap().to_owned());
+        }
+        match page["next"].as_str() {
+            Some(next) => url = format!("{query}/customers/up1/orders?limit=10&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(listed, ids, "every order of up1, oldest first");
+
+    let verify = |what: &'static str| {
+        let (code, out, err) = admin_run(&db.url, &cfg, &["--json", "verify"]);
+        let v: Value =
+            serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{what}: {e}: {out}{err}"));
+        (code, v)
+    };
+    let (code, v) = verify("before the rebuild");
+    assert_eq!(code, 1, "{v}");
+    let failed: Vec<&Value> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == json!(false))
+        .collect();
+    assert_eq!(failed.len(), 1, "{v}");
+    assert!(
+        failed[0]["check"]
+            .as_str()
+            .unwrap()
+            .starts_with("customer_orders v1")
+            && failed[0]["detail"].as_str().unwrap().contains("up1"),
+        "{v}"
+    );
+
+    let (code, out, err) = admin_run(
+        &db.url,
+        &cfg,
+        &["projections", "rebuild", "customer_orders"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, v) = verify("after the rebuild");
+    assert_eq!(code, 0, "{v}");
+    let active = views.active("customer_orders").await.unwrap().unwrap();
+    let doc = views
+        .get(
+            &ViewId::new("customer_orders", active.version).unwrap(),
+            "up1",
+        )
+        .await
+        .unwrap()
+        .doc
+        .unwrap()
+        .doc;
+    assert_eq!(doc["total"], json!(23));
+    let kept: Vec<&str> = doc["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["order_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kept,
+        ids[3..].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+}

@@ -1,5 +1,5 @@
 //! The Postgres write paths: the store's one-round-trip append
-//! (`strata_append_current`) and the locked transaction it falls back to, and the
+//! (`strata_append_catch_up`) and the locked transaction it falls back to, and the
 //! view store's one-statement, fenced commit.
 
 use std::time::Duration;
@@ -816,4 +816,44 @@ async fn appends_look_streams_up_by_index_as_the_table_grows() {
         events_after.0, events_before.0,
         "no full scan of strata_events: {events_after:?}"
     );
+}
+
+/// Writers of an earlier build call `strata_append_current`, which now
+/// answers from `strata_append_catch_up`: it still writes a group whose
+/// streams are where assumed, and reports a moved stream (with its version)
+/// without writing its rows, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_builds_call_still_appends_and_reports_moved_streams() {
+    let db = test_database().await;
+    let call = |stream: &'static str, assumed: i64| {
+        let pool = db.pool.clone();
+        async move {
+            let row: (i64, Vec<String>, Vec<i64>) = sqlx::query_as(
+                "SELECT base, moved_ids, moved_versions FROM strata_append_current( \
+                   ARRAY[$1]::uuid[], ARRAY[$2], ARRAY['s'], ARRAY[$3 + 1], ARRAY['Happened'], \
+                   ARRAY[1], ARRAY['{}'::jsonb], ARRAY['{}'::jsonb], ARRAY[NULL]::timestamptz[], \
+                   ARRAY[$2], ARRAY[$3], ARRAY[$2], ARRAY['s'], ARRAY[$3 + 1], \
+                   'strata_test_channel', '1000')",
+            )
+            .bind(uuid::Uuid::new_v4())
+            .bind(stream)
+            .bind(assumed)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            row
+        }
+    };
+    let store = PgEventStore::new(db.pool.clone());
+    let stream = StreamId::new("earlier").unwrap();
+    assert_eq!(call("earlier", 0).await, (0, vec![], vec![]));
+    assert_eq!(call("earlier", 1).await, (1, vec![], vec![]));
+    assert_eq!(store.stream_version(&stream).await.unwrap(), 2);
+    // A stale assumption: reported, nothing written.
+    assert_eq!(
+        call("earlier", 0).await,
+        (2, vec!["earlier".to_owned()], vec![2])
+    );
+    assert_eq!(store.stream_version(&stream).await.unwrap(), 2);
+    assert_eq!(store.head().await.unwrap(), Position(2));
 }

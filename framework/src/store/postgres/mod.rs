@@ -10,12 +10,14 @@
 //! - **One call** when every append names its expected version: the shared
 //!   append rules ([`crate::store`]) decide each append assuming its stream
 //!   is at the version the group's appends expect, and one autocommit call
-//!   of `strata_append_current` takes the append lock (`SELECT position
+//!   of `strata_append_catch_up` takes the append lock (`SELECT position
 //!   FROM strata_head ... FOR UPDATE`), checks the assumption, inserts the
 //!   events of the streams that are where assumed at the next positions,
 //!   moves those streams and the head, and `NOTIFY`s followers. The appends
 //!   of a stream found elsewhere are not written; the writer answers them
-//!   as conflicts at the version the call found. A stored event id (a
+//!   as conflicts at the version the call found, with that stream's events
+//!   after the assumed version, which the same call read
+//!   ([`EventStore::append_or_missed`]). A stored event id (a
 //!   retried request, caught by the unique constraint) fails the call and
 //!   the writer falls back to:
 //! - **The locked transaction**: `BEGIN` and the lock, one query for the

@@ -62,7 +62,7 @@ impl Plan<'_> {
     }
 }
 
-/// What `strata_append_current` found of a group's streams that were not
+/// What `strata_append_catch_up` found of a group's streams that were not
 /// where the group assumed.
 #[derive(Debug, Default)]
 pub(super) struct Moved {
@@ -73,7 +73,7 @@ pub(super) struct Moved {
 }
 
 impl Plan<'_> {
-    /// The group's answers once `strata_append_current` has written it
+    /// The group's answers once `strata_append_catch_up` has written it
     /// after `base`: the planned ones, except for the appends of the
     /// streams it found moved, which it did not write. Each of those is
     /// decided again on the stream as found: a duplicate of what is stored

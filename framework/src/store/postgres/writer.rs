@@ -323,7 +323,7 @@ impl Writer {
     /// The one-round-trip append: decide assuming each stream is at the
     /// highest version the group's appends to it expect (versions only
     /// grow, so the highest is the likeliest to be current), then let
-    /// `strata_append_current` take the lock, check the assumption and
+    /// `strata_append_catch_up` take the lock, check the assumption and
     /// write, in one autocommit call. The appends of a stream found
     /// elsewhere are not written and are answered as conflicts at the
     /// version found; the others are written.
@@ -595,7 +595,7 @@ const HEAD_AND_STATE_SQL: &str =
      SELECT stream_id, stream_version, event_id, position \
        FROM strata_events WHERE event_id = ANY($2)";
 
-/// The streams `strata_append_current` found moved, from its answer's
+/// The streams `strata_append_catch_up` found moved, from its answer's
 /// columns 1 to 6.
 fn moved_streams(row: &sqlx::postgres::PgRow) -> std::result::Result<Moved, sqlx::Error> {
     let ids: Vec<String> = row.try_get(1)?;
