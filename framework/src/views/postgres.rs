@@ -277,13 +277,27 @@ impl Documents for PgViewStore {
         if keys.is_empty() {
             return Ok(HashMap::new());
         }
-        let rows = sqlx::query(&format!(
-            "SELECT key, doc, position FROM {} WHERE key = ANY($1)",
-            view_table(view)
-        ))
-        .bind(keys)
-        .fetch_all(&self.pool)
-        .await;
+        // One key (a batch's one new document, the usual miss) by
+        // equality: Postgres plans that statement once per connection,
+        // where `= ANY($1)` is planned again on every call (its generic
+        // plan looks dearer than a plan for the array at hand).
+        let rows = if let [key] = keys {
+            sqlx::query(&format!(
+                "SELECT key, doc, position FROM {} WHERE key = $1",
+                view_table(view)
+            ))
+            .bind(key)
+            .fetch_all(&self.pool)
+            .await
+        } else {
+            sqlx::query(&format!(
+                "SELECT key, doc, position FROM {} WHERE key = ANY($1)",
+                view_table(view)
+            ))
+            .bind(keys)
+            .fetch_all(&self.pool)
+            .await
+        };
         // A version not created yet has no documents (as `get` and `list`).
         let rows = match rows {
             Ok(rows) => rows,
@@ -340,30 +354,44 @@ impl Documents for PgViewStore {
         let moved: i64 = match view {
             Some(view) if !keys.is_empty() || !deleted.is_empty() => {
                 let table = view_table(view);
-                sqlx::query_scalar(&format!(
-                    "{CHECKPOINT}, \
-                     put AS ( \
-                       INSERT INTO {table} (key, doc, position) \
-                       SELECT k, d::jsonb, p \
-                         FROM UNNEST($4::text[], $5::text[], $6::bigint[]) AS t(k, d, p) \
-                        WHERE EXISTS (SELECT 1 FROM moved) \
-                       ON CONFLICT (key) DO UPDATE \
-                         SET doc = EXCLUDED.doc, position = EXCLUDED.position), \
-                     gone AS ( \
-                       DELETE FROM {table} \
-                        WHERE key = ANY($7) AND EXISTS (SELECT 1 FROM moved)) \
-                     SELECT count(*) FROM moved"
-                ))
-                .bind(subscriber)
-                .bind(from.0 as i64)
-                .bind(to.0 as i64)
-                .bind(&keys)
-                .bind(&docs)
-                .bind(&positions)
-                .bind(&deleted)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(fenced_if_dropped)?
+                // Only the parts the commit uses (see `commit_all`).
+                let mut sql = String::from(CHECKPOINT);
+                if !keys.is_empty() {
+                    let _ = write!(
+                        sql,
+                        ", put AS ( \
+                           INSERT INTO {table} (key, doc, position) \
+                           SELECT k, d::jsonb, p \
+                             FROM UNNEST($4::text[], $5::text[], $6::bigint[]) AS t(k, d, p) \
+                            WHERE EXISTS (SELECT 1 FROM moved) \
+                           ON CONFLICT (key) DO UPDATE \
+                             SET doc = EXCLUDED.doc, position = EXCLUDED.position)"
+                    );
+                }
+                if !deleted.is_empty() {
+                    let g = if keys.is_empty() { 4 } else { 7 };
+                    let _ = write!(
+                        sql,
+                        ", gone AS ( \
+                           DELETE FROM {table} \
+                            WHERE key = ANY(${g}) AND EXISTS (SELECT 1 FROM moved))"
+                    );
+                }
+                sql.push_str(" SELECT count(*) FROM moved");
+                let mut query = sqlx::query_scalar(&sql)
+                    .bind(subscriber)
+                    .bind(from.0 as i64)
+                    .bind(to.0 as i64);
+                if !keys.is_empty() {
+                    query = query.bind(&keys).bind(&docs).bind(&positions);
+                }
+                if !deleted.is_empty() {
+                    query = query.bind(&deleted);
+                }
+                query
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(fenced_if_dropped)?
             }
             _ => sqlx::query_scalar(&format!("{CHECKPOINT} SELECT count(*) FROM moved"))
                 .bind(subscriber)
@@ -411,35 +439,51 @@ impl Documents for PgViewStore {
                   AND EXISTS (SELECT 1 FROM relaxed) \
                RETURNING c.subscriber)",
         );
+        // Each view's parts are there only if it has documents to write
+        // or to delete: a statement's shape then says what it does, and
+        // Postgres plans each shape once per connection (a `DELETE … =
+        // ANY($n)` left in with an empty array made its generic plan look
+        // dearer than a custom one, so the commit was planned every time).
         let mut docs: Vec<Columns> = Vec::new();
+        let mut next = 4;
         for (i, c) in commits.iter().enumerate() {
             if c.changes.is_empty() {
                 continue;
             }
-            let cols = Columns::of(&c.changes);
+            let cols = Columns::of(&c.changes).with_subscriber(c.subscriber.clone());
             let table = view_table(&c.view);
-            // Parameters: $1..$3 above, then five per view with documents.
-            let n = 4 + docs.len() * 5;
-            let _ = write!(
-                sql,
-                ", put{i} AS ( \
-                   INSERT INTO {table} (key, doc, position) \
-                   SELECT k, d::jsonb, p \
-                     FROM UNNEST(${k}::text[], ${d}::text[], ${p}::bigint[]) AS t(k, d, p) \
-                    WHERE EXISTS (SELECT 1 FROM moved WHERE subscriber = ${s}) \
-                   ON CONFLICT (key) DO UPDATE \
-                     SET doc = EXCLUDED.doc, position = EXCLUDED.position), \
-                 gone{i} AS ( \
-                   DELETE FROM {table} \
-                    WHERE key = ANY(${g}) \
-                      AND EXISTS (SELECT 1 FROM moved WHERE subscriber = ${s}))",
-                k = n,
-                d = n + 1,
-                p = n + 2,
-                g = n + 3,
-                s = n + 4,
-            );
-            docs.push(cols.with_subscriber(c.subscriber.clone()));
+            // Parameters: $1..$3 above, then the view's subscriber and
+            // three for its upserts, one for its deletes.
+            let s = next;
+            next += 1;
+            if !cols.keys.is_empty() {
+                let _ = write!(
+                    sql,
+                    ", put{i} AS ( \
+                       INSERT INTO {table} (key, doc, position) \
+                       SELECT k, d::jsonb, p \
+                         FROM UNNEST(${k}::text[], ${d}::text[], ${p}::bigint[]) AS t(k, d, p) \
+                        WHERE EXISTS (SELECT 1 FROM moved WHERE subscriber = ${s}) \
+                       ON CONFLICT (key) DO UPDATE \
+                         SET doc = EXCLUDED.doc, position = EXCLUDED.position)",
+                    k = next,
+                    d = next + 1,
+                    p = next + 2,
+                );
+                next += 3;
+            }
+            if !cols.deleted.is_empty() {
+                let _ = write!(
+                    sql,
+                    ", gone{i} AS ( \
+                       DELETE FROM {table} \
+                        WHERE key = ANY(${g}) \
+                          AND EXISTS (SELECT 1 FROM moved WHERE subscriber = ${s}))",
+                    g = next,
+                );
+                next += 1;
+            }
+            docs.push(cols);
         }
         sql.push_str(" SELECT subscriber FROM moved");
         let mut query = sqlx::query_scalar::<_, String>(&sql)
@@ -447,12 +491,16 @@ impl Documents for PgViewStore {
             .bind(&froms)
             .bind(&tos);
         for cols in &docs {
-            query = query
-                .bind(&cols.keys)
-                .bind(&cols.docs)
-                .bind(&cols.positions)
-                .bind(&cols.deleted)
-                .bind(&cols.subscriber);
+            query = query.bind(&cols.subscriber);
+            if !cols.keys.is_empty() {
+                query = query
+                    .bind(&cols.keys)
+                    .bind(&cols.docs)
+                    .bind(&cols.positions);
+            }
+            if !cols.deleted.is_empty() {
+                query = query.bind(&cols.deleted);
+            }
         }
         let moved: HashSet<String> = query
             .fetch_all(&self.pool)

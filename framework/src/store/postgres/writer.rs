@@ -61,6 +61,13 @@ pub(super) struct Writer {
 /// Per-append results of a batch, or the error that failed the whole batch.
 type BatchResult = std::result::Result<Vec<Result<AppendOutcome>>, sqlx::Error>;
 
+/// The smallest group a writer sends while another writer's group is in
+/// flight (see [`Writer::run`]). Measured on two cores (docs/benchmarks.md,
+/// issue 16): with single-event appends from 8 tasks, waiting for the group
+/// ahead to land gave 1.7× the raw baseline against 1.3× for sending
+/// early; with 100-event appends, sending early kept 0.72× against 0.54×.
+const OVERLAP_MIN_EVENTS: usize = 16;
+
 impl Writer {
     /// A writer over its own connection to `pool`'s database (opened on
     /// first use).
@@ -80,11 +87,14 @@ impl Writer {
     /// arguments parsed, then waits for the lock.
     ///
     /// A writer with nothing ahead of it sends at once. One that has a
-    /// group in flight ahead of it keeps gathering until its own group is
-    /// as large as that one, or that one is answered, or the group cap is
-    /// reached: it would wait for the lock anyway, and every append that
-    /// joins the group shares its lock turn and its commit instead of
-    /// taking one of its own.
+    /// group in flight ahead of it keeps gathering until that one is
+    /// answered, or the group cap is reached, or its own group is as large
+    /// as that one and at least [`OVERLAP_MIN_EVENTS`]: it would wait for
+    /// the lock anyway, and every append that joins the group shares its
+    /// lock turn and its commit instead of taking one of its own. Only a
+    /// large group is worth sending early (Postgres parses it while the
+    /// one ahead holds the lock); a small one sent early only waits at the
+    /// lock, where it makes a queue that other processes' appends join.
     pub(super) async fn run(mut self, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
         let cap = self.config.max_batch_events;
         loop {
@@ -107,7 +117,10 @@ impl Writer {
                     tokio::pin!(landed);
                     landed.as_mut().enable();
                     let ahead = self.shared.in_flight.load(Ordering::Acquire);
-                    if events >= cap || ahead == 0 || events >= ahead {
+                    if events >= cap
+                        || ahead == 0
+                        || (events >= ahead && events >= OVERLAP_MIN_EVENTS)
+                    {
                         break;
                     }
                     tokio::select! {
@@ -245,12 +258,13 @@ impl Writer {
                 .log_statements(tracing::log::LevelFilter::Trace);
             let mut conn = PgConnection::connect_with(&options).await?;
             let timeout_ms = self.config.lock_timeout.as_millis().max(1).to_string();
-            // Custom plans: a generic plan for `= ANY($1)` may scan the
-            // whole table while holding the append lock.
+            // The session keeps Postgres's default plan caching: the
+            // one-call path's statement is a function call, planned once
+            // per session (its body fixes its own plans); the locked
+            // transaction asks for custom plans itself.
             sqlx::query(
                 "SELECT set_config('lock_timeout', $1, false), \
-                        set_config('idle_in_transaction_session_timeout', $2, false), \
-                        set_config('plan_cache_mode', 'force_custom_plan', false)",
+                        set_config('idle_in_transaction_session_timeout', $2, false)",
             )
             .bind(&timeout_ms)
             .bind("60000")
@@ -402,8 +416,12 @@ impl Writer {
         //    not start a second full wait). The lock is held until commit.
         let started = Instant::now();
         let mut tx = conn.begin().await?;
+        // Custom plans for the rest of the transaction: a generic plan for
+        // `= ANY($1)` may scan the whole table while holding the lock.
         let lock = sqlx::query(
-            "SELECT 1 FROM strata_head, (SELECT set_config('lock_timeout', $1, true)) AS budget \
+            "SELECT 1 FROM strata_head, \
+                    (SELECT set_config('lock_timeout', $1, true), \
+                            set_config('plan_cache_mode', 'force_custom_plan', true)) AS budget \
               WHERE id = 1 FOR UPDATE OF strata_head",
         )
         .bind(&turn.budget)
