@@ -1072,9 +1072,24 @@ impl RateRun {
     }
 
     fn visible(&self) -> Vec<Duration> {
+        self.visible_of(&Kind::ALL)
+    }
+
+    /// Command → visible of the commands of `kinds`.
+    fn visible_of(&self, kinds: &[Kind]) -> Vec<Duration> {
         self.records
             .iter()
+            .filter(|r| kinds.contains(&r.kind))
             .filter_map(|r| r.visible.as_ref()?.as_ref().ok().copied())
+            .collect()
+    }
+
+    /// Command latencies of the commands of `kinds`.
+    fn latencies_of(&self, kinds: &[Kind]) -> Vec<Duration> {
+        self.records
+            .iter()
+            .filter(|r| kinds.contains(&r.kind))
+            .filter_map(|r| r.command.as_ref().ok().copied())
             .collect()
     }
 
@@ -1329,6 +1344,33 @@ fn report(
         );
     }
 
+    if !restock_only {
+        t.push_str(
+            "\nBy kind, command → visible; and the restocks and orders alone (every command \
+             but the payments, which wait 20 ms for the example's gateway):\n\n\
+             | offered | restock visible p50 / p99 | order visible p50 / p99 | pay visible p50 / p99 \
+             | restocks and orders: command p50 / p99 | restocks and orders: visible p50 / p99 |\n\
+             |---:|---:|---:|---:|---:|---:|\n",
+        );
+        for r in runs {
+            let kinds: Vec<String> = Kind::ALL
+                .iter()
+                .map(|k| {
+                    let [p50, p99, _] = spread(r.visible_of(&[*k]));
+                    format!("{p50} / {p99}")
+                })
+                .collect();
+            let no_pay = [Kind::Restock, Kind::Order];
+            let [c50, c99, _] = spread(r.latencies_of(&no_pay));
+            let [v50, v99, _] = spread(r.visible_of(&no_pay));
+            let _ = writeln!(
+                t,
+                "| {}/s | {} | {} | {} | {c50} / {c99} | {v50} / {v99} |",
+                r.rate, kinds[0], kinds[1], kinds[2],
+            );
+        }
+    }
+
     t.push('\n');
     for r in runs {
         let errors = r.errors();
@@ -1579,8 +1621,12 @@ async fn main() {
         let [c50, c99, _] = spread(run.latencies(None));
         let [v50, v99, _] = spread(run.visible());
         let (busy, steal, _) = run.machine_busy();
+        let no_pay = [Kind::Restock, Kind::Order];
+        let [_, n99, _] = spread(run.latencies_of(&no_pay));
+        let [_, m99, _] = spread(run.visible_of(&no_pay));
         eprintln!(
-            "{rate}/s: achieved {:.0}/s, {} errors, command p50 {c50} p99 {c99}, visible p50 {v50} p99 {v99}; \
+            "{rate}/s: achieved {:.0}/s, {} errors, command p50 {c50} p99 {c99}, visible p50 {v50} p99 {v99} \
+             (without payments: command p99 {n99}, visible p99 {m99}); \
              {busy:.2} cores busy, {steal:.2} taken by the host",
             run.achieved(),
             run.errors().values().sum::<usize>(),
