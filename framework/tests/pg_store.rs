@@ -222,9 +222,11 @@ async fn writers_waiting(pool: &sqlx::PgPool) -> i64 {
     .unwrap()
 }
 
-/// A writer with a group ahead of it at the append lock keeps gathering:
-/// it sends once its group is as large as the one ahead, so appends that
-/// arrive one by one share a lock turn and a commit.
+/// A writer with a large group ahead of it at the append lock keeps
+/// gathering: it sends once its own group is as large as the one ahead (and
+/// at least 16 events), so appends that arrive one by one share a lock turn
+/// and a commit, and Postgres parses the second group while the first holds
+/// the lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_behind_a_group_gathers_until_its_group_is_as_large() {
     use std::time::Duration;
@@ -242,7 +244,7 @@ async fn a_writer_behind_a_group_gathers_until_its_group_is_as_large() {
                 .await
         })
     };
-    let big = spawn("big", 3);
+    let big = spawn("big", 20);
     wait_until(
         Duration::from_secs(10),
         "the first group at the lock",
@@ -252,7 +254,7 @@ async fn a_writer_behind_a_group_gathers_until_its_group_is_as_large() {
 
     // Two single-event appends arrive one at a time. A writer that sent at
     // once would be at the lock within milliseconds; this one waits for a
-    // group of three events.
+    // group of twenty events.
     let mut small = Vec::new();
     for stream in ["small-1", "small-2"] {
         small.push(spawn(stream, 1));
@@ -266,7 +268,7 @@ async fn a_writer_behind_a_group_gathers_until_its_group_is_as_large() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    small.push(spawn("small-3", 1));
+    small.push(spawn("small-3", 18));
     wait_until(
         Duration::from_secs(10),
         "the second group at the lock",
@@ -278,14 +280,74 @@ async fn a_writer_behind_a_group_gathers_until_its_group_is_as_large() {
     let big = big.await.unwrap().unwrap();
     assert_eq!(
         (big.first_position, big.position),
-        (Position(1), Position(3))
+        (Position(1), Position(20))
     );
-    let mut positions = Vec::new();
+    let mut ranges = Vec::new();
     for s in small {
-        positions.push(s.await.unwrap().unwrap().position.0);
+        let s = s.await.unwrap().unwrap();
+        ranges.push((s.first_position.0, s.position.0));
+    }
+    ranges.sort();
+    assert_eq!(ranges.first().map(|r| r.0), Some(21));
+    assert_eq!(ranges.last().map(|r| r.1), Some(40));
+    let stats = store.stats();
+    assert_eq!((stats.appends, stats.batches), (4, 2), "{stats:?}");
+}
+
+/// A small group waits for the one ahead of it to land instead of going to
+/// the append lock beside it: early, it would only wait there, and a queue
+/// at the lock is one that every other process's appends join. Once the
+/// group ahead lands, the appends gathered meanwhile go as one group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_group_waits_for_the_one_ahead_to_land() {
+    use std::time::Duration;
+    use strata::testing::wait_until;
+
+    let db = test_database().await;
+    let store = PgEventStore::with_config(db.pool.clone(), PgStoreConfig::default().writers(2));
+    let mut holder = hold_append_lock(&db.url).await;
+
+    let spawn = |stream: &'static str, n: usize| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .append(request(stream, ExpectedVersion::NoStream, n))
+                .await
+        })
+    };
+    let first = spawn("first", 2);
+    wait_until(
+        Duration::from_secs(10),
+        "the first group at the lock",
+        || async { writers_waiting(&db.pool).await == 1 },
+    )
+    .await;
+
+    // Three appends of two events each: a group as large as the one ahead
+    // after the first of them, yet below sixteen events, so it stays.
+    let mut behind = Vec::new();
+    for stream in ["behind-1", "behind-2", "behind-3"] {
+        behind.push(spawn(stream, 2));
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+        while tokio::time::Instant::now() < deadline {
+            assert_eq!(
+                writers_waiting(&db.pool).await,
+                1,
+                "a small group went to the lock while the one ahead was in flight"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    release(&mut holder).await;
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.position, Position(2));
+    let mut positions = Vec::new();
+    for b in behind {
+        positions.push(b.await.unwrap().unwrap().position.0);
     }
     positions.sort();
-    assert_eq!(positions, vec![4, 5, 6]);
+    assert_eq!(positions, vec![4, 6, 8]);
     let stats = store.stats();
     assert_eq!((stats.appends, stats.batches), (4, 2), "{stats:?}");
 }
@@ -429,7 +491,10 @@ async fn a_poisoned_append_fails_alone_and_its_group_commits() {
     // so the first groups are large and mix poisoned and valid appends.
     let mut holder = hold_append_lock(&db.url).await;
 
-    const CLIENTS: usize = 8;
+    // One client first, so the first writer goes to the lock with its
+    // group alone; the others' first appends (22 events) make a group
+    // large enough for the second writer to join it there.
+    const CLIENTS: usize = 12;
     const ROUNDS: usize = 30;
     let client = |c: usize| {
         let store = store.clone();
@@ -465,7 +530,14 @@ async fn a_poisoned_append_fails_alone_and_its_group_commits() {
             sent
         })
     };
-    let tasks: Vec<_> = (0..CLIENTS).map(client).collect();
+    let mut tasks = vec![client(0)];
+    wait_until(
+        Duration::from_secs(10),
+        "the first writer waiting behind the outside session",
+        || async { writers_waiting(&db.pool).await == 1 },
+    )
+    .await;
+    tasks.extend((1..CLIENTS).map(client));
     wait_until(
         Duration::from_secs(10),
         "both writers waiting behind the outside session",
@@ -596,11 +668,13 @@ async fn the_lock_warning_names_the_holder_not_a_waiting_writer() {
         .await
         .unwrap();
 
+    // Groups of 16 events: a second writer joins the first at the lock
+    // only with a group that large.
     let spawn = |stream: &'static str| {
         let store = store.clone();
         tokio::spawn(async move {
             store
-                .append(request(stream, ExpectedVersion::NoStream, 1))
+                .append(request(stream, ExpectedVersion::NoStream, 16))
                 .await
         })
     };
@@ -673,29 +747,31 @@ async fn an_append_waits_one_lock_timeout_in_all() {
     );
     let mut holder = hold_append_lock(&db.url).await;
 
-    let spawn = |stream: &'static str, expected: ExpectedVersion| {
+    // The first two of 16 events: a second writer joins the first at the
+    // lock only with a group that large.
+    let spawn = |stream: &'static str, expected: ExpectedVersion, n: usize| {
         let store = store.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let r = store.append(request(stream, expected, 1)).await;
+            let r = store.append(request(stream, expected, n)).await;
             (r, started.elapsed())
         })
     };
-    let mut appends = vec![spawn("w-1", ExpectedVersion::NoStream)];
+    let mut appends = vec![spawn("w-1", ExpectedVersion::NoStream, 16)];
     wait_until(
         Duration::from_secs(10),
         "the first writer waiting",
         || async { writers_waiting(&db.pool).await == 1 },
     )
     .await;
-    appends.push(spawn("w-2", ExpectedVersion::NoStream));
+    appends.push(spawn("w-2", ExpectedVersion::NoStream, 16));
     wait_until(Duration::from_secs(10), "both writers waiting", || async {
         writers_waiting(&db.pool).await == 2
     })
     .await;
     // Both writers are busy: these queue, one on each path.
-    appends.push(spawn("w-3", ExpectedVersion::NoStream));
-    appends.push(spawn("w-4", ExpectedVersion::Any));
+    appends.push(spawn("w-3", ExpectedVersion::NoStream, 1));
+    appends.push(spawn("w-4", ExpectedVersion::Any, 1));
 
     let mut answers = Vec::new();
     for a in appends {

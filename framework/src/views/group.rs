@@ -254,7 +254,7 @@ impl<B: EventBus, V: ViewStore> ProjectorGroup<B, V> {
         let computing = self.members.iter().enumerate().filter_map(|(i, m)| {
             let from = positions[i]?;
             let mine = after(events, from);
-            (!mine.is_empty()).then(|| async move { (i, m.compute(mine, from).await) })
+            (!mine.is_empty()).then_some(async move { (i, m.compute(mine, from).await) })
         });
         for (i, computed) in futures::future::join_all(computing).await {
             match computed? {

@@ -156,9 +156,11 @@ pub struct PgStoreConfig {
     /// Most events the writer puts in one group-commit transaction (default 4,000).
     pub max_batch_events: usize,
     /// Writer tasks, each with its own connection (default 2). They take
-    /// turns at the append lock; a second one gathers and sends its group
-    /// while the first holds the lock, so Postgres parses one group's
-    /// payloads while it writes another's.
+    /// turns at the append lock; while the first holds it, a second one
+    /// gathers the appends that arrive, and sends a large group (16 events
+    /// or more, as large as the one ahead) at once, so Postgres parses its
+    /// payloads while it writes the other's; a smaller group waits until
+    /// the one ahead is answered.
     pub writers: usize,
     /// How long an append waits for the append lock before failing (default 10 s).
     pub lock_timeout: Duration,
