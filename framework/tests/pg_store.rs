@@ -222,6 +222,37 @@ async fn writers_waiting(pool: &sqlx::PgPool) -> i64 {
     .unwrap()
 }
 
+/// Appends `n` events to the new stream `stream`, in a task of its own.
+fn spawn_append(
+    store: &PgEventStore,
+    stream: &'static str,
+    n: usize,
+) -> tokio::task::JoinHandle<Result<strata::AppendOutcome, StoreError>> {
+    let store = store.clone();
+    tokio::spawn(async move {
+        store
+            .append(request(stream, ExpectedVersion::NoStream, n))
+            .await
+    })
+}
+
+/// Waits (at most 10 s) until `n` writers wait at the append lock.
+async fn until_writers_wait(db: &sqlx::PgPool, n: i64, what: &str) {
+    strata::testing::wait_until(Duration::from_secs(10), what, || async {
+        writers_waiting(db).await == n
+    })
+    .await;
+}
+
+/// For `d`, checks every 20 ms that only one writer waits at the lock.
+async fn one_writer_waits_for(db: &sqlx::PgPool, d: Duration, failure: &str) {
+    let deadline = tokio::time::Instant::now() + d;
+    while tokio::time::Instant::now() < deadline {
+        assert_eq!(writers_waiting(db).await, 1, "{failure}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A writer with a large group ahead of it at the append lock keeps
 /// gathering: it sends once its own group is as large as the one ahead (and
 /// at least 16 events), so appends that arrive one by one share a lock turn
@@ -229,52 +260,28 @@ async fn writers_waiting(pool: &sqlx::PgPool) -> i64 {
 /// the lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_behind_a_group_gathers_until_its_group_is_as_large() {
-    use std::time::Duration;
-    use strata::testing::wait_until;
-
     let db = test_database().await;
     let store = PgEventStore::with_config(db.pool.clone(), PgStoreConfig::default().writers(2));
     let mut holder = hold_append_lock(&db.url).await;
 
-    let spawn = |stream: &'static str, n: usize| {
-        let store = store.clone();
-        tokio::spawn(async move {
-            store
-                .append(request(stream, ExpectedVersion::NoStream, n))
-                .await
-        })
-    };
-    let big = spawn("big", 20);
-    wait_until(
-        Duration::from_secs(10),
-        "the first group at the lock",
-        || async { writers_waiting(&db.pool).await == 1 },
-    )
-    .await;
+    let big = spawn_append(&store, "big", 20);
+    until_writers_wait(&db.pool, 1, "the first group at the lock").await;
 
     // Two single-event appends arrive one at a time. A writer that sent at
     // once would be at the lock within milliseconds; this one waits for a
     // group of twenty events.
     let mut small = Vec::new();
     for stream in ["small-1", "small-2"] {
-        small.push(spawn(stream, 1));
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
-        while tokio::time::Instant::now() < deadline {
-            assert_eq!(
-                writers_waiting(&db.pool).await,
-                1,
-                "a second group went to the lock before it was as large as the first"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        small.push(spawn_append(&store, stream, 1));
+        one_writer_waits_for(
+            &db.pool,
+            Duration::from_millis(300),
+            "a second group went to the lock before it was as large as the first",
+        )
+        .await;
     }
-    small.push(spawn("small-3", 18));
-    wait_until(
-        Duration::from_secs(10),
-        "the second group at the lock",
-        || async { writers_waiting(&db.pool).await == 2 },
-    )
-    .await;
+    small.push(spawn_append(&store, "small-3", 18));
+    until_writers_wait(&db.pool, 2, "the second group at the lock").await;
 
     release(&mut holder).await;
     let big = big.await.unwrap().unwrap();
@@ -300,43 +307,24 @@ async fn a_writer_behind_a_group_gathers_until_its_group_is_as_large() {
 /// group ahead lands, the appends gathered meanwhile go as one group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_group_waits_for_the_one_ahead_to_land() {
-    use std::time::Duration;
-    use strata::testing::wait_until;
-
     let db = test_database().await;
     let store = PgEventStore::with_config(db.pool.clone(), PgStoreConfig::default().writers(2));
     let mut holder = hold_append_lock(&db.url).await;
 
-    let spawn = |stream: &'static str, n: usize| {
-        let store = store.clone();
-        tokio::spawn(async move {
-            store
-                .append(request(stream, ExpectedVersion::NoStream, n))
-                .await
-        })
-    };
-    let first = spawn("first", 2);
-    wait_until(
-        Duration::from_secs(10),
-        "the first group at the lock",
-        || async { writers_waiting(&db.pool).await == 1 },
-    )
-    .await;
+    let first = spawn_append(&store, "first", 2);
+    until_writers_wait(&db.pool, 1, "the first group at the lock").await;
 
     // Three appends of two events each: a group as large as the one ahead
     // after the first of them, yet below sixteen events, so it stays.
     let mut behind = Vec::new();
     for stream in ["behind-1", "behind-2", "behind-3"] {
-        behind.push(spawn(stream, 2));
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
-        while tokio::time::Instant::now() < deadline {
-            assert_eq!(
-                writers_waiting(&db.pool).await,
-                1,
-                "a small group went to the lock while the one ahead was in flight"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        behind.push(spawn_append(&store, stream, 2));
+        one_writer_waits_for(
+            &db.pool,
+            Duration::from_millis(200),
+            "a small group went to the lock while the one ahead was in flight",
+        )
+        .await;
     }
 
     release(&mut holder).await;
@@ -670,14 +658,7 @@ async fn the_lock_warning_names_the_holder_not_a_waiting_writer() {
 
     // Groups of 16 events: a second writer joins the first at the lock
     // only with a group that large.
-    let spawn = |stream: &'static str| {
-        let store = store.clone();
-        tokio::spawn(async move {
-            store
-                .append(request(stream, ExpectedVersion::NoStream, 16))
-                .await
-        })
-    };
+    let spawn = |stream: &'static str| spawn_append(&store, stream, 16);
     let a = spawn("first");
     wait_until(
         Duration::from_secs(10),

@@ -281,23 +281,23 @@ impl Documents for PgViewStore {
         // equality: Postgres plans that statement once per connection,
         // where `= ANY($1)` is planned again on every call (its generic
         // plan looks dearer than a plan for the array at hand).
-        let rows = if let [key] = keys {
-            sqlx::query(&format!(
-                "SELECT key, doc, position FROM {} WHERE key = $1",
-                view_table(view)
-            ))
-            .bind(key)
-            .fetch_all(&self.pool)
-            .await
-        } else {
-            sqlx::query(&format!(
-                "SELECT key, doc, position FROM {} WHERE key = ANY($1)",
-                view_table(view)
-            ))
-            .bind(keys)
-            .fetch_all(&self.pool)
-            .await
+        let table = view_table(view);
+        let (sql, one) = match keys {
+            [key] => (
+                format!("SELECT key, doc, position FROM {table} WHERE key = $1"),
+                Some(key),
+            ),
+            _ => (
+                format!("SELECT key, doc, position FROM {table} WHERE key = ANY($1)"),
+                None,
+            ),
         };
+        let query = sqlx::query(&sql);
+        let query = match one {
+            Some(key) => query.bind(key),
+            None => query.bind(keys),
+        };
+        let rows = query.fetch_all(&self.pool).await;
         // A version not created yet has no documents (as `get` and `list`).
         let rows = match rows {
             Ok(rows) => rows,
