@@ -196,6 +196,37 @@ pub async fn commit_is_atomic_and_fenced<V: ViewStore>(views: V) {
     assert_eq!(position(&views, &sub).await, Position(7));
     assert_eq!(views.list(&view, None, 100).await.unwrap(), all);
 
+    // A commit that only deletes: fenced from a stale checkpoint, written
+    // from the current one.
+    assert_fenced(
+        views
+            .commit(&sub, Some(&view), vec![del("c")], Position(5), Position(8))
+            .await,
+        &sub,
+        5,
+    );
+    assert_eq!(views.list(&view, None, 100).await.unwrap(), all);
+    views
+        .commit(&sub, Some(&view), vec![del("c")], Position(7), Position(8))
+        .await
+        .unwrap();
+    assert_eq!(position(&views, &sub).await, Position(8));
+    assert_eq!(
+        views.list(&view, None, 100).await.unwrap(),
+        vec![doc("a", 3, 5)]
+    );
+    views
+        .commit(
+            &sub,
+            Some(&view),
+            vec![put("c", 1, 4)],
+            Position(8),
+            Position(9),
+        )
+        .await
+        .unwrap();
+    assert_eq!(views.list(&view, None, 100).await.unwrap(), all);
+
     // A subscriber never prepared has no checkpoint to move from: fenced,
     // and nothing is written or recorded.
     assert_fenced(
@@ -229,7 +260,7 @@ pub async fn commit_is_atomic_and_fenced<V: ViewStore>(views: V) {
         0,
     );
     // Another subscriber's commits leave this view's checkpoint alone.
-    assert_eq!(position(&views, &sub).await, Position(7));
+    assert_eq!(position(&views, &sub).await, Position(9));
 }
 
 /// `advance` moves a checkpoint without documents, with the same fence as a
@@ -1029,6 +1060,26 @@ pub async fn commit_all_fences_each_view_alone<V: ViewStore>(views: V) {
         views.get(&b, "b1").await.unwrap().doc,
         Some(doc("b1", 1, 3))
     );
+
+    // Mixed shapes: a view that only deletes, a stale one that only
+    // deletes (fenced alone: nothing of it is deleted), and one that
+    // deletes and writes.
+    let results = views
+        .commit_all(vec![
+            commit(&a, vec![del("a1")], 8, 9),
+            commit(&b, vec![del("b1")], 3, 9),
+            commit(&c, vec![del("c1"), put("c2", 2, 9)], 8, 9),
+        ])
+        .await
+        .unwrap();
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    let mut results = results;
+    assert_fenced(results.remove(1), &b.subscriber(), 3);
+    assert!(views.list(&a, None, 10).await.unwrap().is_empty());
+    assert_eq!(keys(&views.list(&b, None, 10).await.unwrap()), ["b1"]);
+    assert_eq!(keys(&views.list(&c, None, 10).await.unwrap()), ["c2"]);
+    assert_eq!(position(&views, &a.subscriber()).await, Position(9));
+    assert_eq!(position(&views, &c.subscriber()).await, Position(9));
     assert!(views.commit_all(vec![]).await.unwrap().is_empty());
 }
 
