@@ -1092,3 +1092,112 @@ async fn an_upgraded_shop_fills_the_order_history_and_rebuilds_customer_orders()
         ids[3..].iter().map(String::as_str).collect::<Vec<_>>()
     );
 }
+
+/// A sku runs low and is restocked, against the shop as separate
+/// processes: the process manager's reservation puts the sku on `GET
+/// /low-stock`, and the restock's read-your-writes read no longer lists
+/// it. The restock's batch has the projector group commit a view that
+/// only deletes (`low_stock`) beside views that write; afterwards `admin
+/// verify` finds every view equal to a fold of the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restocked_sku_leaves_the_low_stock_list() {
+    let (db, cfg, shop) = start_shop().await;
+    let (cmd, query) = (shop.cmd.clone(), shop.query.clone());
+    let http = client();
+    for (sku, units) in [("LOW-01", 6), ("LOW-02", 100)] {
+        let (s, r) = post(
+            &http,
+            format!("{cmd}/products"),
+            json!({ "sku": sku, "name": sku, "price_cents": 300 }),
+        )
+        .await;
+        assert_eq!(s, 201, "{r}");
+        let (s, r) = post(
+            &http,
+            format!("{cmd}/inventory/{sku}/restock"),
+            json!({ "quantity": units }),
+        )
+        .await;
+        assert_eq!(s, 201, "{r}");
+    }
+    let low_skus = |body: &Value| -> Vec<String> {
+        body["data"]
+            .as_array()
+            .unwrap_or_else(|| panic!("a listing: {body}"))
+            .iter()
+            .map(|d| d["sku"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let get = |url: String| {
+        let http = http.clone();
+        async move {
+            let resp = http.get(url).send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+
+    // 6 on hand, 3 ordered: 3 available, under the threshold of 5.
+    let (s, placed) = post(
+        &http,
+        format!("{cmd}/orders"),
+        json!({
+            "customer_id": "low1",
+            "lines": [
+                { "sku": "LOW-01", "quantity": 3 },
+                { "sku": "LOW-02", "quantity": 1 },
+            ],
+        }),
+    )
+    .await;
+    assert_eq!(s, 201, "{placed}");
+    let id = placed["order_id"].as_str().unwrap().to_owned();
+    wait_until(Duration::from_secs(30), "the order confirmed", || async {
+        let (_, v) = get(format!("{query}/orders/{id}")).await;
+        v["data"]["status"] == json!("confirmed")
+    })
+    .await;
+    wait_until(Duration::from_secs(30), "LOW-01 listed as low", || async {
+        let (s, v) = get(format!("{query}/low-stock")).await;
+        s == 200 && low_skus(&v) == ["LOW-01"]
+    })
+    .await;
+    let (_, v) = get(format!("{query}/low-stock")).await;
+    assert_eq!(v["data"][0]["available"], json!(3), "{v}");
+
+    // The restock's own read sees the sku gone from the list, and its
+    // stock in the catalog.
+    let (s, r) = post(
+        &http,
+        format!("{cmd}/inventory/LOW-01/restock"),
+        json!({ "quantity": 50 }),
+    )
+    .await;
+    assert_eq!(s, 201, "{r}");
+    let p = r["position"].as_u64().unwrap();
+    let (s, v) = get(format!("{query}/low-stock?min_position={p}")).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(low_skus(&v).is_empty(), "{v}");
+    let (s, v) = get(format!("{query}/products/LOW-01?min_position={p}")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["on_hand"], json!(56), "{v}");
+
+    // Every subscriber at the head, then every view equals a fold.
+    wait_until(
+        Duration::from_secs(30),
+        "every subscriber at the head",
+        || async {
+            let (code, out, err) = admin_run(&db.url, &cfg, &["--json", "projections", "status"]);
+            assert_eq!(code, 0, "{err}");
+            let v: Value = serde_json::from_str(out.trim()).unwrap();
+            v["subscribers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["lag"] == json!(0))
+        },
+    )
+    .await;
+    let (code, out, err) = admin_run(&db.url, &cfg, &["verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -1063,14 +1063,6 @@ impl RateRun {
         self.records.iter().filter(|r| r.command.is_ok()).count()
     }
 
-    fn latencies(&self, kind: Option<Kind>) -> Vec<Duration> {
-        self.records
-            .iter()
-            .filter(|r| kind.is_none_or(|k| r.kind == k))
-            .filter_map(|r| r.command.as_ref().ok().copied())
-            .collect()
-    }
-
     fn visible(&self) -> Vec<Duration> {
         self.visible_of(&Kind::ALL)
     }
@@ -1228,7 +1220,7 @@ fn report(
     );
     for r in runs {
         let errors: usize = r.errors().values().sum();
-        let [c50, c99, cmax] = spread(r.latencies(None));
+        let [c50, c99, cmax] = spread(r.latencies_of(&Kind::ALL));
         let [v50, v99, vmax] = spread(r.visible());
         let [s50, s99, smax] = spread(r.confirm_samples.clone());
         let drain = match &r.drain {
@@ -1313,7 +1305,7 @@ fn report(
         let kinds: Vec<String> = Kind::ALL
             .iter()
             .map(|k| {
-                let [p50, p99, _] = spread(r.latencies(Some(*k)));
+                let [p50, p99, _] = spread(r.latencies_of(&[*k]));
                 format!("{p50} / {p99}")
             })
             .collect();
@@ -1618,7 +1610,7 @@ async fn main() {
     for rate in rates {
         let run = run_rate(&client, &pids, &db, rate, Duration::from_secs(warmup), secs).await;
         children.check_alive();
-        let [c50, c99, _] = spread(run.latencies(None));
+        let [c50, c99, _] = spread(run.latencies_of(&Kind::ALL));
         let [v50, v99, _] = spread(run.visible());
         let (busy, steal, _) = run.machine_busy();
         let no_pay = [Kind::Restock, Kind::Order];

@@ -62,10 +62,11 @@ pub(super) struct Writer {
 type BatchResult = std::result::Result<Vec<Result<AppendOutcome>>, sqlx::Error>;
 
 /// The smallest group a writer sends while another writer's group is in
-/// flight (see [`Writer::run`]). Measured on two cores (docs/benchmarks.md,
-/// issue 16): with single-event appends from 8 tasks, waiting for the group
-/// ahead to land gave 1.7× the raw baseline against 1.3× for sending
-/// early; with 100-event appends, sending early kept 0.72× against 0.54×.
+/// flight (see [`Writer::run`]). Measured on two cores (ADR 0006, issue
+/// 16): with single-event appends from 8 tasks, a lone writer (which never
+/// sends early) gave 1.7× the raw baseline and two sending early 1.3×;
+/// with 100-event appends, two sending early gave 0.72× and a lone writer
+/// 0.54×. With this bound, two writers gave 1.5× and 0.79×.
 const OVERLAP_MIN_EVENTS: usize = 16;
 
 impl Writer {
